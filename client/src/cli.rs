@@ -1,0 +1,89 @@
+//! Command-line interface of `sshvpn`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use ipnet::IpNet;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sshvpn",
+    version,
+    about = "sshvpn client: a layer-3 VPN over SSH"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect to an sshvpnd server and route traffic through the tunnel until interrupted.
+    Connect(ConnectArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Server to connect to, as [USER@]HOST.
+    #[arg(value_name = "[USER@]HOST")]
+    pub target: String,
+    /// SSH port of the server.
+    #[arg(short, long, default_value_t = 22)]
+    pub port: u16,
+    /// Private key to authenticate with (default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+    #[arg(short = 'i', long = "identity", value_name = "KEY")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to verify the server's host key against (default: ~/.ssh/known_hosts).
+    #[arg(long, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a server not yet in known_hosts (a changed key is still refused).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// Extra route through the tunnel (repeatable), in addition to those the server pushes.
+    #[arg(long = "route", value_name = "CIDR")]
+    pub routes: Vec<IpNet>,
+    /// Name of the TUN interface.
+    #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
+    pub tun_name: String,
+    /// Seconds to wait for the TCP connection and SSH handshake.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub connect_timeout: u64,
+}
+
+impl ConnectArgs {
+    /// Splits `[user@]host` into user and host; the user defaults to $USER.
+    pub fn user_and_host(&self) -> Result<(String, String), String> {
+        let (user, host) = match self.target.rsplit_once('@') {
+            Some((u, h)) => (u.to_string(), h.to_string()),
+            None => (
+                std::env::var("USER").unwrap_or_else(|_| "root".into()),
+                self.target.clone(),
+            ),
+        };
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        if user.is_empty() || host.is_empty() {
+            return Err(format!(
+                "invalid target {:?}: expected [USER@]HOST",
+                self.target
+            ));
+        }
+        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
+            return Err(format!(
+                "--tun-name {:?} must be 1 to 15 characters",
+                self.tun_name
+            ));
+        }
+        Ok((user, host))
+    }
+}
+
+/// `~/.ssh/NAME`
+pub fn ssh_dir_file(name: &str) -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh").join(name))
+}

@@ -1,0 +1,60 @@
+//! `sshvpn`: the sshvpn client.
+
+mod cli;
+mod ssh_client;
+mod tunnel_up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sshvpn_common::tunnel::{ChannelRx, ChannelTx};
+
+use crate::cli::{Cli, Command, ConnectArgs};
+use crate::tunnel_up::{Outcome, TunnelOptions};
+
+async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let connected = ssh_client::connect(&args).await?;
+    let server_addr = Some(connected.server_addr);
+    let (rx, tx) = connected.channel.split();
+    let opts = TunnelOptions {
+        tun_name: args.tun_name.clone(),
+        extra_routes: args.routes.clone(),
+        server_addr,
+    };
+    let outcome = tunnel_up::run(ChannelRx(rx), ChannelTx(tx), opts).await?;
+    drop(connected.handle);
+    match outcome {
+        Outcome::Interrupted => Ok(ExitCode::SUCCESS),
+        Outcome::Ended(e) => {
+            eprintln!("sshvpn: tunnel ended: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sshvpn_common::logging::init(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sshvpn: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Connect(args) => connect(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sshvpn: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

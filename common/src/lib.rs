@@ -1,0 +1,14 @@
+//! Shared code of sshvpn: the wire protocol (sans-IO), packet handling, the tunnel driver,
+//! TUN devices, OS network setup, and SSH key / known_hosts helpers.
+
+pub mod allowed_ips;
+pub mod keys;
+pub mod known_hosts;
+pub mod logging;
+pub mod netconf;
+pub mod packet;
+pub mod pool;
+pub mod proto;
+pub mod ssh;
+pub mod tun;
+pub mod tunnel;

@@ -1,0 +1,157 @@
+//! Linux implementation of [`NetSetup`] over rtnetlink.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressHeaderFlags;
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+
+use super::{InterfaceConfig, NetSetup, NetSetupError};
+
+const EEXIST: i32 = 17;
+const ESRCH: i32 = 3;
+
+pub struct LinuxNetSetup {
+    handle: Handle,
+    connection: tokio::task::JoinHandle<()>,
+    /// (interface index, route) pairs this setup added.
+    added: Vec<(u32, IpNet)>,
+}
+
+impl Drop for LinuxNetSetup {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn failed(step: impl Into<String>, e: impl std::fmt::Display) -> NetSetupError {
+    NetSetupError::Failed {
+        step: step.into(),
+        reason: e.to_string(),
+    }
+}
+
+fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+impl LinuxNetSetup {
+    /// Opens a netlink connection in the calling thread's network namespace.
+    pub fn new() -> Result<LinuxNetSetup, NetSetupError> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| failed("netlink socket", e))?;
+        let connection = tokio::spawn(conn);
+        Ok(LinuxNetSetup {
+            handle,
+            connection,
+            added: Vec::new(),
+        })
+    }
+
+    pub async fn link_index(&self, name: &str) -> Result<u32, NetSetupError> {
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(Some(link)) => Ok(link.header.index),
+            Ok(None) | Err(_) => Err(NetSetupError::NoInterface(name.to_string())),
+        }
+    }
+
+    fn route_message(
+        index: u32,
+        net: IpNet,
+    ) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+        RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(net.network(), net.prefix_len())
+            .map_err(|e| failed(format!("route {net}"), e))
+            .map(|b| b.output_interface(index).build())
+    }
+}
+
+impl NetSetup for LinuxNetSetup {
+    async fn configure(&mut self, iface: &InterfaceConfig) -> Result<(), NetSetupError> {
+        let index = self.link_index(&iface.name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(iface.mtu).build())
+            .execute()
+            .await
+            .map_err(|e| failed(format!("set MTU {} on {}", iface.mtu, iface.name), e))?;
+        for net in &iface.addresses {
+            let mut req = self
+                .handle
+                .address()
+                .add(index, net.addr(), net.prefix_len());
+            if net.addr().is_ipv6() {
+                // No duplicate address detection: the address is usable at once.
+                req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+            }
+            match req.execute().await {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(EEXIST) => {}
+                Err(e) => return Err(failed(format!("add address {net} to {}", iface.name), e)),
+            }
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| failed(format!("bring {} up", iface.name), e))
+    }
+
+    async fn add_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
+        let net = net.trunc();
+        let index = self.link_index(ifname).await?;
+        let msg = Self::route_message(index, net)?;
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => {
+                self.added.push((index, net));
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => {
+                tracing::warn!("route {net} already exists; leaving it as it is");
+                Ok(())
+            }
+            Err(e) => Err(failed(format!("add route {net} via {ifname}"), e)),
+        }
+    }
+
+    async fn remove_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
+        let net = net.trunc();
+        let Some(pos) = self.added.iter().position(|(_, n)| *n == net) else {
+            return Ok(());
+        };
+        let (index, _) = self.added.remove(pos);
+        let msg = Self::route_message(index, net)?;
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            // Gone already (e.g. the interface went away and took its routes).
+            Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
+            Err(e) => Err(failed(format!("remove route {net} via {ifname}"), e)),
+        }
+    }
+
+    async fn undo(&mut self) {
+        while let Some((index, net)) = self.added.pop() {
+            if let Ok(msg) = Self::route_message(index, net)
+                && let Err(e) = self.handle.route().del(msg).execute().await
+                && errno(&e) != Some(ESRCH)
+            {
+                tracing::warn!("could not remove route {net}: {e}");
+            }
+        }
+    }
+
+    fn routes(&self) -> Vec<IpNet> {
+        self.added.iter().map(|(_, n)| *n).collect()
+    }
+}

@@ -1,0 +1,455 @@
+//! The session driver: handshake, then two loops.
+//!
+//! * reader: transport bytes -> frames -> (control: session state machine) / (packets: admission
+//!   check, then TUN write);
+//! * writer: packets queued for this peer (bounded queue filled by the TUN reader) and control
+//!   messages -> one batch of frames -> one transport write.
+//!
+//! Both loops touch the session only for control messages, timers and once per received chunk,
+//! never per packet.
+
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{Notify, mpsc};
+
+use super::stats::TunnelStats;
+use super::transport::{TransportRx, TransportTx};
+use crate::packet::{PacketAddrs, packet_addrs};
+use crate::proto::control::ControlError;
+use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
+use crate::proto::{
+    CloseCode, Control, Event, Hello, Negotiated, Role, Session, SessionError, Timers, TunnelConfig,
+};
+use crate::tun::TunDevice;
+
+/// Packets taken from the outbound queue per batch.
+const BATCH_PACKETS: usize = 256;
+/// A batch is handed to the transport once it holds this many bytes.
+const FLUSH_BYTES: usize = 256 * 1024;
+/// Initial size of the receive buffer.
+const RECV_BUFFER: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("transport error: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame from peer: {0}")]
+    Frame(#[from] FrameError),
+    #[error("malformed control message from peer: {0}")]
+    Control(#[from] ControlError),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("peer closed the session ({code:?}): {reason}")]
+    PeerClosed { code: CloseCode, reason: String },
+    #[error("refused: {reason}")]
+    Refused { code: CloseCode, reason: String },
+    #[error("connection closed by peer")]
+    Eof,
+    #[error("data frame before the handshake completed")]
+    EarlyData,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl TunnelError {
+    /// The close code to send the peer for this error, if the peer should be told at all.
+    fn close_code(&self) -> Option<CloseCode> {
+        match self {
+            TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData => {
+                Some(CloseCode::ProtocolError)
+            }
+            TunnelError::Session(e) => Some(e.close_code()),
+            TunnelError::Internal(_) => Some(CloseCode::Internal),
+            _ => None,
+        }
+    }
+}
+
+/// Outcome of a successful handshake.
+#[derive(Debug, Clone)]
+pub struct Established {
+    pub negotiated: Negotiated,
+    /// The server's configuration (client side only).
+    pub config: Option<TunnelConfig>,
+}
+
+/// What the data phase needs besides the transport.
+pub struct DataPath {
+    pub tun: Arc<TunDevice>,
+    /// Packets read from the TUN for this peer, in the TUN's own format (with a virtio-net
+    /// header when the TUN has them).
+    pub outbound: mpsc::Receiver<Bytes>,
+    /// Whether the peer may send a packet with these addresses (anti-spoofing).
+    pub admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
+    pub stats: Arc<TunnelStats>,
+}
+
+struct Shared {
+    session: Mutex<Session>,
+    /// Signalled when the session has control messages to send.
+    transmit: Notify,
+    /// Smoothed keepalive round-trip time in microseconds (0: none yet).
+    rtt_us: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn session(&self) -> MutexGuard<'_, Session> {
+        // A panic while holding the lock is a bug elsewhere; keep the data it protects.
+        self.session.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct Tunnel<Rx, Tx> {
+    rx: Rx,
+    tx: Tx,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    session: Session,
+}
+
+impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
+    pub fn new(role: Role, hello: Hello, timers: Timers, rx: Rx, tx: Tx) -> Self {
+        let decoder = FrameDecoder::new(hello.max_payload as usize);
+        Tunnel {
+            rx,
+            tx,
+            rbuf: BytesMut::with_capacity(RECV_BUFFER),
+            decoder,
+            session: Session::new(role, hello, timers, Instant::now()),
+        }
+    }
+
+    async fn flush_transmits(&mut self) -> Result<(), TunnelError> {
+        let mut out = BytesMut::new();
+        while let Some(c) = self.session.poll_transmit() {
+            c.encode_frame(&mut out);
+        }
+        if !out.is_empty() {
+            self.tx.send(out.freeze()).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the hello exchange. On the server, `decide` turns the client's hello into its
+    /// configuration, or refuses it with a close code and reason that are sent to the client.
+    pub async fn handshake(
+        &mut self,
+        mut decide: impl FnMut(&Negotiated) -> Result<TunnelConfig, (CloseCode, String)>,
+    ) -> Result<Established, TunnelError> {
+        loop {
+            self.flush_transmits().await?;
+            let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+            let n = tokio::select! {
+                r = self.rx.recv(&mut self.rbuf) => r?,
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.session.handle_timeout(Instant::now())?;
+                    continue;
+                }
+            };
+            if n == 0 {
+                return Err(TunnelError::Eof);
+            }
+            let now = Instant::now();
+            // Stop decoding as soon as the session is up: what follows is data for the data phase.
+            while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+                if frame.kind.is_data() {
+                    return Err(TunnelError::EarlyData);
+                }
+                let msg = Control::decode(frame.kind, &frame.payload)?;
+                self.session.handle_control(now, msg)?;
+                while let Some(event) = self.session.poll_event() {
+                    match event {
+                        Event::ClientHello(n) => match decide(&n) {
+                            Ok(config) => self.session.accept(config)?,
+                            Err((code, reason)) => {
+                                self.session.close(code, reason.clone());
+                                self.flush_transmits().await?;
+                                self.tx.finish().await;
+                                return Err(TunnelError::Refused { code, reason });
+                            }
+                        },
+                        Event::Established { negotiated, config } => {
+                            self.flush_transmits().await?;
+                            return Ok(Established { negotiated, config });
+                        }
+                        Event::Closed { code, reason } => {
+                            return Err(TunnelError::PeerClosed { code, reason });
+                        }
+                        Event::Rtt(_) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Moves packets until the peer goes away, an error occurs, or `shutdown` resolves (then a
+    /// close message with its code and reason is sent). Returns `Ok` only for a local shutdown
+    /// or when the outbound queue is closed.
+    pub async fn run<F>(self, data: DataPath, shutdown: F) -> Result<(), TunnelError>
+    where
+        F: Future<Output = (CloseCode, String)> + Send,
+    {
+        let Tunnel {
+            rx,
+            tx,
+            rbuf,
+            decoder,
+            session,
+        } = self;
+        let negotiated = session
+            .negotiated()
+            .cloned()
+            .ok_or_else(|| TunnelError::Internal("run before handshake".into()))?;
+        let shared = Arc::new(Shared {
+            session: Mutex::new(session),
+            transmit: Notify::new(),
+            rtt_us: Default::default(),
+        });
+        let DataPath {
+            tun,
+            outbound,
+            admit,
+            stats,
+        } = data;
+        let reader = Reader {
+            rx,
+            rbuf,
+            decoder,
+            shared: shared.clone(),
+            delivery: Delivery {
+                tun: tun.clone(),
+                admit,
+                stats: stats.clone(),
+            },
+        };
+        let mut reader = AbortOnDrop(tokio::spawn(reader.run()));
+        let writer = Writer {
+            tx,
+            shared: shared.clone(),
+            outbound,
+            stats,
+            vnet_hdr: tun.has_vnet_hdr(),
+            peer_max_payload: negotiated.peer_max_payload,
+            out: BytesMut::with_capacity(FLUSH_BYTES * 2),
+        };
+        let writer = writer.run(shutdown);
+        tokio::pin!(writer);
+        tokio::select! {
+            r = &mut writer => r,
+            r = &mut reader.0 => {
+                let err = match r {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(())) => TunnelError::Eof,
+                    Err(e) => TunnelError::Internal(format!("reader task: {e}")),
+                };
+                if let Some(code) = err.close_code() {
+                    // Tell the peer why, giving the writer a moment to send it.
+                    shared.session().close(code, err.to_string());
+                    shared.transmit.notify_one();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Reader<Rx> {
+    rx: Rx,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+    shared: Arc<Shared>,
+    delivery: Delivery,
+}
+
+/// The TUN side of the reader: admission check and write.
+struct Delivery {
+    tun: Arc<TunDevice>,
+    admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
+    stats: Arc<TunnelStats>,
+}
+
+impl<Rx: TransportRx> Reader<Rx> {
+    async fn run(mut self) -> Result<(), TunnelError> {
+        loop {
+            // Frames left over from the handshake's last read come first.
+            let mut control = false;
+            let now = Instant::now();
+            while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
+                match frame.kind {
+                    FrameType::Ip => self.delivery.deliver(&frame.payload, false).await,
+                    FrameType::Gso => self.delivery.deliver(&frame.payload, true).await,
+                    kind => {
+                        let msg = Control::decode(kind, &frame.payload)?;
+                        let mut session = self.shared.session();
+                        session.handle_control(now, msg)?;
+                        while let Some(event) = session.poll_event() {
+                            match event {
+                                Event::Closed { code, reason } => {
+                                    return Err(TunnelError::PeerClosed { code, reason });
+                                }
+                                Event::Rtt(rtt) => self.shared.rtt_us.store(
+                                    rtt.as_micros() as u64,
+                                    std::sync::atomic::Ordering::Relaxed,
+                                ),
+                                _ => {}
+                            }
+                        }
+                        control = true;
+                    }
+                }
+            }
+            if control {
+                self.shared.transmit.notify_one();
+            }
+            if self.rx.recv(&mut self.rbuf).await? == 0 {
+                return Err(TunnelError::Eof);
+            }
+            self.shared.session().handle_activity(Instant::now());
+        }
+    }
+}
+
+impl Delivery {
+    /// Checks one packet from the peer and writes it to the TUN. Bad packets are counted and
+    /// dropped; they do not end the session.
+    async fn deliver(&self, payload: &Bytes, gso: bool) {
+        let ip = if gso {
+            match payload.get(crate::tun::VNET_HDR_LEN..) {
+                Some(ip) if self.tun.has_vnet_hdr() => ip,
+                _ => {
+                    // Offloaded frames were not negotiated for this TUN.
+                    TunnelStats::add(&self.stats.drop_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            &payload[..]
+        };
+        let Some(addrs) = packet_addrs(ip) else {
+            TunnelStats::add(&self.stats.drop_malformed, 1);
+            return;
+        };
+        if addrs.is_local_scope() {
+            TunnelStats::add(&self.stats.drop_local_scope, 1);
+            return;
+        }
+        if !(self.admit)(&addrs) {
+            TunnelStats::add(&self.stats.drop_spoofed, 1);
+            return;
+        }
+        let result = if gso {
+            self.tun.send_raw(&[], payload).await
+        } else {
+            self.tun.send_ip(ip).await
+        };
+        match result {
+            Ok(()) => {
+                TunnelStats::add(&self.stats.rx_packets, 1);
+                TunnelStats::add(&self.stats.rx_bytes, ip.len() as u64);
+            }
+            Err(e) => {
+                tracing::debug!("TUN write failed: {e}");
+                TunnelStats::add(&self.stats.drop_tun_error, 1);
+            }
+        }
+    }
+}
+
+struct Writer<Tx> {
+    tx: Tx,
+    shared: Arc<Shared>,
+    outbound: mpsc::Receiver<Bytes>,
+    stats: Arc<TunnelStats>,
+    vnet_hdr: bool,
+    peer_max_payload: usize,
+    out: BytesMut,
+}
+
+impl<Tx: TransportTx> Writer<Tx> {
+    async fn run<F>(mut self, shutdown: F) -> Result<(), TunnelError>
+    where
+        F: Future<Output = (CloseCode, String)> + Send,
+    {
+        tokio::pin!(shutdown);
+        let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH_PACKETS);
+        let mut queue_open = true;
+        loop {
+            let deadline = tokio::time::Instant::from_std(self.shared.session().poll_timeout());
+            tokio::select! {
+                biased;
+                (code, reason) = &mut shutdown => {
+                    self.shared.session().close(code, reason);
+                }
+                _ = self.shared.transmit.notified() => {}
+                n = self.outbound.recv_many(&mut batch, BATCH_PACKETS), if queue_open => {
+                    if n == 0 {
+                        queue_open = false;
+                        self.shared.session().close(CloseCode::Normal, "tunnel interface closed");
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.shared.session().handle_timeout(Instant::now())?;
+                }
+            }
+            let closed = {
+                let mut session = self.shared.session();
+                while let Some(c) = session.poll_transmit() {
+                    c.encode_frame(&mut self.out);
+                }
+                session.is_closed()
+            };
+            for pkt in batch.drain(..) {
+                self.encode_packet(&pkt);
+                if self.out.len() >= FLUSH_BYTES {
+                    self.tx.send(self.out.split().freeze()).await?;
+                }
+            }
+            if !self.out.is_empty() {
+                self.tx.send(self.out.split().freeze()).await?;
+            }
+            if closed {
+                self.tx.finish().await;
+                return Ok(());
+            }
+        }
+    }
+
+    /// Appends one packet from the TUN as a frame.
+    fn encode_packet(&mut self, pkt: &[u8]) {
+        let (kind, body) = if self.vnet_hdr {
+            match pkt.get(crate::tun::VNET_HDR_LEN..) {
+                // TODO(fast path): offloaded packets; plain ones have an all-zero header.
+                Some(ip) => (FrameType::Ip, ip),
+                None => {
+                    TunnelStats::add(&self.stats.drop_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            (FrameType::Ip, pkt)
+        };
+        if body.is_empty() {
+            return;
+        }
+        if body.len() > self.peer_max_payload {
+            TunnelStats::add(&self.stats.drop_too_big, 1);
+            return;
+        }
+        frame::encode(&mut self.out, kind, body);
+        TunnelStats::add(&self.stats.tx_packets, 1);
+        TunnelStats::add(&self.stats.tx_bytes, body.len() as u64);
+    }
+}

@@ -1,0 +1,10 @@
+//! Drives a [`crate::proto::Session`] over a byte-stream transport and moves packets between
+//! it and a TUN device. One implementation serves client and server and every transport.
+
+pub mod driver;
+pub mod stats;
+pub mod transport;
+
+pub use driver::{DataPath, Established, Tunnel, TunnelError};
+pub use stats::{StatsSnapshot, TunnelStats};
+pub use transport::{ChannelRx, ChannelTx, StreamRx, StreamTx, TransportRx, TransportTx};

@@ -48,6 +48,9 @@ pub struct ConnectArgs {
     /// Name of the TUN interface.
     #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
     pub tun_name: String,
+    /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
+    #[arg(long)]
+    pub no_offload: bool,
     /// Seconds to wait for the TCP connection and SSH handshake.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub connect_timeout: u64,

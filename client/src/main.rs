@@ -13,15 +13,16 @@ use crate::cli::{Cli, Command, ConnectArgs};
 use crate::tunnel_up::{Outcome, TunnelOptions};
 
 async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    args.user_and_host().map_err(anyhow::Error::msg)?;
+    let tun = tunnel_up::create_tun(&args.tun_name, !args.no_offload)?;
     let connected = ssh_client::connect(&args).await?;
     let server_addr = Some(connected.server_addr);
     let (rx, tx) = connected.channel.split();
     let opts = TunnelOptions {
-        tun_name: args.tun_name.clone(),
         extra_routes: args.routes.clone(),
         server_addr,
     };
-    let outcome = tunnel_up::run(ChannelRx(rx), ChannelTx(tx), opts).await?;
+    let outcome = tunnel_up::run(tun, ChannelRx(rx), ChannelTx(tx), opts).await?;
     drop(connected.handle);
     match outcome {
         Outcome::Interrupted => Ok(ExitCode::SUCCESS),

@@ -19,7 +19,6 @@ const OUTBOUND_QUEUE: usize = 1024;
 const CLIENT_MTU: u16 = 1500;
 
 pub struct TunnelOptions {
-    pub tun_name: String,
     pub extra_routes: Vec<IpNet>,
     /// The SSH server's address: routes covering it are refused (they would loop the tunnel).
     pub server_addr: Option<IpAddr>,
@@ -65,12 +64,23 @@ fn routes_to_install(config: &TunnelConfig, opts: &TunnelOptions) -> Vec<IpNet> 
     routes
 }
 
+/// Creates the client's TUN device (before connecting: the hello announces its offloads).
+pub fn create_tun(name: &str, offload: bool) -> anyhow::Result<Arc<TunDevice>> {
+    Ok(Arc::new(TunDevice::create(name, offload)?))
+}
+
 pub async fn run<Rx: TransportRx, Tx: TransportTx>(
+    tun: Arc<TunDevice>,
     rx: Rx,
     tx: Tx,
     opts: TunnelOptions,
 ) -> anyhow::Result<Outcome> {
-    let hello = Hello::new(Features::default(), CLIENT_MTU);
+    let features = if tun.has_vnet_hdr() {
+        Features::GSO
+    } else {
+        Features::default()
+    };
+    let hello = Hello::new(features, CLIENT_MTU);
     let mut tunnel = Tunnel::new(Role::Client, hello, Timers::default(), rx, tx);
     let established = tunnel
         .handshake(|_| {
@@ -81,14 +91,14 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
         })
         .await
         .context("tunnel handshake")?;
-    let config = established.config.unwrap_or_default();
+    let config = established.config.clone().unwrap_or_default();
     let mtu = config.mtu.min(established.negotiated.mtu).max(576);
 
-    let tun = Arc::new(TunDevice::create(&opts.tun_name, false)?);
+    let ifname = tun.name().to_string();
     let mut net = LinuxNetSetup::new()?;
     let addresses: Vec<IpNet> = config.addresses().collect();
     net.configure(&InterfaceConfig {
-        name: opts.tun_name.clone(),
+        name: ifname.clone(),
         mtu: u32::from(mtu),
         addresses: addresses.clone(),
     })
@@ -97,7 +107,7 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
     let routes = routes_to_install(&config, &opts);
     let mut route_error = None;
     for r in &routes {
-        if let Err(e) = net.add_route(&opts.tun_name, *r).await {
+        if let Err(e) = net.add_route(&ifname, *r).await {
             route_error = Some(e);
             break;
         }
@@ -112,9 +122,13 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let offload = if established.negotiated.features.contains(Features::GSO) {
+        "on"
+    } else {
+        "off"
+    };
     tracing::info!(
-        "tunnel up: {} address {} mtu {mtu}, routes: {}",
-        opts.tun_name,
+        "tunnel up: {ifname} address {} mtu {mtu} offload {offload}, routes: {}",
         shown(&addresses),
         if routes.is_empty() {
             "none".into()

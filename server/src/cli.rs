@@ -37,6 +37,9 @@ pub struct Args {
     /// MTU of the tunnel interface.
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=65000))]
     pub mtu: u16,
+    /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
+    #[arg(long)]
+    pub no_offload: bool,
     /// Packets queued per client before new ones are dropped.
     #[arg(long, default_value_t = 1024, value_name = "PACKETS")]
     pub client_queue: usize,

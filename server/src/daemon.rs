@@ -84,7 +84,12 @@ impl Daemon {
         let identity = fingerprint(&key);
         let peer = peer.map(|p| p.to_string()).unwrap_or_else(|| "?".into());
         let (rx, tx) = channel.split();
-        let hello = Hello::new(Features::default(), self.mtu);
+        let features = if self.tun.has_vnet_hdr() {
+            Features::GSO
+        } else {
+            Features::default()
+        };
+        let hello = Hello::new(features, self.mtu);
         let mut tunnel = Tunnel::new(
             Role::Server,
             hello,
@@ -115,8 +120,8 @@ impl Daemon {
             })
             .await;
         drop(queue);
-        let port = match (handshake, port) {
-            (Ok(_), Some(port)) => port,
+        let (established, port) = match (handshake, port) {
+            (Ok(established), Some(port)) => (established, port),
             (Ok(_), None) => return,
             (Err(e), port) => {
                 if let Some(p) = port {
@@ -132,7 +137,15 @@ impl Daemon {
             .map(|n| n.addr().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        tracing::info!("client connected: peer {peer} key {identity} addresses {addresses}");
+        let offload = if established.negotiated.features.contains(Features::GSO) {
+            "on"
+        } else {
+            "off"
+        };
+        tracing::info!(
+            "client connected: peer {peer} key {identity} addresses {addresses} ({}, offload {offload})",
+            established.negotiated.peer_software
+        );
         let own = port.addresses.clone();
         let data = DataPath {
             tun: self.tun.clone(),
@@ -202,7 +215,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let pool4 = AddressPool::new(args.pool)?;
     let pool6 = args.pool6.map(AddressPool::new).transpose()?;
 
-    let tun = Arc::new(TunDevice::create(&args.tun_name, false)?);
+    let tun = Arc::new(TunDevice::create(&args.tun_name, !args.no_offload)?);
     let mut addresses = vec![pool4.with_prefix(pool4.server_addr())];
     if let Some(p6) = &pool6 {
         addresses.push(p6.with_prefix(p6.server_addr()));

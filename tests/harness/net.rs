@@ -40,6 +40,8 @@ impl Netns {
         run_ok("ip", &["netns", "add", &name]);
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"]);
+        // No duplicate address detection: links created later are usable at once.
+        ns.sysctl("net.ipv6.conf.default.accept_dad=0");
         ns
     }
 

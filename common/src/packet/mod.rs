@@ -1,5 +1,8 @@
 //! IP packet inspection and rewriting used on the data path. No I/O.
 
+pub mod gso;
 pub mod ip;
+pub mod vnet;
 
 pub use ip::{IpVersion, PacketAddrs, packet_addrs};
+pub use vnet::VirtioNetHdr;

@@ -8,6 +8,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::{MAX_READ, RecvArena};
+use crate::packet::vnet::{
+    TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VIRTIO_NET_HDR_LEN,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -24,14 +27,8 @@ pub enum TunError {
 // TUNSETOFFLOAD = _IOW('T', 208, unsigned int)
 nix::ioctl_write_int!(tunsetoffload, b'T', 208);
 
-const TUN_F_CSUM: u64 = 0x01;
-const TUN_F_TSO4: u64 = 0x02;
-const TUN_F_TSO6: u64 = 0x04;
-const TUN_F_USO4: u64 = 0x20;
-const TUN_F_USO6: u64 = 0x40;
-
 /// Size of the virtio-net header the kernel prepends when IFF_VNET_HDR is set.
-pub const VNET_HDR_LEN: usize = 10;
+pub const VNET_HDR_LEN: usize = VIRTIO_NET_HDR_LEN;
 
 #[derive(Debug)]
 pub struct TunDevice {
@@ -151,9 +148,10 @@ fn open(name: &str, vnet_hdr: bool) -> Result<OwnedFd, TunError> {
 }
 
 fn enable_offloads(fd: &OwnedFd) -> io::Result<()> {
-    let base = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6;
+    let base = libc::c_ulong::from(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
+    let uso = libc::c_ulong::from(TUN_F_USO4 | TUN_F_USO6);
     // SAFETY: TUNSETOFFLOAD takes an integer argument by value on a TUN descriptor we own.
-    let with_uso = unsafe { tunsetoffload(fd.as_raw_fd(), base | TUN_F_USO4 | TUN_F_USO6) };
+    let with_uso = unsafe { tunsetoffload(fd.as_raw_fd(), base | uso) };
     if with_uso.is_ok() {
         return Ok(());
     }

@@ -18,11 +18,13 @@ use tokio::sync::{Notify, mpsc};
 
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
-use crate::packet::{PacketAddrs, packet_addrs};
+use crate::packet::gso;
+use crate::packet::{PacketAddrs, VirtioNetHdr, packet_addrs};
 use crate::proto::control::ControlError;
 use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
 use crate::proto::{
-    CloseCode, Control, Event, Hello, Negotiated, Role, Session, SessionError, Timers, TunnelConfig,
+    CloseCode, Control, Event, Features, Hello, Negotiated, Role, Session, SessionError, Timers,
+    TunnelConfig,
 };
 use crate::tun::TunDevice;
 
@@ -233,8 +235,10 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             outbound,
             stats,
             vnet_hdr: tun.has_vnet_hdr(),
+            gso: negotiated.features.contains(Features::GSO),
             peer_max_payload: negotiated.peer_max_payload,
             out: BytesMut::with_capacity(FLUSH_BYTES * 2),
+            scratch: Vec::new(),
         };
         let writer = writer.run(shutdown);
         tokio::pin!(writer);
@@ -373,9 +377,14 @@ struct Writer<Tx> {
     shared: Arc<Shared>,
     outbound: mpsc::Receiver<Bytes>,
     stats: Arc<TunnelStats>,
+    /// Packets from the TUN carry a virtio-net header.
     vnet_hdr: bool,
+    /// The peer accepts offloaded (GSO) frames.
+    gso: bool,
     peer_max_payload: usize,
     out: BytesMut,
+    /// Reused by software segmentation.
+    scratch: Vec<u8>,
 }
 
 impl<Tx: TransportTx> Writer<Tx> {
@@ -427,20 +436,43 @@ impl<Tx: TransportTx> Writer<Tx> {
         }
     }
 
-    /// Appends one packet from the TUN as a frame.
+    /// Appends one packet from the TUN as one frame, or as several when an offloaded packet must
+    /// be segmented in software for a peer without offloads.
     fn encode_packet(&mut self, pkt: &[u8]) {
-        let (kind, body) = if self.vnet_hdr {
-            match pkt.get(crate::tun::VNET_HDR_LEN..) {
-                // TODO(fast path): offloaded packets; plain ones have an all-zero header.
-                Some(ip) => (FrameType::Ip, ip),
-                None => {
-                    TunnelStats::add(&self.stats.drop_malformed, 1);
-                    return;
-                }
-            }
-        } else {
-            (FrameType::Ip, pkt)
+        if !self.vnet_hdr {
+            return self.encode_frame(FrameType::Ip, pkt, pkt.len());
+        }
+        let (Some(hdr), Some(ip)) = (
+            VirtioNetHdr::decode(pkt),
+            pkt.get(crate::tun::VNET_HDR_LEN..),
+        ) else {
+            TunnelStats::add(&self.stats.drop_malformed, 1);
+            return;
         };
+        if hdr.is_plain() {
+            self.encode_frame(FrameType::Ip, ip, ip.len())
+        } else if self.gso {
+            self.encode_frame(FrameType::Gso, pkt, ip.len())
+        } else {
+            let Writer {
+                out,
+                stats,
+                scratch,
+                ..
+            } = self;
+            let result = gso::segment(&hdr, ip, scratch, |seg| {
+                frame::encode(out, FrameType::Ip, seg);
+                TunnelStats::add(&stats.tx_packets, 1);
+                TunnelStats::add(&stats.tx_bytes, seg.len() as u64);
+            });
+            if let Err(e) = result {
+                tracing::debug!("cannot segment offloaded packet: {e}");
+                TunnelStats::add(&self.stats.drop_malformed, 1);
+            }
+        }
+    }
+
+    fn encode_frame(&mut self, kind: FrameType, body: &[u8], ip_len: usize) {
         if body.is_empty() {
             return;
         }
@@ -450,6 +482,6 @@ impl<Tx: TransportTx> Writer<Tx> {
         }
         frame::encode(&mut self.out, kind, body);
         TunnelStats::add(&self.stats.tx_packets, 1);
-        TunnelStats::add(&self.stats.tx_bytes, body.len() as u64);
+        TunnelStats::add(&self.stats.tx_bytes, ip_len as u64);
     }
 }

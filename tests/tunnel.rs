@@ -357,3 +357,69 @@ fn offload_and_plain_peers_interoperate() {
         tcp_transfer(&t.lan, &t.clients[0], ip("fd00:203::2"), 5013, 10 << 20);
     }
 }
+
+/// The tunnel MTU is the smaller of both ends'; a packet too big for it gets an ICMP error back
+/// to its sender, and TCP SYNs crossing the tunnel have their MSS clamped to fit.
+#[test]
+fn mtu_is_negotiated_too_big_packets_get_icmp_and_mss_is_clamped() {
+    let mut t = Topology::new(1);
+    t.start_server(&[]);
+    let c = t.start_client(0, &["--mtu", "1400"]);
+    assert!(
+        t.process(c).log_text().contains("mtu 1400"),
+        "negotiated MTU"
+    );
+    let link = t.clients[0].ip(&["link", "show", "dev", "sshvpn0"]);
+    assert!(link.contains("mtu 1400"), "client TUN MTU:\n{link}");
+
+    // Let the client's kernel advertise a 1460-byte MSS; the tunnel must clamp it to 1360.
+    t.clients[0].ip(&["link", "set", "dev", "sshvpn0", "mtu", "1500"]);
+    let addr = SocketAddr::new(ip(LAN4), 5020);
+    let listener = t
+        .lan
+        .run(move || std::net::TcpListener::bind(addr).unwrap());
+    let client = t.clients[0].run(move || std::net::TcpStream::connect(addr).unwrap());
+    let (server_side, _) = listener.accept().unwrap();
+    let ss = t
+        .lan
+        .exec_ok(&["ss", "-tin", "state", "established", "sport", "= :5020"]);
+    // ss shows the MSS in use, less TCP options (timestamps): 1348 when the SYN said 1360.
+    let mss: u32 = ss
+        .split("mss:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no mss in:\n{ss}"));
+    assert!(
+        (1000..=1360).contains(&mss),
+        "MSS clamped on the SYN crossing the tunnel:\n{ss}"
+    );
+    drop((client, server_side));
+    t.clients[0].ip(&["link", "set", "dev", "sshvpn0", "mtu", "1400"]);
+
+    let out = t
+        .lan
+        .exec(&["ping", "-c1", "-W2", "-M", "do", "-s", "1472", "10.203.0.2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mtu = 1400"),
+        "ICMP fragmentation needed from the tunnel:\n{text}"
+    );
+    let out = t.lan.exec(&[
+        "ping",
+        "-6",
+        "-c1",
+        "-W2",
+        "-M",
+        "do",
+        "-s",
+        "1452",
+        "fd00:203::2",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mtu=1400"),
+        "ICMPv6 packet too big from the tunnel:\n{text}"
+    );
+    assert!(t.lan.ping("10.203.0.2", 3), "packets that fit still pass");
+}

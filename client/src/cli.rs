@@ -48,6 +48,9 @@ pub struct ConnectArgs {
     /// Name of the TUN interface.
     #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
     pub tun_name: String,
+    /// Largest packet this end takes; the tunnel uses the smaller of both ends' MTUs.
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=65000))]
+    pub mtu: u16,
     /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
     #[arg(long)]
     pub no_offload: bool,

@@ -19,6 +19,7 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let server_addr = Some(connected.server_addr);
     let (rx, tx) = connected.channel.split();
     let opts = TunnelOptions {
+        mtu: args.mtu,
         extra_routes: args.routes.clone(),
         server_addr,
     };
@@ -46,10 +47,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Run the work as a task: the thread in block_on is not a worker, and a data path that
+    // hopped between it and the workers would pay a thread wake-up per packet.
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Connect(args) => connect(args).await,
-        }
+        let work = tokio::spawn(async move {
+            match cli.command {
+                Command::Connect(args) => connect(args).await,
+            }
+        });
+        work.await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
     });
     match result {
         Ok(code) => code,

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 
 /// Packets read from the TUN waiting for the transport.
 const OUTBOUND_QUEUE: usize = 1024;
-/// MTU this client offers; the session uses the smaller of both sides.
-const CLIENT_MTU: u16 = 1500;
 
 pub struct TunnelOptions {
+    /// MTU this client offers; the session uses the smaller of both sides.
+    pub mtu: u16,
     pub extra_routes: Vec<IpNet>,
     /// The SSH server's address: routes covering it are refused (they would loop the tunnel).
     pub server_addr: Option<IpAddr>,
@@ -80,7 +80,7 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
     } else {
         Features::default()
     };
-    let hello = Hello::new(features, CLIENT_MTU);
+    let hello = Hello::new(features, opts.mtu);
     let mut tunnel = Tunnel::new(Role::Client, hello, Timers::default(), rx, tx);
     let established = tunnel
         .handshake(|_| {
@@ -161,6 +161,12 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
         outbound,
         admit: Box::new(|_| true),
         stats: stats.clone(),
+        icmp_sources: config
+            .peer4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(config.peer6.map(IpAddr::V6))
+            .collect(),
     };
     let result = tunnel.run(data, shutdown_signal()).await;
     tun_reader.abort();

@@ -152,6 +152,8 @@ impl Daemon {
             outbound,
             admit: Box::new(move |a| own.iter().any(|n| n.contains(&a.src))),
             stats: stats.clone(),
+            // ICMP errors for packets too big for this client appear to come from the client.
+            icmp_sources: port.addresses.iter().map(|n| n.addr()).collect(),
         };
         let evicted = {
             let port = port.clone();

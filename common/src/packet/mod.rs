@@ -1,7 +1,9 @@
 //! IP packet inspection and rewriting used on the data path. No I/O.
 
 pub mod gso;
+pub mod icmp;
 pub mod ip;
+pub mod mss;
 pub mod vnet;
 
 pub use ip::{IpVersion, PacketAddrs, packet_addrs};

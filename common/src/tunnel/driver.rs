@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,8 +19,9 @@ use tokio::sync::{Notify, mpsc};
 
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
-use crate::packet::gso;
+use crate::packet::vnet::VIRTIO_NET_HDR_GSO_NONE;
 use crate::packet::{PacketAddrs, VirtioNetHdr, packet_addrs};
+use crate::packet::{gso, icmp, mss};
 use crate::proto::control::ControlError;
 use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
 use crate::proto::{
@@ -88,6 +90,9 @@ pub struct DataPath {
     /// Whether the peer may send a packet with these addresses (anti-spoofing).
     pub admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
     pub stats: Arc<TunnelStats>,
+    /// Sources of the ICMP "packet too big" errors this side injects into its TUN: the far end
+    /// of the tunnel (the kernel drops injected packets whose source is one of its own addresses).
+    pub icmp_sources: Vec<IpAddr>,
 }
 
 struct Shared {
@@ -216,6 +221,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             outbound,
             admit,
             stats,
+            icmp_sources,
         } = data;
         let reader = Reader {
             rx,
@@ -236,9 +242,13 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             stats,
             vnet_hdr: tun.has_vnet_hdr(),
             gso: negotiated.features.contains(Features::GSO),
+            mtu: negotiated.mtu,
             peer_max_payload: negotiated.peer_max_payload,
             out: BytesMut::with_capacity(FLUSH_BYTES * 2),
             scratch: Vec::new(),
+            tun: tun.clone(),
+            icmp_sources,
+            replies: Vec::new(),
         };
         let writer = writer.run(shutdown);
         tokio::pin!(writer);
@@ -381,10 +391,17 @@ struct Writer<Tx> {
     vnet_hdr: bool,
     /// The peer accepts offloaded (GSO) frames.
     gso: bool,
+    /// Largest plain packet the peer takes; larger ones get an ICMP "packet too big".
+    mtu: u16,
     peer_max_payload: usize,
     out: BytesMut,
-    /// Reused by software segmentation.
+    /// Reused by software segmentation and MSS clamping.
     scratch: Vec<u8>,
+    /// Where ICMP replies go, and their source addresses.
+    tun: Arc<TunDevice>,
+    icmp_sources: Vec<IpAddr>,
+    /// ICMP errors to write back to the TUN after this batch (rare).
+    replies: Vec<Vec<u8>>,
 }
 
 impl<Tx: TransportTx> Writer<Tx> {
@@ -429,6 +446,11 @@ impl<Tx: TransportTx> Writer<Tx> {
             if !self.out.is_empty() {
                 self.tx.send(self.out.split().freeze()).await?;
             }
+            for reply in self.replies.drain(..) {
+                if self.tun.send_ip(&reply).await.is_err() {
+                    TunnelStats::add(&self.stats.drop_tun_error, 1);
+                }
+            }
             if closed {
                 self.tx.finish().await;
                 return Ok(());
@@ -440,7 +462,7 @@ impl<Tx: TransportTx> Writer<Tx> {
     /// be segmented in software for a peer without offloads.
     fn encode_packet(&mut self, pkt: &[u8]) {
         if !self.vnet_hdr {
-            return self.encode_frame(FrameType::Ip, pkt, pkt.len());
+            return self.encode_plain(pkt);
         }
         let (Some(hdr), Some(ip)) = (
             VirtioNetHdr::decode(pkt),
@@ -450,7 +472,14 @@ impl<Tx: TransportTx> Writer<Tx> {
             return;
         };
         if hdr.is_plain() {
-            self.encode_frame(FrameType::Ip, ip, ip.len())
+            self.encode_plain(ip)
+        } else if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && mss::is_tcp_syn(ip) {
+            // A SYN with a partial checksum: complete the checksum, then clamp its MSS (rare).
+            let mut whole = Vec::with_capacity(ip.len());
+            match gso::segment(&hdr, ip, &mut self.scratch, |p| whole.extend_from_slice(p)) {
+                Ok(()) => self.encode_plain(&whole),
+                Err(_) => TunnelStats::add(&self.stats.drop_malformed, 1),
+            }
         } else if self.gso {
             self.encode_frame(FrameType::Gso, pkt, ip.len())
         } else {
@@ -469,6 +498,42 @@ impl<Tx: TransportTx> Writer<Tx> {
                 tracing::debug!("cannot segment offloaded packet: {e}");
                 TunnelStats::add(&self.stats.drop_malformed, 1);
             }
+        }
+    }
+
+    /// One ordinary IP packet: too big for the peer → ICMP error back to the sender; a TCP SYN →
+    /// MSS clamped to what fits the tunnel MTU.
+    fn encode_plain(&mut self, ip: &[u8]) {
+        if ip.len() > usize::from(self.mtu) {
+            TunnelStats::add(&self.stats.drop_too_big, 1);
+            self.packet_too_big(ip);
+        } else if mss::is_tcp_syn(ip) {
+            let mut pkt = std::mem::take(&mut self.scratch);
+            pkt.clear();
+            pkt.extend_from_slice(ip);
+            let v6 = pkt[0] >> 4 == 6;
+            mss::clamp_mss(&mut pkt, mss::mss_for_mtu(self.mtu, v6));
+            self.encode_frame(FrameType::Ip, &pkt, pkt.len());
+            self.scratch = pkt;
+        } else {
+            self.encode_frame(FrameType::Ip, ip, ip.len());
+        }
+    }
+
+    /// Queues an ICMP "fragmentation needed" / ICMPv6 "packet too big" for the sender of `ip`.
+    fn packet_too_big(&mut self, ip: &[u8]) {
+        let v6 = ip[0] >> 4 == 6;
+        let Some(from) = self
+            .icmp_sources
+            .iter()
+            .find(|a| a.is_ipv6() == v6)
+            .copied()
+        else {
+            return;
+        };
+        let mut out = Vec::new();
+        if icmp::packet_too_big(ip, self.mtu, from, &mut out).is_some() && self.replies.len() < 64 {
+            self.replies.push(out);
         }
     }
 

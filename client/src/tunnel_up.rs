@@ -5,16 +5,17 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use ipnet::IpNet;
 use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers, TunnelConfig};
 use sshvpn_common::tun::{RecvArena, TunDevice};
-use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats};
-use tokio::sync::mpsc;
+use sshvpn_common::tunnel::{
+    DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue,
+};
 
-/// Packets read from the TUN waiting for the transport.
-const OUTBOUND_QUEUE: usize = 1024;
+/// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
+const OUTBOUND_PACKETS: usize = 1024;
+const OUTBOUND_BYTES: usize = 512 * 1024;
 
 pub struct TunnelOptions {
     /// MTU this client offers; the session uses the smaller of both sides.
@@ -137,14 +138,14 @@ pub async fn run<Rx: TransportRx, Tx: TransportTx>(
         }
     );
 
-    let (queue, outbound) = mpsc::channel::<Bytes>(OUTBOUND_QUEUE);
+    let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
     let reader_tun = tun.clone();
     let tun_reader = tokio::spawn(async move {
         let mut arena = RecvArena::default();
         loop {
             match reader_tun.recv(&mut arena).await {
                 Ok(pkt) => {
-                    if queue.send(pkt).await.is_err() {
+                    if queue.push(pkt).await.is_err() {
                         return;
                     }
                 }

@@ -43,6 +43,9 @@ pub struct Args {
     /// Packets queued per client before new ones are dropped.
     #[arg(long, default_value_t = 1024, value_name = "PACKETS")]
     pub client_queue: usize,
+    /// Bytes (KiB) queued per client before new packets are dropped.
+    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    pub client_queue_kib: usize,
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

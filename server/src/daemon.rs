@@ -16,9 +16,10 @@ use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers, TunnelConfig};
 use sshvpn_common::tun::TunDevice;
-use sshvpn_common::tunnel::{ChannelRx, ChannelTx, DataPath, Tunnel, TunnelError, TunnelStats};
+use sshvpn_common::tunnel::{
+    ChannelRx, ChannelTx, DataPath, Tunnel, TunnelError, TunnelStats, packet_queue,
+};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use crate::cli::Args;
 use crate::handler::ConnectionHandler;
@@ -31,6 +32,7 @@ pub struct Daemon {
     push_routes: Vec<IpNet>,
     mtu: u16,
     client_queue: usize,
+    client_queue_bytes: usize,
     tun: Arc<TunDevice>,
     switch: Arc<Switch>,
     next_id: AtomicU64,
@@ -97,7 +99,7 @@ impl Daemon {
             ChannelRx(rx),
             ChannelTx(tx),
         );
-        let (queue, outbound) = mpsc::channel(self.client_queue);
+        let (queue, outbound) = packet_queue(self.client_queue, self.client_queue_bytes);
         let stats = Arc::new(TunnelStats::default());
         let id = self.next_id.fetch_add(1, Relaxed);
         let mut port: Option<Arc<PeerPort>> = None;
@@ -239,6 +241,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         push_routes: args.push_routes.clone(),
         mtu: args.mtu,
         client_queue: args.client_queue,
+        client_queue_bytes: args.client_queue_kib * 1024,
         tun: tun.clone(),
         switch: switch.clone(),
         next_id: AtomicU64::new(1),

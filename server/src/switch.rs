@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use sshvpn_common::allowed_ips::AllowedIps;
 use sshvpn_common::packet::packet_addrs;
 use sshvpn_common::tun::{RecvArena, TunDevice, VNET_HDR_LEN};
-use sshvpn_common::tunnel::TunnelStats;
-use tokio::sync::{Notify, mpsc};
+use sshvpn_common::tunnel::{QueueSender, TunnelStats};
+use tokio::sync::Notify;
 
 /// The switch's handle on one connected client.
 #[derive(Debug)]
@@ -19,7 +19,7 @@ pub struct PeerPort {
     pub id: u64,
     pub identity: String,
     pub addresses: Vec<IpNet>,
-    pub queue: mpsc::Sender<Bytes>,
+    pub queue: QueueSender,
     pub stats: Arc<TunnelStats>,
     /// Notified when this session must end (e.g. replaced by a newer one of the same identity).
     pub evict: Notify,
@@ -80,7 +80,7 @@ impl Switch {
             self.stats.no_route.fetch_add(1, Relaxed);
             return;
         };
-        if port.queue.try_send(pkt).is_err() {
+        if port.queue.try_push(pkt).is_err() {
             TunnelStats::add(&port.stats.drop_queue_full, 1);
         }
     }

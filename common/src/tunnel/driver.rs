@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
+use super::queue::QueueReceiver;
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
 use crate::packet::vnet::VIRTIO_NET_HDR_GSO_NONE;
@@ -86,7 +87,7 @@ pub struct DataPath {
     pub tun: Arc<TunDevice>,
     /// Packets read from the TUN for this peer, in the TUN's own format (with a virtio-net
     /// header when the TUN has them).
-    pub outbound: mpsc::Receiver<Bytes>,
+    pub outbound: QueueReceiver,
     /// Whether the peer may send a packet with these addresses (anti-spoofing).
     pub admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
     pub stats: Arc<TunnelStats>,
@@ -385,7 +386,7 @@ impl Delivery {
 struct Writer<Tx> {
     tx: Tx,
     shared: Arc<Shared>,
-    outbound: mpsc::Receiver<Bytes>,
+    outbound: QueueReceiver,
     stats: Arc<TunnelStats>,
     /// Packets from the TUN carry a virtio-net header.
     vnet_hdr: bool,

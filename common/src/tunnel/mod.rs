@@ -2,9 +2,11 @@
 //! it and a TUN device. One implementation serves client and server and every transport.
 
 pub mod driver;
+pub mod queue;
 pub mod stats;
 pub mod transport;
 
 pub use driver::{DataPath, Established, Tunnel, TunnelError};
+pub use queue::{QueueReceiver, QueueSender, packet_queue};
 pub use stats::{StatsSnapshot, TunnelStats};
 pub use transport::{ChannelRx, ChannelTx, StreamRx, StreamTx, TransportRx, TransportTx};

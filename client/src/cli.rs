@@ -54,6 +54,18 @@ pub struct ConnectArgs {
     /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
     #[arg(long)]
     pub no_offload: bool,
+    /// Seconds between keepalives on the tunnel.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub keepalive: u64,
+    /// The server is declared dead (and the client reconnects) after this many seconds of silence.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub dead_peer_timeout: u64,
+    /// Give up after this many failed reconnection attempts in a row (default: retry forever).
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Longest wait between reconnection attempts (the wait starts at 1 s and doubles).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub reconnect_max_delay: u64,
     /// Seconds to wait for the TCP connection and SSH handshake.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub connect_timeout: u64,

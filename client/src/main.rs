@@ -1,38 +1,16 @@
 //! `sshvpn`: the sshvpn client.
 
+mod backoff;
 mod cli;
+mod client_loop;
+mod interface;
 mod ssh_client;
-mod tunnel_up;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use sshvpn_common::tunnel::{ChannelRx, ChannelTx};
 
-use crate::cli::{Cli, Command, ConnectArgs};
-use crate::tunnel_up::{Outcome, TunnelOptions};
-
-async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
-    args.user_and_host().map_err(anyhow::Error::msg)?;
-    let tun = tunnel_up::create_tun(&args.tun_name, !args.no_offload)?;
-    let connected = ssh_client::connect(&args).await?;
-    let server_addr = Some(connected.server_addr);
-    let (rx, tx) = connected.channel.split();
-    let opts = TunnelOptions {
-        mtu: args.mtu,
-        extra_routes: args.routes.clone(),
-        server_addr,
-    };
-    let outcome = tunnel_up::run(tun, ChannelRx(rx), ChannelTx(tx), opts).await?;
-    drop(connected.handle);
-    match outcome {
-        Outcome::Interrupted => Ok(ExitCode::SUCCESS),
-        Outcome::Ended(e) => {
-            eprintln!("sshvpn: tunnel ended: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -52,14 +30,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let work = tokio::spawn(async move {
             match cli.command {
-                Command::Connect(args) => connect(args).await,
+                Command::Connect(args) => client_loop::run(args).await,
             }
         });
         work.await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
     });
     match result {
-        Ok(code) => code,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sshvpn: error: {e:#}");
             ExitCode::FAILURE

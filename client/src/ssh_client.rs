@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::anyhow;
 use russh::client::{self, Msg};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
@@ -107,22 +107,60 @@ fn identity_candidates(args: &ConnectArgs) -> Vec<PathBuf> {
     }
 }
 
-fn load_identity(args: &ConnectArgs) -> anyhow::Result<(PathBuf, PrivateKey)> {
+pub fn load_identity(args: &ConnectArgs) -> anyhow::Result<(PathBuf, PrivateKey)> {
     let candidates = identity_candidates(args);
     let Some(path) = candidates.first() else {
-        bail!("no identity key: pass -i KEY (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)");
+        anyhow::bail!(
+            "no identity key: pass -i KEY (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)"
+        );
     };
     let key = keys::load_private_key(path)?;
     Ok((path.clone(), key))
 }
 
-pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Connected> {
-    let (user, host) = args.user_and_host().map_err(anyhow::Error::msg)?;
-    let (key_path, key) = load_identity(args)?;
+/// Why connecting failed, and whether trying again can help.
+#[derive(Debug)]
+pub struct ConnectError {
+    pub error: anyhow::Error,
+    /// Network trouble is worth retrying; a refused key or a wrong host key is not.
+    pub retryable: bool,
+}
+
+impl ConnectError {
+    fn fatal(error: anyhow::Error) -> Self {
+        ConnectError {
+            error,
+            retryable: false,
+        }
+    }
+    fn transient(error: anyhow::Error) -> Self {
+        ConnectError {
+            error,
+            retryable: true,
+        }
+    }
+}
+
+macro_rules! bail {
+    (transient, $($arg:tt)*) => { return Err(ConnectError::transient(anyhow!($($arg)*))) };
+    (fatal, $($arg:tt)*) => { return Err(ConnectError::fatal(anyhow!($($arg)*))) };
+}
+
+/// Connects, verifies the host key, authenticates with `key` and opens the tunnel channel.
+pub async fn connect(
+    args: &ConnectArgs,
+    key_path: &std::path::Path,
+    key: &PrivateKey,
+) -> Result<Connected, ConnectError> {
+    let (user, host) = args
+        .user_and_host()
+        .map_err(|e| ConnectError::fatal(anyhow!(e)))?;
     let known_hosts = match &args.known_hosts {
         Some(p) => p.clone(),
-        None => ssh_dir_file("known_hosts")
-            .ok_or_else(|| anyhow!("HOME is not set: pass --known-hosts"))?,
+        None => match ssh_dir_file("known_hosts") {
+            Some(p) => p,
+            None => bail!(fatal, "HOME is not set: pass --known-hosts"),
+        },
     };
     let problem = Arc::new(Mutex::new(None));
     let checker = HostKeyChecker {
@@ -143,28 +181,36 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Connected> {
     });
     let timeout = Duration::from_secs(args.connect_timeout);
     let addr = (host.as_str(), args.port);
-    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "cannot reach {host}:{}: timed out after {}s",
-                args.port,
-                args.connect_timeout
-            )
-        })?
-        .with_context(|| format!("cannot reach {host}:{}", args.port))?;
-    tcp.set_nodelay(true)?;
-    let server_addr = tcp.peer_addr()?.ip();
+    let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Err(_) => bail!(
+            transient,
+            "cannot reach {host}:{}: timed out after {}s",
+            args.port,
+            args.connect_timeout
+        ),
+        Ok(Err(e)) => bail!(transient, "cannot reach {host}:{}: {e}", args.port),
+        Ok(Ok(tcp)) => tcp,
+    };
+    let _ = tcp.set_nodelay(true);
+    let server_addr = match tcp.peer_addr() {
+        Ok(a) => a.ip(),
+        Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", args.port),
+    };
     let handshake =
         tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
-        Err(_) => bail!("SSH handshake with {host}:{} timed out", args.port),
+        Err(_) => bail!(
+            transient,
+            "SSH handshake with {host}:{} timed out",
+            args.port
+        ),
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             let problem = problem.lock().unwrap_or_else(|e| e.into_inner()).take();
             let entry = known_hosts::host_entry_name(&host, args.port);
             let kh = known_hosts.display();
-            return Err(match problem {
+            let retryable = problem.is_none();
+            let error = match problem {
                 Some(HostKeyProblem::Unknown { fingerprint }) => anyhow!(
                     "host key for {entry} is not known ({fingerprint}); verify it, then connect once with \
                      --accept-new-host-key to record it in {kh}"
@@ -184,21 +230,29 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Connected> {
                 }
                 Some(HostKeyProblem::Io(msg)) => anyhow!(msg),
                 None => anyhow!("SSH handshake with {host}:{} failed: {e}", args.port),
-            });
+            };
+            return Err(ConnectError { error, retryable });
         }
     };
+    let transient = |e: russh::Error, step: &str| ConnectError::transient(anyhow!("{step}: {e}"));
     let hash = if key.algorithm().is_rsa() {
-        handle.best_supported_rsa_hash().await?.flatten()
+        handle
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| transient(e, "authentication"))?
+            .flatten()
     } else {
         None
     };
     let key_fp = fingerprint(key.public_key());
+    let signer = PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash);
     let auth = handle
-        .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+        .authenticate_publickey(&user, signer)
         .await
-        .context("authentication")?;
+        .map_err(|e| transient(e, "authentication"))?;
     if !auth.success() {
         bail!(
+            fatal,
             "server refused key {} ({key_fp}) for user {user}",
             key_path.display()
         );
@@ -206,20 +260,24 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<Connected> {
     let mut channel = handle
         .channel_open_session()
         .await
-        .context("opening the tunnel channel")?;
+        .map_err(|e| transient(e, "opening the tunnel channel"))?;
     channel
         .request_subsystem(true, SUBSYSTEM)
         .await
-        .context("requesting the tunnel subsystem")?;
+        .map_err(|e| transient(e, "requesting the tunnel subsystem"))?;
     loop {
         match tokio::time::timeout(timeout, channel.wait()).await {
             Ok(Some(ChannelMsg::Success)) => break,
-            Ok(Some(ChannelMsg::Failure)) => {
-                bail!("server refused the {SUBSYSTEM} subsystem (is sshvpnd serving this host?)")
-            }
+            Ok(Some(ChannelMsg::Failure)) => bail!(
+                transient,
+                "server refused the {SUBSYSTEM} subsystem (is sshvpnd serving this host?)"
+            ),
             Ok(Some(_)) => continue,
-            Ok(None) => bail!("server closed the channel before the tunnel started"),
-            Err(_) => bail!("no answer to the {SUBSYSTEM} subsystem request"),
+            Ok(None) => bail!(
+                transient,
+                "server closed the channel before the tunnel started"
+            ),
+            Err(_) => bail!(transient, "no answer to the {SUBSYSTEM} subsystem request"),
         }
     }
     Ok(Connected {

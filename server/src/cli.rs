@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::Parser;
 use ipnet::IpNet;
 
+use crate::limits::MaxStartups;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sshvpnd",
@@ -40,12 +42,76 @@ pub struct Args {
     /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
     #[arg(long)]
     pub no_offload: bool,
+    /// Directory for state that survives restarts (the address lease file).
+    #[arg(long, default_value = "/var/lib/sshvpn", value_name = "DIR")]
+    pub state_dir: PathBuf,
+    /// After setup, switch to this user, keeping only CAP_NET_ADMIN.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
     /// Packets queued per client before new ones are dropped.
-    #[arg(long, default_value_t = 1024, value_name = "PACKETS")]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "PACKETS",
+        help_heading = "Limits"
+    )]
     pub client_queue: usize,
     /// Bytes (KiB) queued per client before new packets are dropped.
-    #[arg(long, default_value_t = 1024, value_name = "KIB")]
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "KIB",
+        help_heading = "Limits"
+    )]
     pub client_queue_kib: usize,
+    /// Connected clients at most.
+    #[arg(
+        long,
+        default_value_t = 1024,
+        value_name = "N",
+        help_heading = "Limits"
+    )]
+    pub max_clients: usize,
+    /// Seconds a connection has to authenticate and start its tunnel (traffic does not extend it).
+    #[arg(
+        long,
+        default_value_t = 20,
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub login_grace_time: u64,
+    /// Unauthenticated connections: START:RATE:FULL as in sshd's MaxStartups.
+    #[arg(
+        long,
+        default_value = "10:30:100",
+        value_name = "START:RATE:FULL",
+        help_heading = "Limits"
+    )]
+    pub max_startups: MaxStartups,
+    /// Authentication attempts per connection.
+    #[arg(long, default_value_t = 6, value_name = "N", help_heading = "Limits")]
+    pub max_auth_tries: usize,
+    /// Seconds between keepalives on each tunnel.
+    #[arg(
+        long,
+        default_value_t = 5,
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub keepalive: u64,
+    /// A client silent for this many seconds is disconnected.
+    #[arg(
+        long,
+        default_value_t = 15,
+        value_name = "SECONDS",
+        help_heading = "Limits"
+    )]
+    pub dead_peer_timeout: u64,
+    /// Re-key each SSH connection after this many MiB in either direction (at most 1024).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1024), value_name = "MIB", help_heading = "Limits")]
+    pub rekey_limit_mib: u64,
+
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -71,8 +137,14 @@ impl Args {
                 self.tun_name
             ));
         }
-        if self.client_queue == 0 {
-            return Err("--client-queue must be at least 1".into());
+        if self.client_queue == 0 || self.client_queue_kib == 0 {
+            return Err("--client-queue and --client-queue-kib must be at least 1".into());
+        }
+        if self.login_grace_time == 0
+            || self.keepalive == 0
+            || self.dead_peer_timeout <= self.keepalive
+        {
+            return Err("--login-grace-time and --keepalive must be positive, --dead-peer-timeout longer than --keepalive".into());
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
@@ -11,22 +12,29 @@ use sshvpn_common::keys::fingerprint;
 use sshvpn_common::ssh::SUBSYSTEM;
 
 use crate::daemon::Daemon;
+use crate::listener::ConnectionState;
 
 pub struct ConnectionHandler {
-    pub daemon: Arc<Daemon>,
-    pub peer: Option<SocketAddr>,
+    daemon: Arc<Daemon>,
+    peer: SocketAddr,
+    state: Arc<ConnectionState>,
     /// The key that authenticated this connection.
-    pub key: Option<PublicKey>,
+    key: Option<PublicKey>,
     /// The session channel opened by the client, until it asks for the subsystem.
-    pub channel: Option<Channel<Msg>>,
-    pub tunnel_started: bool,
+    channel: Option<Channel<Msg>>,
+    tunnel_started: bool,
 }
 
 impl ConnectionHandler {
-    fn peer(&self) -> String {
-        self.peer
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "?".into())
+    pub fn new(daemon: Arc<Daemon>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
+        ConnectionHandler {
+            daemon,
+            peer,
+            state,
+            key: None,
+            channel: None,
+            tunnel_started: false,
+        }
     }
 }
 
@@ -39,15 +47,15 @@ impl russh::server::Handler for ConnectionHandler {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         if self.daemon.is_authorized(offer.public_key) {
-            Ok(Auth::Accept)
-        } else {
-            tracing::info!(
-                "{}: refused key {} for user {user:?} (not in authorized keys)",
-                self.peer(),
-                fingerprint(offer.public_key)
-            );
-            Ok(Auth::reject())
+            return Ok(Auth::Accept);
         }
+        self.state.auth_failures.fetch_add(1, Relaxed);
+        tracing::info!(
+            "{}: refused key {} for user {user:?} (not in authorized keys)",
+            self.peer,
+            fingerprint(offer.public_key)
+        );
+        Ok(Auth::reject())
     }
 
     async fn auth_publickey(
@@ -55,17 +63,22 @@ impl russh::server::Handler for ConnectionHandler {
         user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        if self.daemon.is_authorized(key.public_key) {
-            tracing::debug!(
-                "{}: user {user:?} authenticated with {}",
-                self.peer(),
-                fingerprint(key.public_key)
-            );
-            self.key = Some(key.public_key.clone());
-            Ok(Auth::Accept)
-        } else {
-            Ok(Auth::reject())
+        if !self.daemon.is_authorized(key.public_key) {
+            self.state.auth_failures.fetch_add(1, Relaxed);
+            return Ok(Auth::reject());
         }
+        tracing::debug!(
+            "{}: user {user:?} authenticated with {}",
+            self.peer,
+            fingerprint(key.public_key)
+        );
+        self.key = Some(key.public_key.clone());
+        Ok(Auth::Accept)
+    }
+
+    async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        self.state.auth_failures.fetch_add(1, Relaxed);
+        Ok(Auth::reject())
     }
 
     async fn channel_open_session(
@@ -93,7 +106,18 @@ impl russh::server::Handler for ConnectionHandler {
     ) -> Result<(), Self::Error> {
         let ours = self.channel.as_ref().is_some_and(|c| c.id() == channel);
         if name != SUBSYSTEM || !ours {
-            tracing::info!("{}: refused subsystem {name:?}", self.peer());
+            tracing::info!("{}: refused subsystem {name:?}", self.peer);
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        if self.daemon.clients.load(Relaxed) >= self.daemon.max_clients {
+            if let Some(n) = self.daemon.limit_log.check(std::time::Instant::now()) {
+                tracing::warn!(
+                    "{}: refused: {} clients connected, the maximum (and {n} more limit hits since last report)",
+                    self.peer,
+                    self.daemon.max_clients
+                );
+            }
             session.channel_failure(channel)?;
             return Ok(());
         }
@@ -103,11 +127,13 @@ impl russh::server::Handler for ConnectionHandler {
         };
         session.channel_success(channel)?;
         self.tunnel_started = true;
+        self.state.logged_in.store(true, Relaxed);
+        self.state.logged_in_signal.notify_one();
         let daemon = self.daemon.clone();
         let peer = self.peer;
         let handle = session.handle();
         tokio::spawn(async move {
-            daemon.serve_client(chan, key, peer).await;
+            crate::client_session::serve(daemon, chan, key, peer).await;
             // The tunnel is over: end the SSH connection too.
             let _ = handle
                 .disconnect(
@@ -125,7 +151,7 @@ impl russh::server::Handler for ConnectionHandler {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!("{}: refused shell request", self.peer());
+        tracing::info!("{}: refused shell request", self.peer);
         session.channel_failure(channel)?;
         Ok(())
     }
@@ -136,7 +162,7 @@ impl russh::server::Handler for ConnectionHandler {
         _data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!("{}: refused exec request", self.peer());
+        tracing::info!("{}: refused exec request", self.peer);
         session.channel_failure(channel)?;
         Ok(())
     }

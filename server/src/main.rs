@@ -1,8 +1,14 @@
 //! `sshvpnd`: the sshvpn server.
 
+mod addressing;
 mod cli;
+mod client_session;
 mod daemon;
 mod handler;
+mod leases;
+mod limits;
+mod listener;
+mod privileges;
 mod switch;
 
 use clap::Parser;

@@ -163,7 +163,10 @@ impl Topology {
     /// Starts sshvpnd in the server namespace with the standard pools and pushed routes.
     pub fn start_server(&mut self, extra: &[&str]) -> usize {
         let listen = format!("0.0.0.0:{SSH_PORT}");
+        let state = self.keys.dir.path("state");
         let mut args = vec![
+            "--state-dir",
+            state.to_str().unwrap(),
             "--listen",
             &listen,
             "--host-key",

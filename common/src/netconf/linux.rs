@@ -4,13 +4,14 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::AddressHeaderFlags;
+use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::{InterfaceConfig, NetSetup, NetSetupError};
 
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
+const EADDRNOTAVAIL: i32 = 99;
 
 pub struct LinuxNetSetup {
     handle: Handle,
@@ -138,6 +139,33 @@ impl NetSetup for LinuxNetSetup {
             Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
             Err(e) => Err(failed(format!("remove route {net} via {ifname}"), e)),
         }
+    }
+
+    async fn remove_address(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
+        let Ok(index) = self.link_index(ifname).await else {
+            return Ok(());
+        };
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Ok(Some(msg)) = addrs.try_next().await {
+            let matches = msg.header.prefix_len == net.prefix_len()
+                && msg
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, AddressAttribute::Address(ip) if *ip == net.addr()));
+            if matches {
+                return match self.handle.address().del(msg).execute().await {
+                    Ok(()) => Ok(()),
+                    Err(e) if errno(&e) == Some(EADDRNOTAVAIL) => Ok(()),
+                    Err(e) => Err(failed(format!("remove address {net} from {ifname}"), e)),
+                };
+            }
+        }
+        Ok(())
     }
 
     async fn undo(&mut self) {

@@ -34,6 +34,8 @@ pub trait NetSetup {
     async fn add_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError>;
     /// Removes one route this setup added.
     async fn remove_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError>;
+    /// Removes an address from the interface (missing ones are not an error).
+    async fn remove_address(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError>;
     /// Removes every route this setup added.
     async fn undo(&mut self);
     /// Routes currently recorded as added by this setup.

@@ -1,0 +1,245 @@
+//! The client's life: create the interface, then connect, run the tunnel, and reconnect with
+//! backoff after any transport failure until told to stop. The interface, its addresses and
+//! routes stay in place across reconnects; packets sent while disconnected are dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
+use sshvpn_common::tun::{RecvArena, TunDevice};
+use sshvpn_common::tunnel::{
+    ChannelRx, ChannelTx, DataPath, QueueSender, Tunnel, TunnelError, TunnelStats, packet_queue,
+};
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::cli::ConnectArgs;
+use crate::interface::TunnelInterface;
+use crate::ssh_client;
+
+/// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
+const OUTBOUND_PACKETS: usize = 1024;
+const OUTBOUND_BYTES: usize = 512 * 1024;
+/// A session that lasted this long resets the backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+/// Resolves once SIGINT or SIGTERM arrives; can be awaited from many places.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    pub fn install() -> anyhow::Result<Shutdown> {
+        let (tx, rx) = watch::channel(false);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            let _ = tx.send(true);
+        });
+        Ok(Shutdown(rx))
+    }
+
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Reads the TUN for the whole life of the client and hands packets to the current session's
+/// queue; with no session, packets are dropped (and counted), never buffered.
+fn spawn_tun_reader(
+    tun: Arc<TunDevice>,
+    mut current: watch::Receiver<Option<QueueSender>>,
+    dropped: Arc<AtomicU64>,
+) {
+    tokio::spawn(async move {
+        let mut arena = RecvArena::default();
+        let mut queue = current.borrow_and_update().clone();
+        loop {
+            let pkt = match tun.recv(&mut arena).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!("reading the tunnel interface: {e}");
+                    return;
+                }
+            };
+            if current.has_changed().unwrap_or(false) {
+                queue = current.borrow_and_update().clone();
+            }
+            let sent = match &queue {
+                Some(q) => q.push(pkt).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                dropped.fetch_add(1, Relaxed);
+            }
+        }
+    });
+}
+
+/// How one session ended.
+enum SessionEnd {
+    /// SIGINT/SIGTERM.
+    Shutdown,
+    /// The session ended; reconnecting may help.
+    Lost(String),
+    /// Reconnecting will not help (refused by the server).
+    Fatal(anyhow::Error),
+}
+
+pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    args.user_and_host().map_err(anyhow::Error::msg)?;
+    let (key_path, key) = ssh_client::load_identity(&args)?;
+    let mut shutdown = Shutdown::install()?;
+    let mut iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone())?;
+    let (set_queue, queue) = watch::channel(None);
+    let dropped = Arc::new(AtomicU64::new(0));
+    spawn_tun_reader(iface.tun.clone(), queue, dropped.clone());
+
+    let mut backoff = Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(args.reconnect_max_delay.max(1)),
+    );
+    let mut failures: u32 = 0;
+    let mut result = Ok(());
+    loop {
+        let started = Instant::now();
+        let end = tokio::select! {
+            end = session(&args, &key_path, &key, &mut iface, &set_queue, shutdown.clone()) => end,
+            _ = shutdown.wait() => SessionEnd::Shutdown,
+        };
+        let _ = set_queue.send(None);
+        let reason = match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Fatal(e) => {
+                result = Err(e);
+                break;
+            }
+            SessionEnd::Lost(reason) => reason,
+        };
+        if started.elapsed() >= STABLE_SESSION {
+            backoff.reset();
+            failures = 0;
+        }
+        failures += 1;
+        if let Some(max) = args.max_retries
+            && failures > max
+        {
+            result = Err(anyhow!("{reason}; giving up after {max} retries"));
+            break;
+        }
+        let delay = backoff.next_delay(rand::random_range(0.5..=1.0));
+        tracing::warn!(
+            "{reason}; reconnecting in {:.1}s (attempt {failures})",
+            delay.as_secs_f64()
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    iface.teardown().await;
+    let lost = dropped.load(Relaxed);
+    if lost > 0 {
+        tracing::info!("{lost} packets dropped while disconnected");
+    }
+    result
+}
+
+/// One connection: SSH, handshake, interface configuration, then the data path.
+async fn session(
+    args: &ConnectArgs,
+    key_path: &std::path::Path,
+    key: &russh::keys::PrivateKey,
+    iface: &mut TunnelInterface,
+    set_queue: &watch::Sender<Option<QueueSender>>,
+    mut shutdown: Shutdown,
+) -> SessionEnd {
+    let connected = match ssh_client::connect(args, key_path, key).await {
+        Ok(c) => c,
+        Err(e) if e.retryable => return SessionEnd::Lost(format!("{:#}", e.error)),
+        Err(e) => return SessionEnd::Fatal(e.error),
+    };
+    let (rx, tx) = connected.channel.split();
+    let tun = iface.tun.clone();
+    let features = if tun.has_vnet_hdr() {
+        Features::GSO
+    } else {
+        Features::default()
+    };
+    let timers = Timers {
+        keepalive_interval: Duration::from_secs(args.keepalive.max(1)),
+        dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout.max(2)),
+        ..Timers::default()
+    };
+    let mut tunnel = Tunnel::new(
+        Role::Client,
+        Hello::new(features, args.mtu),
+        timers,
+        ChannelRx(rx),
+        ChannelTx(tx),
+    );
+    let established = match tunnel
+        .handshake(|_| Err((CloseCode::ProtocolError, "not a server".into())))
+        .await
+    {
+        Ok(e) => e,
+        Err(TunnelError::PeerClosed {
+            code: CloseCode::NotAuthorized,
+            reason,
+        }) => {
+            return SessionEnd::Fatal(anyhow!("server refused the tunnel: {reason}"));
+        }
+        Err(e) => return SessionEnd::Lost(format!("tunnel handshake failed: {e}")),
+    };
+    let config = established.config.clone().unwrap_or_default();
+    let mtu = config.mtu.min(established.negotiated.mtu).max(576);
+    if let Err(e) = iface.apply(&config, mtu, connected.server_addr).await {
+        return SessionEnd::Fatal(e);
+    }
+    let offload = if established.negotiated.features.contains(Features::GSO) {
+        "on"
+    } else {
+        "off"
+    };
+    tracing::info!(
+        "tunnel up: {} via {} (offload {offload})",
+        iface.name(),
+        connected.server_addr
+    );
+
+    let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
+    let _ = set_queue.send(Some(queue));
+    let stats = Arc::new(TunnelStats::default());
+    let icmp_sources = config
+        .peer4
+        .map(std::net::IpAddr::V4)
+        .into_iter()
+        .chain(config.peer6.map(std::net::IpAddr::V6))
+        .collect();
+    let data = DataPath {
+        tun,
+        outbound,
+        admit: Box::new(|_| true),
+        stats: stats.clone(),
+        icmp_sources,
+    };
+    let stop = async move {
+        shutdown.wait().await;
+        (CloseCode::Normal, "client shutting down".to_string())
+    };
+    let result = tunnel.run(data, stop).await;
+    drop(connected.handle);
+    tracing::info!("tunnel down: {}", stats.snapshot());
+    match result {
+        Ok(()) => SessionEnd::Shutdown,
+        Err(TunnelError::PeerClosed {
+            code: CloseCode::NotAuthorized,
+            reason,
+        }) => SessionEnd::Fatal(anyhow!("server refused the tunnel: {reason}")),
+        Err(e) => SessionEnd::Lost(format!("connection lost: {e}")),
+    }
+}

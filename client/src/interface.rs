@@ -1,0 +1,132 @@
+//! The client's tunnel interface: the TUN device, and the addresses and routes applied to it.
+//! It outlives individual sessions: across reconnects the interface, its addresses and routes stay
+//! in place (applications keep their sockets); only a changed assignment is re-applied.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
+use sshvpn_common::proto::TunnelConfig;
+use sshvpn_common::tun::TunDevice;
+
+pub struct TunnelInterface {
+    pub tun: Arc<TunDevice>,
+    net: LinuxNetSetup,
+    /// What is applied now: (addresses, mtu, routes).
+    applied: Option<(Vec<IpNet>, u16, Vec<IpNet>)>,
+    extra_routes: Vec<IpNet>,
+    server_addr: Option<IpAddr>,
+}
+
+impl TunnelInterface {
+    pub fn create(
+        name: &str,
+        offload: bool,
+        extra_routes: Vec<IpNet>,
+    ) -> anyhow::Result<TunnelInterface> {
+        let tun = Arc::new(TunDevice::create(name, offload)?);
+        Ok(TunnelInterface {
+            tun,
+            net: LinuxNetSetup::new()?,
+            applied: None,
+            extra_routes,
+            server_addr: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.tun.name()
+    }
+
+    /// Routes to install for `config`: pushed ones and `--route`, without any that covers the
+    /// SSH server itself (that would send the tunnel's own packets into the tunnel).
+    fn routes_for(&self, config: &TunnelConfig) -> Vec<IpNet> {
+        let mut routes = Vec::new();
+        for net in config.routes.iter().chain(self.extra_routes.iter()) {
+            let net = net.trunc();
+            if let Some(server) = self.server_addr
+                && net.contains(&server)
+            {
+                tracing::warn!(
+                    "not installing route {net}: it covers the SSH server {server} itself"
+                );
+                continue;
+            }
+            if !routes.contains(&net) {
+                routes.push(net);
+            }
+        }
+        routes
+    }
+
+    /// Applies the server's assignment (addresses, MTU, routes); does nothing if it is what is
+    /// applied already. Returns true if anything changed.
+    pub async fn apply(
+        &mut self,
+        config: &TunnelConfig,
+        mtu: u16,
+        server_addr: IpAddr,
+    ) -> anyhow::Result<bool> {
+        self.server_addr = Some(server_addr);
+        let addresses: Vec<IpNet> = config.addresses().collect();
+        let routes = self.routes_for(config);
+        let wanted = (addresses.clone(), mtu, routes.clone());
+        if self.applied.as_ref() == Some(&wanted) {
+            return Ok(false);
+        }
+        if self.applied.is_some() {
+            tracing::info!("assignment changed; reconfiguring {}", self.name());
+            self.clear().await;
+        }
+        let name = self.name().to_string();
+        self.net
+            .configure(&InterfaceConfig {
+                name: name.clone(),
+                mtu: u32::from(mtu),
+                addresses: addresses.clone(),
+            })
+            .await
+            .context("configuring the tunnel interface")?;
+        for r in &routes {
+            if let Err(e) = self.net.add_route(&name, *r).await {
+                self.net.undo().await;
+                return Err(e).context("installing routes");
+            }
+        }
+        let shown = |v: &[IpNet]| {
+            v.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::info!(
+            "{name}: address {} mtu {mtu}, routes: {}",
+            shown(&addresses),
+            if routes.is_empty() {
+                "none".into()
+            } else {
+                shown(&routes)
+            }
+        );
+        self.applied = Some(wanted);
+        Ok(true)
+    }
+
+    /// Removes the routes and addresses this client added.
+    async fn clear(&mut self) {
+        self.net.undo().await;
+        if let Some((addresses, _, _)) = self.applied.take() {
+            let name = self.name().to_string();
+            for a in addresses {
+                let _ = self.net.remove_address(&name, a).await;
+            }
+        }
+    }
+
+    /// Undoes everything (the TUN itself goes when the process ends).
+    pub async fn teardown(&mut self) {
+        self.clear().await;
+    }
+}

@@ -1,0 +1,148 @@
+//! One client's tunnel, from hello to goodbye: address assignment, registration in the switch,
+//! the data path with anti-spoofing, and the connect/disconnect log lines.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use russh::Channel;
+use russh::keys::PublicKey;
+use russh::server::Msg;
+use sshvpn_common::keys::fingerprint;
+use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
+use sshvpn_common::tunnel::{
+    ChannelRx, ChannelTx, DataPath, Tunnel, TunnelError, TunnelStats, packet_queue,
+};
+
+use crate::daemon::Daemon;
+use crate::switch::PeerPort;
+
+/// Decrements the connected-clients count when the session ends.
+struct ClientSlot(Arc<Daemon>);
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Runs one client's tunnel on its SSH channel until it ends, and logs the outcome.
+pub async fn serve(daemon: Arc<Daemon>, channel: Channel<Msg>, key: PublicKey, peer: SocketAddr) {
+    daemon.clients.fetch_add(1, Relaxed);
+    let _slot = ClientSlot(daemon.clone());
+    let started = Instant::now();
+    let identity = fingerprint(&key);
+    let (rx, tx) = channel.split();
+    let features = if daemon.tun.has_vnet_hdr() {
+        Features::GSO
+    } else {
+        Features::default()
+    };
+    let hello = Hello::new(features, daemon.mtu);
+    let mut tunnel = Tunnel::new(
+        Role::Server,
+        hello,
+        daemon.timers,
+        ChannelRx(rx),
+        ChannelTx(tx),
+    );
+    let (queue, outbound) = packet_queue(daemon.client_queue, daemon.client_queue_bytes);
+    let stats = Arc::new(TunnelStats::default());
+    let id = daemon.next_id.fetch_add(1, Relaxed);
+    let mut port: Option<Arc<PeerPort>> = None;
+    let handshake = tunnel
+        .handshake(|_negotiated| {
+            let a = daemon
+                .addressing
+                .assign(&identity)
+                .map_err(|e| (CloseCode::PoolExhausted, e.to_string()))?;
+            let config = TunnelConfig {
+                addr4: Some(a.addr4),
+                addr6: a.addr6,
+                peer4: match daemon.addressing.server_addr(false) {
+                    Some(std::net::IpAddr::V4(s)) => Some(s),
+                    _ => None,
+                },
+                peer6: match daemon.addressing.server_addr(true) {
+                    Some(std::net::IpAddr::V6(s)) => Some(s),
+                    _ => None,
+                },
+                mtu: daemon.mtu,
+                routes: daemon.push_routes.clone(),
+                keepalive_ms: daemon.timers.keepalive_interval.as_millis() as u32,
+                ..Default::default()
+            };
+            let p = Arc::new(PeerPort {
+                id,
+                identity: identity.clone(),
+                addresses: a.own,
+                queue: queue.clone(),
+                stats: stats.clone(),
+                evict: Default::default(),
+            });
+            daemon.switch.attach(p.clone());
+            port = Some(p);
+            Ok(config)
+        })
+        .await;
+    drop(queue);
+    let (established, port) = match (handshake, port) {
+        (Ok(established), Some(port)) => (established, port),
+        (Ok(_), None) => return,
+        (Err(e), port) => {
+            if let Some(p) = port {
+                daemon.switch.detach(&p);
+            }
+            tracing::info!("client {peer} key {identity}: handshake failed: {e}");
+            return;
+        }
+    };
+    let addresses = port
+        .addresses
+        .iter()
+        .map(|n| n.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let offload = if established.negotiated.features.contains(Features::GSO) {
+        "on"
+    } else {
+        "off"
+    };
+    tracing::info!(
+        "client connected: peer {peer} key {identity} addresses {addresses} ({}, offload {offload})",
+        established.negotiated.peer_software
+    );
+    let own = port.addresses.clone();
+    let data = DataPath {
+        tun: daemon.tun.clone(),
+        outbound,
+        admit: Box::new(move |a| own.iter().any(|n| n.contains(&a.src))),
+        stats: stats.clone(),
+        // ICMP errors for packets too big for this client appear to come from the client.
+        icmp_sources: port.addresses.iter().map(|n| n.addr()).collect(),
+    };
+    let evicted = {
+        let port = port.clone();
+        async move {
+            port.evict.notified().await;
+            (
+                CloseCode::Replaced,
+                "replaced by a newer session of the same key".to_string(),
+            )
+        }
+    };
+    let result = tunnel.run(data, evicted).await;
+    daemon.switch.detach(&port);
+    let reason = match result {
+        Ok(()) => "closed by server".to_string(),
+        Err(TunnelError::PeerClosed { reason, .. }) => format!("closed by client ({reason})"),
+        Err(TunnelError::Eof) => "connection closed".to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(
+        "client disconnected: peer {peer} key {identity} addresses {addresses} after {:.1}s: {reason}; {}",
+        started.elapsed().as_secs_f64(),
+        stats.snapshot()
+    );
+}

@@ -1,0 +1,34 @@
+//! Dropping root after setup: switch to an unprivileged user, keeping only CAP_NET_ADMIN (needed
+//! to add and remove routes while clients come and go). The TUN and the listening socket are
+//! already open and need no privilege to use.
+
+use anyhow::{Context, anyhow};
+use caps::{CapSet, Capability, CapsHashSet};
+use nix::unistd::{Gid, Uid, User, setgid, setgroups, setuid};
+
+/// Becomes `user` with CAP_NET_ADMIN as the only capability (effective, permitted, bounding).
+pub fn drop_to(user: &str) -> anyhow::Result<()> {
+    let entry = User::from_name(user)
+        .with_context(|| format!("looking up user {user}"))?
+        .ok_or_else(|| anyhow!("no such user: {user}"))?;
+    let keep: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
+    // Keep permitted capabilities across setuid, then trim everything else.
+    nix::sys::prctl::set_keepcaps(true).context("PR_SET_KEEPCAPS")?;
+    for cap in caps::all() {
+        if cap != Capability::CAP_NET_ADMIN {
+            caps::drop(None, CapSet::Bounding, cap).context("dropping bounding capabilities")?;
+        }
+    }
+    setgroups(&[]).context("clearing supplementary groups")?;
+    setgid(Gid::from_raw(entry.gid.as_raw())).context("setgid")?;
+    setuid(Uid::from_raw(entry.uid.as_raw())).context("setuid")?;
+    caps::set(None, CapSet::Permitted, &keep).context("setting permitted capabilities")?;
+    caps::set(None, CapSet::Effective, &keep).context("setting effective capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
+    nix::sys::prctl::set_keepcaps(false).context("PR_SET_KEEPCAPS")?;
+    tracing::info!(
+        "now running as {user} (uid {}) with CAP_NET_ADMIN only",
+        entry.uid
+    );
+    Ok(())
+}

@@ -96,31 +96,36 @@ impl Default for PenaltyPolicy {
     }
 }
 
-/// Per-source penalty table: each offence extends the source's penalty; while it exceeds the
-/// minimum, new connections from that source are refused at once.
+/// Per-source penalty table: each offence extends the source's penalty; once the accumulated
+/// penalty reaches the minimum, new connections from that source are refused until it ends.
 #[derive(Debug, Default)]
 pub struct Penalties {
     policy: PenaltyPolicy,
-    until: HashMap<IpAddr, Instant>,
+    sources: HashMap<IpAddr, Penalty>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    until: Instant,
+    enforced: bool,
 }
 
 impl Penalties {
     pub fn new(policy: PenaltyPolicy) -> Self {
         Penalties {
             policy,
-            until: HashMap::new(),
+            sources: HashMap::new(),
         }
     }
 
     /// Remaining penalty of `ip`, if it is currently refused.
     pub fn refused(&mut self, ip: IpAddr, now: Instant) -> Option<Duration> {
-        let until = *self.until.get(&ip)?;
-        if until <= now {
-            self.until.remove(&ip);
+        let p = *self.sources.get(&ip)?;
+        if p.until <= now {
+            self.sources.remove(&ip);
             return None;
         }
-        let left = until - now;
-        (left >= self.policy.min).then_some(left)
+        p.enforced.then(|| p.until - now)
     }
 
     pub fn record(&mut self, ip: IpAddr, offence: Offence, now: Instant) {
@@ -128,28 +133,33 @@ impl Penalties {
             Offence::AuthFailure => self.policy.auth_failure,
             Offence::NoAuth => self.policy.no_auth,
         };
-        if !self.until.contains_key(&ip) && self.until.len() >= self.policy.max_sources {
-            self.until.retain(|_, t| *t > now);
-            if self.until.len() >= self.policy.max_sources {
+        if !self.sources.contains_key(&ip) && self.sources.len() >= self.policy.max_sources {
+            self.sources.retain(|_, p| p.until > now);
+            if self.sources.len() >= self.policy.max_sources {
                 // Still full: forget the source whose penalty ends first.
-                if let Some(oldest) = self
-                    .until
+                if let Some(first) = self
+                    .sources
                     .iter()
-                    .min_by_key(|(_, t)| **t)
+                    .min_by_key(|(_, p)| p.until)
                     .map(|(ip, _)| *ip)
                 {
-                    self.until.remove(&oldest);
+                    self.sources.remove(&first);
                 }
             }
         }
-        let entry = self.until.entry(ip).or_insert(now);
-        let base = (*entry).max(now);
-        *entry = (base + add).min(now + self.policy.max);
+        let p = self.sources.entry(ip).or_insert(Penalty {
+            until: now,
+            enforced: false,
+        });
+        p.until = (p.until.max(now) + add).min(now + self.policy.max);
+        if p.until - now >= self.policy.min {
+            p.enforced = true;
+        }
     }
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.until.len()
+        self.sources.len()
     }
 }
 
@@ -217,6 +227,11 @@ mod tests {
         p.record(a, Offence::AuthFailure, now);
         assert_eq!(p.refused(a, now), Some(Duration::from_secs(15)));
         assert_eq!(p.refused(b, now), None, "other sources unaffected");
+        assert_eq!(
+            p.refused(a, now + Duration::from_secs(10)),
+            Some(Duration::from_secs(5)),
+            "enforced to the end"
+        );
         assert_eq!(p.refused(a, now + Duration::from_secs(16)), None, "expired");
         for _ in 0..1000 {
             p.record(a, Offence::AuthFailure, now);

@@ -110,6 +110,11 @@ impl Netns {
         other.ip(&["link", "set", b_if, "up"]);
     }
 
+    /// Runs an nft script in the namespace.
+    pub fn nft(&self, script: &str) {
+        self.exec_ok(&["nft", script]);
+    }
+
     pub fn sysctl(&self, key_value: &str) {
         self.exec_ok(&["sysctl", "-qw", key_value]);
     }

@@ -296,3 +296,38 @@ fn a_client_that_stops_reading_costs_bounded_server_memory() {
     let _ = stuck.kill();
     let _ = stuck.wait();
 }
+
+#[test]
+fn server_drops_to_an_unprivileged_user_keeping_only_cap_net_admin() {
+    let mut t = Topology::new(1);
+    let s = t.start_server(&["--user", "nobody"]);
+    let pid = t.processes[s].child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    assert!(
+        field("Uid:")
+            .split_whitespace()
+            .all(|u| u == nobody.to_string()),
+        "{status}"
+    );
+    // CAP_NET_ADMIN is bit 12.
+    assert_eq!(field("CapEff:"), "0000000000001000", "{status}");
+    assert_eq!(field("CapPrm:"), "0000000000001000", "{status}");
+    assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
+    t.start_client(0, &[]);
+    assert!(
+        t.clients[0].ping(LAN4, 3),
+        "the tunnel works after the drop"
+    );
+}

@@ -1,5 +1,7 @@
 //! `sshvpn`: the sshvpn client.
 
+#![forbid(unsafe_code)]
+
 mod backoff;
 mod cli;
 mod client_loop;

@@ -1,6 +1,8 @@
 //! Shared code of sshvpn: the wire protocol (sans-IO), packet handling, the tunnel driver,
 //! TUN devices, OS network setup, and SSH key / known_hosts helpers.
 
+#![deny(unsafe_code)]
+
 pub mod allowed_ips;
 pub mod keys;
 pub mod known_hosts;

@@ -1,5 +1,7 @@
 //! `sshvpnd`: the sshvpn server.
 
+#![forbid(unsafe_code)]
+
 mod addressing;
 mod cli;
 mod client_session;

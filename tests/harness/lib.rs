@@ -2,6 +2,8 @@
 //! running in them. Everything a test creates is removed when its guard drops, also when an
 //! assertion fails.
 
+#![forbid(unsafe_code)]
+
 pub mod net;
 pub mod proc;
 pub mod topo;

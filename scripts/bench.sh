@@ -127,7 +127,7 @@ EOC
 run_sshvpn() {
   topology_up
   cp "$WORK/id.pub" "$WORK/ak"; rm -f "$WORK/sv_hk" "$WORK/sv_kh"
-  ip netns exec "$NS_GW" "$BIN/sshvpnd" --listen 10.200.0.2:4022 --host-key "$WORK/sv_hk" --authorized-keys "$WORK/ak" --state-dir "$WORK/state" \
+  ip netns exec "$NS_GW" "$BIN/sshvpnd" --listen 10.200.0.2:4022 --host-key "$WORK/sv_hk" --authorized-keys "$WORK/ak" --state-dir "$WORK/state" --control "$WORK/control.sock" \
     --pool 10.203.0.0/24 --push-route 10.202.0.0/24 ${SSHVPN_SERVER_ARGS:-} >"$WORK/sv_s.log" 2>&1 &
   local server=$!
   for _ in $(seq 50); do grep -q "listening" "$WORK/sv_s.log" && break; sleep 0.1; done

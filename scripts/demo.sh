@@ -31,7 +31,7 @@ cp "$WORK/id_ed25519.pub" "$WORK/authorized_keys"
 
 step "Starting sshvpnd on the gateway"
 ip netns exec "$NS_GW" "$BIN/sshvpnd" --listen 10.200.0.2:2222 --host-key "$WORK/host_key" \
-  --authorized-keys "$WORK/authorized_keys" --state-dir "$WORK/state" --pool 10.203.0.0/24 --pool6 fd00:203::/64 \
+  --authorized-keys "$WORK/authorized_keys" --state-dir "$WORK/state" --control "$WORK/control.sock" --pool 10.203.0.0/24 --pool6 fd00:203::/64 \
   --push-route 10.202.0.0/24 --push-route fd00:202::/64 >"$WORK/server.log" 2>&1 &
 for _ in $(seq 50); do grep -q "listening on" "$WORK/server.log" && break; sleep 0.1; done
 cat "$WORK/server.log"

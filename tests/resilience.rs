@@ -55,9 +55,7 @@ fn silent_path_loss_is_detected_and_a_tcp_connection_survives_the_outage() {
     let c = t.start_client(0, &["--keepalive", "1", "--dead-peer-timeout", "4"]);
     // A long-running TCP connection across the tunnel.
     let addr = SocketAddr::new(ip(LAN4), 5100);
-    let listener = t
-        .lan
-        .run(move || std::net::TcpListener::bind(addr).unwrap());
+    let listener = t.lan.run(move || std::net::TcpListener::bind(addr).unwrap());
     let mut conn = t.clients[0].run(move || TcpStream::connect(addr).unwrap());
     let (mut far, _) = listener.accept().unwrap();
     conn.write_all(b"before").unwrap();
@@ -71,9 +69,7 @@ fn silent_path_loss_is_detected_and_a_tcp_connection_survives_the_outage() {
          add rule inet cut in iifname eth0 drop; add rule inet cut out oifname eth0 drop",
     );
     let cut = Instant::now();
-    let noticed = wait_until(10.0, || {
-        t.processes[c].log_text().contains("reconnecting in")
-    });
+    let noticed = wait_until(10.0, || t.processes[c].log_text().contains("reconnecting in"));
     assert!(noticed, "dead peer noticed:\n{}", t.processes[c].log_text());
     assert!(
         cut.elapsed() < Duration::from_secs(7),
@@ -108,20 +104,13 @@ fn sigterm_during_reconnect_backoff_leaves_nothing_behind() {
         .log_text()
         .contains("reconnecting in")));
     let status = t.process(c).stop();
-    assert!(
-        status.success(),
-        "clean exit: {status}\n{}",
-        t.processes[c].log_text()
-    );
+    assert!(status.success(), "clean exit: {status}\n{}", t.processes[c].log_text());
     let routes = t.clients[0].ip(&["route", "show"]);
     assert!(
         !routes.contains("10.250.0.0") && !routes.contains("10.202.0.0"),
         "routes left:\n{routes}"
     );
-    assert!(
-        !t.clients[0].ip(&["link", "show"]).contains("vpnx"),
-        "TUN left behind"
-    );
+    assert!(!t.clients[0].ip(&["link", "show"]).contains("vpnx"), "TUN left behind");
 }
 
 #[test]
@@ -136,19 +125,14 @@ fn unauthenticated_floods_are_cut_at_the_login_deadline_without_disturbing_clien
             .filter_map(|_| TcpStream::connect_timeout(&target, Duration::from_secs(2)).ok())
             .collect()
     });
-    assert!(
-        conns.len() > 100,
-        "connections accepted by the kernel: {}",
-        conns.len()
-    );
+    assert!(conns.len() > 100, "connections accepted by the kernel: {}", conns.len());
     let opened = Instant::now();
     let handles: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, mut s)| {
             std::thread::spawn(move || {
-                s.set_read_timeout(Some(Duration::from_millis(200)))
-                    .unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
                 let _ = s.write_all(b"SSH-2.0-trickle\r\n");
                 let mut buf = [0u8; 4096];
                 let started = Instant::now();
@@ -221,9 +205,7 @@ fn repeated_authentication_failures_penalise_only_that_source() {
         "the failing source ends up refused:\n{}",
         t.processes[s].log_text()
     );
-    assert!(wait_until(2.0, || t.processes[s]
-        .log_text()
-        .contains("penalised")));
+    assert!(wait_until(2.0, || t.processes[s].log_text().contains("penalised")));
     // Another source is unaffected.
     t.start_client(0, &[]);
     assert!(t.clients[0].ping(LAN4, 3));
@@ -236,10 +218,7 @@ fn bulk_transfer_survives_frequent_rekeying() {
     let c = t.start_client(0, &[]);
     tcp_transfer(&t.clients[0], &t.lan, ip(LAN4), 5200, 512 << 20);
     tcp_transfer(&t.lan, &t.clients[0], ip("10.203.0.2"), 5201, 256 << 20);
-    assert!(
-        !t.processes[c].log_text().contains("reconnecting"),
-        "no tunnel reset"
-    );
+    assert!(!t.processes[c].log_text().contains("reconnecting"), "no tunnel reset");
     assert_eq!(
         count(&t.processes[s].log_text(), "client connected"),
         1,
@@ -255,11 +234,7 @@ fn a_client_that_stops_reading_costs_bounded_server_memory() {
     // Client 2 says hello through the stock ssh and then never reads its channel again.
     let key = t.client_keys[1].to_str().unwrap().to_string();
     let hello = t.log("hello");
-    std::fs::write(
-        &hello,
-        [0x10u8, 0, 0, 10, 1, 0, 2, 0, 1, 3, 0, 2, 0x05, 0xdc],
-    )
-    .unwrap();
+    std::fs::write(&hello, [0x10u8, 0, 0, 10, 1, 0, 2, 0, 1, 3, 0, 2, 0x05, 0xdc]).unwrap();
     let cmd = format!(
         "(cat {}; sleep 30) | ssh -q -i {key} -p {SSH_PORT} -o BatchMode=yes -o StrictHostKeyChecking=no \
          -o UserKnownHostsFile=/dev/null root@10.200.2.1 -s sshvpn | sleep 30",
@@ -274,9 +249,7 @@ fn a_client_that_stops_reading_costs_bounded_server_memory() {
         "client connected"
     ) == 2));
     // Flood the stuck client's address from the LAN for a few seconds.
-    let sock = t
-        .lan
-        .run(|| std::net::UdpSocket::bind("10.202.0.2:0").unwrap());
+    let sock = t.lan.run(|| std::net::UdpSocket::bind("10.202.0.2:0").unwrap());
     let payload = [0u8; 1400];
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
@@ -310,15 +283,9 @@ fn server_drops_to_an_unprivileged_user_keeping_only_cap_net_admin() {
             .map(|l| l[name.len()..].trim().to_string())
             .unwrap_or_default()
     };
-    let nobody = nix::unistd::User::from_name("nobody")
-        .unwrap()
-        .unwrap()
-        .uid
-        .as_raw();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap().uid.as_raw();
     assert!(
-        field("Uid:")
-            .split_whitespace()
-            .all(|u| u == nobody.to_string()),
+        field("Uid:").split_whitespace().all(|u| u == nobody.to_string()),
         "{status}"
     );
     // CAP_NET_ADMIN is bit 12.
@@ -326,8 +293,5 @@ fn server_drops_to_an_unprivileged_user_keeping_only_cap_net_admin() {
     assert_eq!(field("CapPrm:"), "0000000000001000", "{status}");
     assert_eq!(field("CapBnd:"), "0000000000001000", "{status}");
     t.start_client(0, &[]);
-    assert!(
-        t.clients[0].ping(LAN4, 3),
-        "the tunnel works after the drop"
-    );
+    assert!(t.clients[0].ping(LAN4, 3), "the tunnel works after the drop");
 }

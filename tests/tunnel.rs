@@ -35,10 +35,7 @@ fn address_and_routes_are_installed_and_removed() {
     t.start_server(&[]);
     let c = t.start_client(0, &["--route", "10.250.0.0/16", "--tun-name", "vpn7"]);
     let addrs = t.clients[0].ip(&["addr", "show", "dev", "vpn7"]);
-    assert!(
-        addrs.contains("inet 10.203.0.2/24"),
-        "client TUN address:\n{addrs}"
-    );
+    assert!(addrs.contains("inet 10.203.0.2/24"), "client TUN address:\n{addrs}");
     assert!(
         addrs.contains("inet6 fd00:203::2/64"),
         "client TUN IPv6 address:\n{addrs}"
@@ -47,15 +44,9 @@ fn address_and_routes_are_installed_and_removed() {
     assert!(routes.contains("10.202.0.0/24"), "pushed route:\n{routes}");
     assert!(routes.contains("10.250.0.0/16"), "--route:\n{routes}");
     let routes6 = t.clients[0].ip(&["-6", "route", "show", "dev", "vpn7"]);
-    assert!(
-        routes6.contains("fd00:202::/64"),
-        "pushed IPv6 route:\n{routes6}"
-    );
+    assert!(routes6.contains("fd00:202::/64"), "pushed IPv6 route:\n{routes6}");
     let status = t.process(c).stop();
-    assert!(
-        status.success(),
-        "client exits cleanly on SIGTERM: {status}"
-    );
+    assert!(status.success(), "client exits cleanly on SIGTERM: {status}");
     let after = t.clients[0].ip(&["route", "show"]);
     assert!(
         !after.contains("10.202.0.0/24") && !after.contains("10.250.0.0/16"),
@@ -79,21 +70,12 @@ fn two_clients_get_distinct_addresses_and_reach_the_lan_and_each_other() {
     );
     assert!(t.clients[0].ping(LAN4, 5));
     assert!(t.clients[1].ping(LAN4, 5));
-    assert!(
-        t.clients[0].ping("10.203.0.3", 5),
-        "client 1 reaches client 2"
-    );
+    assert!(t.clients[0].ping("10.203.0.3", 5), "client 1 reaches client 2");
     assert!(
         t.clients[1].ping("fd00:203::2", 5),
         "client 2 reaches client 1 over IPv6"
     );
-    tcp_transfer(
-        &t.clients[0],
-        &t.clients[1],
-        ip("10.203.0.3"),
-        5004,
-        10 << 20,
-    );
+    tcp_transfer(&t.clients[0], &t.clients[1], ip("10.203.0.3"), 5004, 10 << 20);
 }
 
 #[test]
@@ -164,10 +146,7 @@ fn spoofed_source_addresses_are_dropped() {
         honest.send_to(b"honest", dst).unwrap();
     }
     let got = udp_drain(&sink);
-    assert!(
-        got.iter().any(|d| d == b"honest"),
-        "honest datagrams arrive: {got:?}"
-    );
+    assert!(got.iter().any(|d| d == b"honest"), "honest datagrams arrive: {got:?}");
     assert!(
         !got.iter().any(|d| d == b"spoofed"),
         "spoofed datagrams must not arrive: {got:?}"
@@ -180,9 +159,7 @@ fn spoofed_source_addresses_are_dropped() {
     );
     t.process(c).stop();
     let server = t.process(s);
-    assert!(wait_until(5.0, || server
-        .log_text()
-        .contains("client disconnected")));
+    assert!(wait_until(5.0, || server.log_text().contains("client disconnected")));
     let log = server.log_text();
     let spoofed: u64 = log
         .split("spoofed=")
@@ -190,20 +167,12 @@ fn spoofed_source_addresses_are_dropped() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no drop counter in the server log:\n{log}"));
-    assert!(
-        spoofed >= 4,
-        "server counted {spoofed} spoofed packets:\n{log}"
-    );
+    assert!(spoofed >= 4, "server counted {spoofed} spoofed packets:\n{log}");
 }
 
 /// Sends `payload` on the `sshvpn` subsystem with the stock OpenSSH client, as a misbehaving
 /// peer would, and returns its process once started.
-fn raw_subsystem_peer(
-    t: &Topology,
-    client: usize,
-    payload: &[u8],
-    name: &str,
-) -> std::process::Child {
+fn raw_subsystem_peer(t: &Topology, client: usize, payload: &[u8], name: &str) -> std::process::Child {
     let input = t.log(name);
     std::fs::write(&input, payload).unwrap();
     let key = t.client_keys[client].to_str().unwrap().to_string();
@@ -233,10 +202,7 @@ fn malformed_frames_end_only_that_session() {
             "oversized",
             [hello, &[0x01, 0xff, 0xff, 0xff][..], &[0x45; 64][..]].concat(),
         ),
-        (
-            "garbage before hello",
-            b"\x00\x01\x02\x03 not a frame".to_vec(),
-        ),
+        ("garbage before hello", b"\x00\x01\x02\x03 not a frame".to_vec()),
     ];
     for (name, payload) in cases {
         let mut peer = raw_subsystem_peer(&t, 1, &payload, name);
@@ -245,20 +211,11 @@ fn malformed_frames_end_only_that_session() {
             let _ = peer.kill();
         }
         assert!(ended, "{name}: the server must end the session");
-        assert!(
-            t.clients[0].ping(LAN4, 3),
-            "{name}: the other client keeps working"
-        );
+        assert!(t.clients[0].ping(LAN4, 3), "{name}: the other client keeps working");
     }
     let log = t.process(s).log_text();
-    assert!(
-        log.contains("unknown frame type"),
-        "garbage is reported:\n{log}"
-    );
-    assert!(
-        log.contains("exceeds the limit"),
-        "oversized frame is reported:\n{log}"
-    );
+    assert!(log.contains("unknown frame type"), "garbage is reported:\n{log}");
+    assert!(log.contains("exceeds the limit"), "oversized frame is reported:\n{log}");
     assert!(!log.contains("panicked"), "{log}");
     tcp_transfer(&t.clients[0], &t.lan, ip(LAN4), 5005, 5 << 20);
 }
@@ -299,14 +256,8 @@ fn bad_arguments_give_clear_errors() {
     let out = run_cmd("sshvpn", &["connect", "root@", "-i", "/nonexistent"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("invalid target") && !err.contains("panicked"),
-        "{err}"
-    );
-    let out = run_cmd(
-        "sshvpn",
-        &["connect", "root@127.0.0.1", "-i", "/nonexistent/key"],
-    );
+    assert!(err.contains("invalid target") && !err.contains("panicked"), "{err}");
+    let out = run_cmd("sshvpn", &["connect", "root@127.0.0.1", "-i", "/nonexistent/key"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot read key /nonexistent/key"), "{err}");
 }
@@ -333,24 +284,10 @@ fn run_client(ns: &sshvpn_tests::Netns, args: &[String]) -> std::process::Output
 fn offload_and_plain_peers_interoperate() {
     for (server_offload, client_offload) in [(true, false), (false, true), (false, false)] {
         let mut t = Topology::new(1);
-        t.start_server(if server_offload {
-            &[]
-        } else {
-            &["--no-offload"]
-        });
-        let c = t.start_client(
-            0,
-            if client_offload {
-                &[]
-            } else {
-                &["--no-offload"]
-            },
-        );
+        t.start_server(if server_offload { &[] } else { &["--no-offload"] });
+        let c = t.start_client(0, if client_offload { &[] } else { &["--no-offload"] });
         let log = t.process(c).log_text();
-        assert!(
-            log.contains("offload off"),
-            "offload negotiated off:\n{log}"
-        );
+        assert!(log.contains("offload off"), "offload negotiated off:\n{log}");
         tcp_transfer(&t.clients[0], &t.lan, ip(LAN4), 5010, 20 << 20);
         tcp_transfer(&t.lan, &t.clients[0], ip("10.203.0.2"), 5011, 20 << 20);
         tcp_transfer(&t.clients[0], &t.lan, ip(LAN6), 5012, 10 << 20);
@@ -365,19 +302,14 @@ fn mtu_is_negotiated_too_big_packets_get_icmp_and_mss_is_clamped() {
     let mut t = Topology::new(1);
     t.start_server(&[]);
     let c = t.start_client(0, &["--mtu", "1400"]);
-    assert!(
-        t.process(c).log_text().contains("mtu 1400"),
-        "negotiated MTU"
-    );
+    assert!(t.process(c).log_text().contains("mtu 1400"), "negotiated MTU");
     let link = t.clients[0].ip(&["link", "show", "dev", "sshvpn0"]);
     assert!(link.contains("mtu 1400"), "client TUN MTU:\n{link}");
 
     // Let the client's kernel advertise a 1460-byte MSS; the tunnel must clamp it to 1360.
     t.clients[0].ip(&["link", "set", "dev", "sshvpn0", "mtu", "1500"]);
     let addr = SocketAddr::new(ip(LAN4), 5020);
-    let listener = t
-        .lan
-        .run(move || std::net::TcpListener::bind(addr).unwrap());
+    let listener = t.lan.run(move || std::net::TcpListener::bind(addr).unwrap());
     let client = t.clients[0].run(move || std::net::TcpStream::connect(addr).unwrap());
     let (server_side, _) = listener.accept().unwrap();
     let ss = t
@@ -405,17 +337,9 @@ fn mtu_is_negotiated_too_big_packets_get_icmp_and_mss_is_clamped() {
         text.contains("mtu = 1400"),
         "ICMP fragmentation needed from the tunnel:\n{text}"
     );
-    let out = t.lan.exec(&[
-        "ping",
-        "-6",
-        "-c1",
-        "-W2",
-        "-M",
-        "do",
-        "-s",
-        "1452",
-        "fd00:203::2",
-    ]);
+    let out = t
+        .lan
+        .exec(&["ping", "-6", "-c1", "-W2", "-M", "do", "-s", "1452", "fd00:203::2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("mtu=1400"),

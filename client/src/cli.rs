@@ -6,11 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sshvpn",
-    version,
-    about = "sshvpn client: a layer-3 VPN over SSH"
-)]
+#[command(name = "sshvpn", version, about = "sshvpn client: a layer-3 VPN over SSH")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -21,19 +17,20 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Connect to an sshvpnd server and route traffic through the tunnel until interrupted.
+    /// Connect to an sshvpn server and route traffic through the tunnel until interrupted.
     Connect(ConnectArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Server to connect to, as [USER@]HOST.
-    #[arg(value_name = "[USER@]HOST")]
-    pub target: String,
-    /// SSH port of the server.
-    #[arg(short, long, default_value_t = 22)]
-    pub port: u16,
-    /// Private key to authenticate with (default: ~/.ssh/id_ed25519, id_ecdsa, id_rsa).
+    /// Server to connect to, as [USER@]HOST (a ~/.ssh/config alias works too).
+    #[arg(value_name = "[USER@]HOST", required_unless_present = "ssh_command")]
+    pub target: Option<String>,
+    /// SSH port of the server (default: from ~/.ssh/config, else 22).
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// Private key to authenticate with (default: ssh-agent keys, then ~/.ssh/config's IdentityFile,
+    /// then ~/.ssh/id_ed25519, id_ecdsa, id_rsa). Encrypted keys ask for their passphrase.
     #[arg(short = 'i', long = "identity", value_name = "KEY")]
     pub identity: Option<PathBuf>,
     /// known_hosts file to verify the server's host key against (default: ~/.ssh/known_hosts).
@@ -42,6 +39,16 @@ pub struct ConnectArgs {
     /// Trust and record the host key of a server not yet in known_hosts (a changed key is still refused).
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Carry the tunnel over the system `ssh` (`ssh [USER@]HOST -s sshvpn`): its config file,
+    /// agent, ProxyJump, certificates, known_hosts and ControlMaster all apply.
+    #[arg(long)]
+    pub ssh: bool,
+    /// Like --ssh, with the whole ssh command line, e.g. "ssh -J bastion user@host" (`-s sshvpn` is appended).
+    #[arg(long, value_name = "COMMAND", conflicts_with = "ssh")]
+    pub ssh_command: Option<String>,
+    /// With --ssh / --ssh-command: pass `-o BatchMode=yes` (never prompt).
+    #[arg(long)]
+    pub batch: bool,
     /// Extra route through the tunnel (repeatable), in addition to those the server pushes.
     #[arg(long = "route", value_name = "CIDR")]
     pub routes: Vec<IpNet>,
@@ -72,33 +79,35 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    /// Splits `[user@]host` into user and host; the user defaults to $USER.
-    pub fn user_and_host(&self) -> Result<(String, String), String> {
-        let (user, host) = match self.target.rsplit_once('@') {
-            Some((u, h)) => (u.to_string(), h.to_string()),
-            None => (
-                std::env::var("USER").unwrap_or_else(|_| "root".into()),
-                self.target.clone(),
-            ),
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        if user.is_empty() || host.is_empty() {
-            return Err(format!(
-                "invalid target {:?}: expected [USER@]HOST",
-                self.target
-            ));
-        }
+    /// Checks what clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
         if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(format!(
-                "--tun-name {:?} must be 1 to 15 characters",
-                self.tun_name
-            ));
+            return Err(format!("--tun-name {:?} must be 1 to 15 characters", self.tun_name));
         }
-        Ok((user, host))
+        if let Some(t) = &self.target {
+            split_target(t)?;
+        }
+        if let Some(cmd) = &self.ssh_command {
+            let words = shell_words::split(cmd).map_err(|e| format!("--ssh-command: {e}"))?;
+            if words.is_empty() {
+                return Err("--ssh-command is empty".into());
+            }
+        }
+        Ok(())
     }
+}
+
+/// Splits `[user@]host` (host may be `[v6addr]`).
+pub fn split_target(target: &str) -> Result<(Option<String>, String), String> {
+    let (user, host) = match target.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, target),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    if host.is_empty() || user.as_deref() == Some("") {
+        return Err(format!("invalid target {target:?}: expected [USER@]HOST"));
+    }
+    Ok((user, host))
 }
 
 /// `~/.ssh/NAME`

@@ -10,14 +10,17 @@ use anyhow::anyhow;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, QueueSender, Tunnel, TunnelError, TunnelStats, packet_queue,
+    ChannelRx, ChannelTx, DataPath, QueueSender, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats,
+    packet_queue,
 };
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::cli::ConnectArgs;
+use crate::credentials::{self, Credentials, Target};
 use crate::interface::TunnelInterface;
 use crate::ssh_client;
+use crate::system_ssh::{self, SshChild};
 
 /// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
 const OUTBOUND_PACKETS: usize = 1024;
@@ -50,11 +53,7 @@ impl Shutdown {
 
 /// Reads the TUN for the whole life of the client and hands packets to the current session's
 /// queue; with no session, packets are dropped (and counted), never buffered.
-fn spawn_tun_reader(
-    tun: Arc<TunDevice>,
-    mut current: watch::Receiver<Option<QueueSender>>,
-    dropped: Arc<AtomicU64>,
-) {
+fn spawn_tun_reader(tun: Arc<TunDevice>, mut current: watch::Receiver<Option<QueueSender>>, dropped: Arc<AtomicU64>) {
     tokio::spawn(async move {
         let mut arena = RecvArena::default();
         let mut queue = current.borrow_and_update().clone();
@@ -90,9 +89,23 @@ enum SessionEnd {
     Fatal(anyhow::Error),
 }
 
+/// How the client reaches the server.
+enum Route {
+    /// The built-in SSH client.
+    Builtin { target: Target, creds: Credentials },
+    /// The system `ssh`.
+    SystemSsh,
+}
+
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    args.user_and_host().map_err(anyhow::Error::msg)?;
-    let (key_path, key) = ssh_client::load_identity(&args)?;
+    args.validate().map_err(anyhow::Error::msg)?;
+    let route = if args.ssh || args.ssh_command.is_some() {
+        Route::SystemSsh
+    } else {
+        let target = credentials::resolve_target(&args)?;
+        let creds = credentials::load_credentials(&args, &target)?;
+        Route::Builtin { target, creds }
+    };
     let mut shutdown = Shutdown::install()?;
     let mut iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone())?;
     let (set_queue, queue) = watch::channel(None);
@@ -108,7 +121,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let end = tokio::select! {
-            end = session(&args, &key_path, &key, &mut iface, &set_queue, shutdown.clone()) => end,
+            end = session(&args, &route, &mut iface, &set_queue, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
         };
         let _ = set_queue.send(None);
@@ -149,21 +162,59 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     result
 }
 
-/// One connection: SSH, handshake, interface configuration, then the data path.
+/// One connection: transport, handshake, interface configuration, then the data path.
 async fn session(
     args: &ConnectArgs,
-    key_path: &std::path::Path,
-    key: &russh::keys::PrivateKey,
+    route: &Route,
+    iface: &mut TunnelInterface,
+    set_queue: &watch::Sender<Option<QueueSender>>,
+    shutdown: Shutdown,
+) -> SessionEnd {
+    match route {
+        Route::Builtin { target, creds } => {
+            let timeout = Duration::from_secs(args.connect_timeout);
+            let connected = match ssh_client::connect(target, creds, timeout).await {
+                Ok(c) => c,
+                Err(e) if e.retryable => return SessionEnd::Lost(format!("{:#}", e.error)),
+                Err(e) => return SessionEnd::Fatal(e.error),
+            };
+            let (rx, tx) = connected.channel.split();
+            let end = tunnel_session(
+                args,
+                ChannelRx(rx),
+                ChannelTx(tx),
+                Some(connected.server_addr),
+                iface,
+                set_queue,
+                shutdown,
+            )
+            .await;
+            drop(connected.handle);
+            end
+        }
+        Route::SystemSsh => {
+            let child = match system_ssh::spawn(args) {
+                Ok(c) => c,
+                Err(e) => return SessionEnd::Fatal(e),
+            };
+            let SshChild { child, rx, tx } = child;
+            let end = tunnel_session(args, rx, tx, None, iface, set_queue, shutdown).await;
+            drop(child);
+            end
+        }
+    }
+}
+
+/// The tunnel on an open transport.
+async fn tunnel_session<Rx: TransportRx, Tx: TransportTx>(
+    args: &ConnectArgs,
+    rx: Rx,
+    tx: Tx,
+    server_addr: Option<std::net::IpAddr>,
     iface: &mut TunnelInterface,
     set_queue: &watch::Sender<Option<QueueSender>>,
     mut shutdown: Shutdown,
 ) -> SessionEnd {
-    let connected = match ssh_client::connect(args, key_path, key).await {
-        Ok(c) => c,
-        Err(e) if e.retryable => return SessionEnd::Lost(format!("{:#}", e.error)),
-        Err(e) => return SessionEnd::Fatal(e.error),
-    };
-    let (rx, tx) = connected.channel.split();
     let tun = iface.tun.clone();
     let features = if tun.has_vnet_hdr() {
         Features::GSO
@@ -175,13 +226,7 @@ async fn session(
         dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout.max(2)),
         ..Timers::default()
     };
-    let mut tunnel = Tunnel::new(
-        Role::Client,
-        Hello::new(features, args.mtu),
-        timers,
-        ChannelRx(rx),
-        ChannelTx(tx),
-    );
+    let mut tunnel = Tunnel::new(Role::Client, Hello::new(features, args.mtu), timers, rx, tx);
     let established = match tunnel
         .handshake(|_| Err((CloseCode::ProtocolError, "not a server".into())))
         .await
@@ -197,7 +242,7 @@ async fn session(
     };
     let config = established.config.clone().unwrap_or_default();
     let mtu = config.mtu.min(established.negotiated.mtu).max(576);
-    if let Err(e) = iface.apply(&config, mtu, connected.server_addr).await {
+    if let Err(e) = iface.apply(&config, mtu, server_addr).await {
         return SessionEnd::Fatal(e);
     }
     let offload = if established.negotiated.features.contains(Features::GSO) {
@@ -205,11 +250,8 @@ async fn session(
     } else {
         "off"
     };
-    tracing::info!(
-        "tunnel up: {} via {} (offload {offload})",
-        iface.name(),
-        connected.server_addr
-    );
+    let via = server_addr.map(|a| a.to_string()).unwrap_or_else(|| "ssh".into());
+    tracing::info!("tunnel up: {} via {via} (offload {offload})", iface.name());
 
     let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
     let _ = set_queue.send(Some(queue));
@@ -232,7 +274,6 @@ async fn session(
         (CloseCode::Normal, "client shutting down".to_string())
     };
     let result = tunnel.run(data, stop).await;
-    drop(connected.handle);
     tracing::info!("tunnel down: {}", stats.snapshot());
     match result {
         Ok(()) => SessionEnd::Shutdown,

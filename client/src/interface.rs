@@ -21,11 +21,7 @@ pub struct TunnelInterface {
 }
 
 impl TunnelInterface {
-    pub fn create(
-        name: &str,
-        offload: bool,
-        extra_routes: Vec<IpNet>,
-    ) -> anyhow::Result<TunnelInterface> {
+    pub fn create(name: &str, offload: bool, extra_routes: Vec<IpNet>) -> anyhow::Result<TunnelInterface> {
         let tun = Arc::new(TunDevice::create(name, offload)?);
         Ok(TunnelInterface {
             tun,
@@ -49,9 +45,7 @@ impl TunnelInterface {
             if let Some(server) = self.server_addr
                 && net.contains(&server)
             {
-                tracing::warn!(
-                    "not installing route {net}: it covers the SSH server {server} itself"
-                );
+                tracing::warn!("not installing route {net}: it covers the SSH server {server} itself");
                 continue;
             }
             if !routes.contains(&net) {
@@ -67,9 +61,9 @@ impl TunnelInterface {
         &mut self,
         config: &TunnelConfig,
         mtu: u16,
-        server_addr: IpAddr,
+        server_addr: Option<IpAddr>,
     ) -> anyhow::Result<bool> {
-        self.server_addr = Some(server_addr);
+        self.server_addr = server_addr;
         let addresses: Vec<IpNet> = config.addresses().collect();
         let routes = self.routes_for(config);
         let wanted = (addresses.clone(), mtu, routes.clone());
@@ -95,12 +89,7 @@ impl TunnelInterface {
                 return Err(e).context("installing routes");
             }
         }
-        let shown = |v: &[IpNet]| {
-            v.iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
         tracing::info!(
             "{name}: address {} mtu {mtu}, routes: {}",
             shown(&addresses),

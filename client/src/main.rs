@@ -5,8 +5,10 @@
 mod backoff;
 mod cli;
 mod client_loop;
+mod credentials;
 mod interface;
 mod ssh_client;
+mod system_ssh;
 
 use std::process::ExitCode;
 
@@ -17,10 +19,7 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sshvpn_common::logging::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvpn: cannot start runtime: {e}");

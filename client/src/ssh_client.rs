@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 use russh::client::{self, Msg};
-use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
-use sshvpn_common::keys::{self, fingerprint};
+use sshvpn_common::keys::fingerprint;
 use sshvpn_common::known_hosts::{self, HostKeyStatus};
 use sshvpn_common::ssh::SUBSYSTEM;
 
-use crate::cli::{ConnectArgs, ssh_dir_file};
+use crate::credentials::{Credentials, Target};
 
 /// Why the host key was not accepted; reported after the connection fails.
 #[derive(Debug, Clone)]
@@ -43,10 +44,7 @@ impl HostKeyChecker {
 impl client::Handler for HostKeyChecker {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        server_key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let key = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             PublicKeyOrCertificate::Certificate(_) => {
@@ -70,16 +68,9 @@ impl client::Handler for HostKeyChecker {
                 );
                 Ok(true)
             }
-            Ok(HostKeyStatus::Unknown) => {
-                Ok(self.refuse(HostKeyProblem::Unknown { fingerprint: fp }))
-            }
-            Ok(HostKeyStatus::Changed { line }) => Ok(self.refuse(HostKeyProblem::Changed {
-                fingerprint: fp,
-                line,
-            })),
-            Ok(HostKeyStatus::Revoked { line }) => {
-                Ok(self.refuse(HostKeyProblem::Revoked { line }))
-            }
+            Ok(HostKeyStatus::Unknown) => Ok(self.refuse(HostKeyProblem::Unknown { fingerprint: fp })),
+            Ok(HostKeyStatus::Changed { line }) => Ok(self.refuse(HostKeyProblem::Changed { fingerprint: fp, line })),
+            Ok(HostKeyStatus::Revoked { line }) => Ok(self.refuse(HostKeyProblem::Revoked { line })),
             Err(e) => Ok(self.refuse(HostKeyProblem::Io(format!(
                 "cannot read {}: {e}",
                 self.known_hosts.display()
@@ -94,28 +85,6 @@ pub struct Connected {
     pub channel: Channel<Msg>,
     /// The server's IP address as connected to.
     pub server_addr: std::net::IpAddr,
-}
-
-fn identity_candidates(args: &ConnectArgs) -> Vec<PathBuf> {
-    match &args.identity {
-        Some(p) => vec![p.clone()],
-        None => ["id_ed25519", "id_ecdsa", "id_rsa"]
-            .iter()
-            .filter_map(|n| ssh_dir_file(n))
-            .filter(|p| p.exists())
-            .collect(),
-    }
-}
-
-pub fn load_identity(args: &ConnectArgs) -> anyhow::Result<(PathBuf, PrivateKey)> {
-    let candidates = identity_candidates(args);
-    let Some(path) = candidates.first() else {
-        anyhow::bail!(
-            "no identity key: pass -i KEY (none of ~/.ssh/id_ed25519, id_ecdsa, id_rsa exists)"
-        );
-    };
-    let key = keys::load_private_key(path)?;
-    Ok((path.clone(), key))
 }
 
 /// Why connecting failed, and whether trying again can help.
@@ -134,10 +103,7 @@ impl ConnectError {
         }
     }
     fn transient(error: anyhow::Error) -> Self {
-        ConnectError {
-            error,
-            retryable: true,
-        }
+        ConnectError { error, retryable: true }
     }
 }
 
@@ -146,28 +112,23 @@ macro_rules! bail {
     (fatal, $($arg:tt)*) => { return Err(ConnectError::fatal(anyhow!($($arg)*))) };
 }
 
-/// Connects, verifies the host key, authenticates with `key` and opens the tunnel channel.
-pub async fn connect(
-    args: &ConnectArgs,
-    key_path: &std::path::Path,
-    key: &PrivateKey,
-) -> Result<Connected, ConnectError> {
-    let (user, host) = args
-        .user_and_host()
-        .map_err(|e| ConnectError::fatal(anyhow!(e)))?;
-    let known_hosts = match &args.known_hosts {
-        Some(p) => p.clone(),
-        None => match ssh_dir_file("known_hosts") {
-            Some(p) => p,
-            None => bail!(fatal, "HOME is not set: pass --known-hosts"),
-        },
-    };
+/// Connects, verifies the host key, authenticates and opens the tunnel channel.
+pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) -> Result<Connected, ConnectError> {
+    let Target {
+        user,
+        host,
+        alias,
+        port,
+        known_hosts,
+        accept_new,
+    } = target;
+    let (host, port, known_hosts) = (host.clone(), *port, known_hosts.clone());
     let problem = Arc::new(Mutex::new(None));
     let checker = HostKeyChecker {
-        host: host.clone(),
-        port: args.port,
+        host: alias.clone(),
+        port,
         known_hosts: known_hosts.clone(),
-        accept_new: args.accept_new_host_key,
+        accept_new: *accept_new,
         problem: problem.clone(),
     };
     let config = Arc::new(client::Config {
@@ -179,35 +140,28 @@ pub async fn connect(
         inactivity_timeout: None,
         ..Default::default()
     });
-    let timeout = Duration::from_secs(args.connect_timeout);
-    let addr = (host.as_str(), args.port);
+    let addr = (host.as_str(), port);
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Err(_) => bail!(
             transient,
-            "cannot reach {host}:{}: timed out after {}s",
-            args.port,
-            args.connect_timeout
+            "cannot reach {host}:{port}: timed out after {}s",
+            timeout.as_secs()
         ),
-        Ok(Err(e)) => bail!(transient, "cannot reach {host}:{}: {e}", args.port),
+        Ok(Err(e)) => bail!(transient, "cannot reach {host}:{}: {e}", port),
         Ok(Ok(tcp)) => tcp,
     };
     let _ = tcp.set_nodelay(true);
     let server_addr = match tcp.peer_addr() {
         Ok(a) => a.ip(),
-        Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", args.port),
+        Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", port),
     };
-    let handshake =
-        tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
+    let handshake = tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
-        Err(_) => bail!(
-            transient,
-            "SSH handshake with {host}:{} timed out",
-            args.port
-        ),
+        Err(_) => bail!(transient, "SSH handshake with {host}:{} timed out", port),
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             let problem = problem.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let entry = known_hosts::host_entry_name(&host, args.port);
+            let entry = known_hosts::host_entry_name(alias, port);
             let kh = known_hosts.display();
             let retryable = problem.is_none();
             let error = match problem {
@@ -221,42 +175,30 @@ pub async fn connect(
                      Refusing to connect; if the change is legitimate, remove that line."
                 ),
                 Some(HostKeyProblem::Revoked { line }) => {
-                    anyhow!(
-                        "host key for {entry} is marked @revoked in {kh}:{line}; refusing to connect"
-                    )
+                    anyhow!("host key for {entry} is marked @revoked in {kh}:{line}; refusing to connect")
                 }
                 Some(HostKeyProblem::Certificate) => {
                     anyhow!("{entry} presented a host certificate; not supported")
                 }
                 Some(HostKeyProblem::Io(msg)) => anyhow!(msg),
-                None => anyhow!("SSH handshake with {host}:{} failed: {e}", args.port),
+                None => anyhow!("SSH handshake with {host}:{} failed: {e}", port),
             };
             return Err(ConnectError { error, retryable });
         }
     };
-    let transient = |e: russh::Error, step: &str| ConnectError::transient(anyhow!("{step}: {e}"));
-    let hash = if key.algorithm().is_rsa() {
-        handle
-            .best_supported_rsa_hash()
-            .await
-            .map_err(|e| transient(e, "authentication"))?
-            .flatten()
-    } else {
-        None
-    };
-    let key_fp = fingerprint(key.public_key());
-    let signer = PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash);
-    let auth = handle
-        .authenticate_publickey(&user, signer)
+    if !authenticate(&mut handle, user, creds)
         .await
-        .map_err(|e| transient(e, "authentication"))?;
-    if !auth.success() {
-        bail!(
-            fatal,
-            "server refused key {} ({key_fp}) for user {user}",
-            key_path.display()
-        );
+        .map_err(ConnectError::transient)?
+    {
+        let tried: Vec<String> = creds
+            .keys
+            .iter()
+            .map(|(p, k)| format!("{} ({})", p.display(), fingerprint(k.public_key())))
+            .chain(creds.agent.then(|| "ssh-agent keys".to_string()))
+            .collect();
+        bail!(fatal, "server refused key {} for user {user}", tried.join(", "));
     }
+    let transient = |e: russh::Error, step: &str| ConnectError::transient(anyhow!("{step}: {e}"));
     let mut channel = handle
         .channel_open_session()
         .await
@@ -273,10 +215,7 @@ pub async fn connect(
                 "server refused the {SUBSYSTEM} subsystem (is sshvpnd serving this host?)"
             ),
             Ok(Some(_)) => continue,
-            Ok(None) => bail!(
-                transient,
-                "server closed the channel before the tunnel started"
-            ),
+            Ok(None) => bail!(transient, "server closed the channel before the tunnel started"),
             Err(_) => bail!(transient, "no answer to the {SUBSYSTEM} subsystem request"),
         }
     }
@@ -285,4 +224,46 @@ pub async fn connect(
         channel,
         server_addr,
     })
+}
+
+/// Tries the agent's keys, then the key files. Ok(false): every key was refused.
+async fn authenticate(
+    handle: &mut client::Handle<HostKeyChecker>,
+    user: &str,
+    creds: &Credentials,
+) -> anyhow::Result<bool> {
+    if creds.agent {
+        match AgentClient::connect_env().await {
+            Ok(mut agent) => {
+                let identities = agent.request_identities().await.unwrap_or_default();
+                for id in identities {
+                    let key = id.public_key().into_owned();
+                    let hash = if key.algorithm().is_rsa() {
+                        handle.best_supported_rsa_hash().await?.flatten()
+                    } else {
+                        None
+                    };
+                    match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
+                        Ok(r) if r.success() => return Ok(true),
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("agent signing failed: {e}"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot use ssh-agent: {e}"),
+        }
+    }
+    for (path, key) in &creds.keys {
+        let hash = if key.algorithm().is_rsa() {
+            handle.best_supported_rsa_hash().await?.flatten()
+        } else {
+            None
+        };
+        let signer = PrivateKeyWithHashAlg::new(Arc::new(key.clone()), hash);
+        if handle.authenticate_publickey(user, signer).await?.success() {
+            return Ok(true);
+        }
+        tracing::debug!("key {} refused", path.display());
+    }
+    Ok(false)
 }

@@ -4,9 +4,7 @@
 use bytes::BytesMut;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sshvpn_common::packet::gso;
-use sshvpn_common::packet::vnet::{
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr,
-};
+use sshvpn_common::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr};
 use sshvpn_common::proto::frame::{self, FrameDecoder, FrameType};
 
 /// Payload sizes and how many frames make one batch (about 256 KiB, what the writer flushes).

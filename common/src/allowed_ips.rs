@@ -70,11 +70,7 @@ impl<T> AllowedIps<T> {
     }
 
     fn family_mut(&mut self, addr: IpAddr) -> &mut Family<T> {
-        if addr.is_ipv4() {
-            &mut self.v4
-        } else {
-            &mut self.v6
-        }
+        if addr.is_ipv4() { &mut self.v4 } else { &mut self.v6 }
     }
 
     /// Inserts `net -> value`, returning the value it replaced for exactly that prefix.

@@ -12,21 +12,13 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot load key {path}: {reason}")]
     Parse { path: PathBuf, reason: String },
-    #[error(
-        "key {0} is protected by a passphrase; load it into ssh-agent or remove the passphrase"
-    )]
+    #[error("key {0} is protected by a passphrase; load it into ssh-agent or remove the passphrase")]
     Encrypted(PathBuf),
     #[error("cannot write host key {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// `SHA256:...` fingerprint, as `ssh-keygen -l` prints it.
@@ -40,26 +32,19 @@ pub fn load_or_generate_host_key(path: &Path) -> Result<(PrivateKey, bool), KeyE
     if path.exists() {
         return load_private_key(path).map(|k| (k, false));
     }
-    let key =
-        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| KeyError::Parse {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
-    let text = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| KeyError::Parse {
-            path: path.into(),
-            reason: e.to_string(),
-        })?;
+    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| KeyError::Parse {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
+    let text = key.to_openssh(LineEnding::LF).map_err(|e| KeyError::Parse {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let write = |path: &Path| -> std::io::Result<()> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
+        let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()
     };
@@ -111,10 +96,7 @@ impl AuthorizedKeys {
             }
             match line.parse::<ssh_key::authorized_keys::Entry>() {
                 Ok(e) => keys.push(e.public_key().clone()),
-                Err(e) => tracing::warn!(
-                    "{origin}:{}: skipping unreadable authorized key: {e}",
-                    n + 1
-                ),
+                Err(e) => tracing::warn!("{origin}:{}: skipping unreadable authorized key: {e}", n + 1),
             }
         }
         AuthorizedKeys { keys }
@@ -160,9 +142,8 @@ mod tests {
         let k = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
         let other = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
         let line = k.public_key().to_openssh().unwrap();
-        let text = format!(
-            "# comment\n\nno-pty,from=\"10.0.0.0/8,192.168.1.1\" {line} alice@laptop\nnot a key at all\n"
-        );
+        let text =
+            format!("# comment\n\nno-pty,from=\"10.0.0.0/8,192.168.1.1\" {line} alice@laptop\nnot a key at all\n");
         let ak = AuthorizedKeys::parse(&text, "test");
         assert_eq!(ak.len(), 1);
         assert!(ak.contains(k.public_key()));

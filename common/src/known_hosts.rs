@@ -100,9 +100,7 @@ pub fn check_text(text: &str, host: &str, port: u16, key: &PublicKey) -> HostKey
             Some(Marker::Revoked) if same => return HostKeyStatus::Revoked { line: idx + 1 },
             Some(_) => {}
             None if same => status = HostKeyStatus::Known,
-            None if entry.public_key().algorithm() == key.algorithm()
-                && status == HostKeyStatus::Unknown =>
-            {
+            None if entry.public_key().algorithm() == key.algorithm() && status == HostKeyStatus::Unknown => {
                 status = HostKeyStatus::Changed { line: idx + 1 }
             }
             None => {}
@@ -112,12 +110,7 @@ pub fn check_text(text: &str, host: &str, port: u16, key: &PublicKey) -> HostKey
 }
 
 /// Checks `key` against the file at `path`; a missing file knows no hosts.
-pub fn check(
-    path: &Path,
-    host: &str,
-    port: u16,
-    key: &PublicKey,
-) -> std::io::Result<HostKeyStatus> {
+pub fn check(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<HostKeyStatus> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(check_text(&text, host, port, key)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HostKeyStatus::Unknown),
@@ -131,21 +124,14 @@ pub fn append(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::R
         std::fs::create_dir_all(dir)?;
     }
     let existing = std::fs::read(path).unwrap_or_default();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o644)
-        .open(path)?;
+    let mut f = OpenOptions::new().create(true).append(true).mode(0o644).open(path)?;
     if !existing.is_empty() && !existing.ends_with(b"\n") {
         f.write_all(b"\n")?;
     }
     let key = key.to_openssh().map_err(std::io::Error::other)?;
     // to_openssh includes the key's comment, if any; keep only "type base64".
     let mut fields = key.split_whitespace();
-    let (kind, data) = (
-        fields.next().unwrap_or_default(),
-        fields.next().unwrap_or_default(),
-    );
+    let (kind, data) = (fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
     writeln!(f, "{} {kind} {data}", host_entry_name(host, port))
 }
 
@@ -169,21 +155,13 @@ mod tests {
     #[test]
     fn plain_port_and_wildcards() {
         let (k, other) = (key(), key());
-        let text = line("gw.example,10.0.0.1", &k)
-            + &line("[bastion]:2222", &k)
-            + &line("*.corp,!evil.corp", &k);
-        assert_eq!(
-            check_text(&text, "gw.example", 22, &k),
-            HostKeyStatus::Known
-        );
+        let text = line("gw.example,10.0.0.1", &k) + &line("[bastion]:2222", &k) + &line("*.corp,!evil.corp", &k);
+        assert_eq!(check_text(&text, "gw.example", 22, &k), HostKeyStatus::Known);
         assert_eq!(check_text(&text, "10.0.0.1", 22, &k), HostKeyStatus::Known);
         assert_eq!(check_text(&text, "bastion", 2222, &k), HostKeyStatus::Known);
         assert_eq!(check_text(&text, "bastion", 22, &k), HostKeyStatus::Unknown);
         assert_eq!(check_text(&text, "a.corp", 22, &k), HostKeyStatus::Known);
-        assert_eq!(
-            check_text(&text, "evil.corp", 22, &k),
-            HostKeyStatus::Unknown
-        );
+        assert_eq!(check_text(&text, "evil.corp", 22, &k), HostKeyStatus::Unknown);
         assert_eq!(
             check_text(&text, "gw.example", 22, &other),
             HostKeyStatus::Changed { line: 1 }
@@ -201,14 +179,8 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD;
         let hosts = format!("|1|{}|{}", b64.encode(salt), b64.encode(hash));
         let text = line(&hosts, &k);
-        assert_eq!(
-            check_text(&text, "10.1.2.3", 4022, &k),
-            HostKeyStatus::Known
-        );
-        assert_eq!(
-            check_text(&text, "10.1.2.3", 22, &k),
-            HostKeyStatus::Unknown
-        );
+        assert_eq!(check_text(&text, "10.1.2.3", 4022, &k), HostKeyStatus::Known);
+        assert_eq!(check_text(&text, "10.1.2.3", 22, &k), HostKeyStatus::Unknown);
         assert_eq!(
             check_text(&text, "10.1.2.3", 4022, &key()),
             HostKeyStatus::Changed { line: 1 }
@@ -219,10 +191,7 @@ mod tests {
     fn revoked_beats_known() {
         let k = key();
         let text = line("host", &k) + &format!("@revoked * {}\n", k.to_openssh().unwrap());
-        assert_eq!(
-            check_text(&text, "host", 22, &k),
-            HostKeyStatus::Revoked { line: 2 }
-        );
+        assert_eq!(check_text(&text, "host", 22, &k), HostKeyStatus::Revoked { line: 2 });
     }
 
     #[test]

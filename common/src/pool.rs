@@ -75,10 +75,7 @@ impl AddressPool {
     }
 
     fn at(&self, offset: u128) -> IpAddr {
-        from_u128(
-            self.net.addr().is_ipv4(),
-            to_u128(self.net.network()) + offset,
-        )
+        from_u128(self.net.addr().is_ipv4(), to_u128(self.net.network()) + offset)
     }
 
     /// The address with the pool's prefix length, as configured on an interface.
@@ -157,10 +154,7 @@ mod tests {
     fn ipv6_and_tiny_pools() {
         let mut p = AddressPool::new("fd00:1::/64".parse().unwrap()).unwrap();
         assert_eq!(p.server_addr(), "fd00:1::1".parse::<IpAddr>().unwrap());
-        assert_eq!(
-            p.lease("x").unwrap(),
-            "fd00:1::2".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(p.lease("x").unwrap(), "fd00:1::2".parse::<IpAddr>().unwrap());
         assert!(AddressPool::new("10.0.0.0/31".parse().unwrap()).is_err());
         assert!(AddressPool::new("10.0.0.0/30".parse().unwrap()).is_ok());
     }
@@ -171,9 +165,6 @@ mod tests {
         assert!(p.reserve("a", "10.9.0.50".parse().unwrap()));
         assert!(!p.reserve("b", "10.9.0.50".parse().unwrap()));
         assert!(!p.reserve("b", "10.10.0.50".parse().unwrap()));
-        assert_eq!(
-            p.lease("a").unwrap(),
-            "10.9.0.50".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(p.lease("a").unwrap(), "10.9.0.50".parse::<IpAddr>().unwrap());
     }
 }

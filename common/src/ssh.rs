@@ -12,8 +12,7 @@ pub const SUBSYSTEM: &str = "sshvpn";
 fn has_aes_instructions() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("aes")
-            && std::arch::is_x86_feature_detected!("pclmulqdq")
+        std::arch::is_x86_feature_detected!("aes") && std::arch::is_x86_feature_detected!("pclmulqdq")
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -29,17 +28,9 @@ fn has_aes_instructions() -> bool {
 /// CPU accelerates it); ed25519, ECDSA and RSA with SHA-2 keys; ETM SHA-2 MACs; no compression.
 pub fn preferred() -> Preferred {
     let aead: &'static [cipher::Name] = if has_aes_instructions() {
-        &[
-            cipher::AES_256_GCM,
-            cipher::AES_128_GCM,
-            cipher::CHACHA20_POLY1305,
-        ]
+        &[cipher::AES_256_GCM, cipher::AES_128_GCM, cipher::CHACHA20_POLY1305]
     } else {
-        &[
-            cipher::CHACHA20_POLY1305,
-            cipher::AES_256_GCM,
-            cipher::AES_128_GCM,
-        ]
+        &[cipher::CHACHA20_POLY1305, cipher::AES_256_GCM, cipher::AES_128_GCM]
     };
     Preferred {
         kex: Cow::Borrowed(&[

@@ -37,9 +37,7 @@ impl Addressing {
                 if let Some(p) = pool
                     && !p.reserve(&identity, a)
                 {
-                    tracing::warn!(
-                        "ignoring stored lease {a} of {identity}: outside the pool or taken"
-                    );
+                    tracing::warn!("ignoring stored lease {a} of {identity}: outside the pool or taken");
                 }
             }
         }

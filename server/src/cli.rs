@@ -3,27 +3,53 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 
 use crate::limits::MaxStartups;
+
+/// Where the daemon's control socket lives unless `--control` says otherwise.
+pub const DEFAULT_CONTROL: &str = "/run/sshvpn/control.sock";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sshvpnd",
     version,
-    about = "sshvpn server: a layer-3 VPN over SSH"
+    about = "sshvpn server: a layer-3 VPN over SSH",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: Args,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Connect this process's stdin/stdout to the running daemon as a tunnel: the program an
+    /// OpenSSH `Subsystem sshvpn` line runs for an already authenticated user.
+    Attach {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
+        control: PathBuf,
+    },
+}
+
+/// Running the daemon.
+#[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address and port to accept SSH connections on.
+    /// Address and port to accept SSH connections on (optional when clients come through an
+    /// OpenSSH sshd and `sshvpnd attach`).
     #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
     /// Host key (OpenSSH format); an ed25519 key is generated here if the file does not exist.
     #[arg(long, value_name = "PATH")]
-    pub host_key: PathBuf,
+    pub host_key: Option<PathBuf>,
     /// OpenSSH authorized_keys file listing the client keys allowed to connect.
     #[arg(long, value_name = "PATH")]
-    pub authorized_keys: PathBuf,
+    pub authorized_keys: Option<PathBuf>,
     /// IPv4 address pool; the server takes its first address, clients get the next free ones.
     #[arg(long, value_name = "CIDR")]
     pub pool: IpNet,
@@ -45,41 +71,33 @@ pub struct Args {
     /// Directory for state that survives restarts (the address lease file).
     #[arg(long, default_value = "/var/lib/sshvpn", value_name = "DIR")]
     pub state_dir: PathBuf,
+    /// Control socket for `sshvpnd attach` (mode 0660).
+    #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Group owning the control socket (users who may attach must be in it).
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+    /// Unix user allowed to attach through sshd (repeatable); identity `user:NAME`.
+    #[arg(long = "allow-user", value_name = "USER")]
+    pub allow_users: Vec<String>,
+    /// Unix group whose members may attach through sshd (repeatable).
+    #[arg(long = "allow-group", value_name = "GROUP")]
+    pub allow_groups: Vec<String>,
     /// After setup, switch to this user, keeping only CAP_NET_ADMIN.
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
     /// Packets queued per client before new ones are dropped.
-    #[arg(
-        long,
-        default_value_t = 1024,
-        value_name = "PACKETS",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 1024, value_name = "PACKETS", help_heading = "Limits")]
     pub client_queue: usize,
     /// Bytes (KiB) queued per client before new packets are dropped.
-    #[arg(
-        long,
-        default_value_t = 1024,
-        value_name = "KIB",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 1024, value_name = "KIB", help_heading = "Limits")]
     pub client_queue_kib: usize,
     /// Connected clients at most.
-    #[arg(
-        long,
-        default_value_t = 1024,
-        value_name = "N",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 1024, value_name = "N", help_heading = "Limits")]
     pub max_clients: usize,
     /// Seconds a connection has to authenticate and start its tunnel (traffic does not extend it).
-    #[arg(
-        long,
-        default_value_t = 20,
-        value_name = "SECONDS",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 20, value_name = "SECONDS", help_heading = "Limits")]
     pub login_grace_time: u64,
     /// Unauthenticated connections: START:RATE:FULL as in sshd's MaxStartups.
     #[arg(
@@ -93,33 +111,26 @@ pub struct Args {
     #[arg(long, default_value_t = 6, value_name = "N", help_heading = "Limits")]
     pub max_auth_tries: usize,
     /// Seconds between keepalives on each tunnel.
-    #[arg(
-        long,
-        default_value_t = 5,
-        value_name = "SECONDS",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 5, value_name = "SECONDS", help_heading = "Limits")]
     pub keepalive: u64,
     /// A client silent for this many seconds is disconnected.
-    #[arg(
-        long,
-        default_value_t = 15,
-        value_name = "SECONDS",
-        help_heading = "Limits"
-    )]
+    #[arg(long, default_value_t = 15, value_name = "SECONDS", help_heading = "Limits")]
     pub dead_peer_timeout: u64,
     /// Re-key each SSH connection after this many MiB in either direction (at most 1024).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1024), value_name = "MIB", help_heading = "Limits")]
     pub rekey_limit_mib: u64,
 
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 impl Args {
     /// Checks relations between arguments that clap cannot express.
     pub fn validate(&self) -> Result<(), String> {
+        if self.listen.is_some() && (self.host_key.is_none() || self.authorized_keys.is_none()) {
+            return Err("--listen needs --host-key and --authorized-keys".into());
+        }
         if !self.pool.addr().is_ipv4() {
             return Err(format!(
                 "--pool {} is not an IPv4 prefix (use --pool6 for IPv6)",
@@ -132,19 +143,16 @@ impl Args {
             return Err(format!("--pool6 {p6} is not an IPv6 prefix"));
         }
         if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(format!(
-                "--tun-name {:?} must be 1 to 15 characters",
-                self.tun_name
-            ));
+            return Err(format!("--tun-name {:?} must be 1 to 15 characters", self.tun_name));
         }
         if self.client_queue == 0 || self.client_queue_kib == 0 {
             return Err("--client-queue and --client-queue-kib must be at least 1".into());
         }
-        if self.login_grace_time == 0
-            || self.keepalive == 0
-            || self.dead_peer_timeout <= self.keepalive
-        {
-            return Err("--login-grace-time and --keepalive must be positive, --dead-peer-timeout longer than --keepalive".into());
+        if self.login_grace_time == 0 || self.keepalive == 0 || self.dead_peer_timeout <= self.keepalive {
+            return Err(
+                "--login-grace-time and --keepalive must be positive, --dead-peer-timeout longer than --keepalive"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use russh::server::Msg;
 use sshvpn_common::keys::fingerprint;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
 use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, Tunnel, TunnelError, TunnelStats, packet_queue,
+    ChannelRx, ChannelTx, DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue,
 };
 
 use crate::daemon::Daemon;
@@ -27,32 +27,50 @@ impl Drop for ClientSlot {
     }
 }
 
-/// Runs one client's tunnel on its SSH channel until it ends, and logs the outcome.
-pub async fn serve(daemon: Arc<Daemon>, channel: Channel<Msg>, key: PublicKey, peer: SocketAddr) {
+/// Runs the tunnel of a client that authenticated with `key` on its SSH channel.
+pub async fn serve_channel(daemon: Arc<Daemon>, channel: Channel<Msg>, key: PublicKey, peer: SocketAddr) {
+    let (rx, tx) = channel.split();
+    serve(
+        daemon,
+        ChannelRx(rx),
+        ChannelTx(tx),
+        fingerprint(&key),
+        peer.to_string(),
+        None,
+    )
+    .await;
+}
+
+/// Runs one client's tunnel over any transport until it ends, and logs the outcome. `identity`
+/// keys the address lease (a key fingerprint, or `user:NAME`); with a `refusal`, the client is
+/// told why and the session ends after the hello.
+pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
+    daemon: Arc<Daemon>,
+    rx: Rx,
+    tx: Tx,
+    identity: String,
+    peer: String,
+    refusal: Option<String>,
+) {
     daemon.clients.fetch_add(1, Relaxed);
     let _slot = ClientSlot(daemon.clone());
     let started = Instant::now();
-    let identity = fingerprint(&key);
-    let (rx, tx) = channel.split();
     let features = if daemon.tun.has_vnet_hdr() {
         Features::GSO
     } else {
         Features::default()
     };
     let hello = Hello::new(features, daemon.mtu);
-    let mut tunnel = Tunnel::new(
-        Role::Server,
-        hello,
-        daemon.timers,
-        ChannelRx(rx),
-        ChannelTx(tx),
-    );
+    let mut tunnel = Tunnel::new(Role::Server, hello, daemon.timers, rx, tx);
     let (queue, outbound) = packet_queue(daemon.client_queue, daemon.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());
     let id = daemon.next_id.fetch_add(1, Relaxed);
     let mut port: Option<Arc<PeerPort>> = None;
     let handshake = tunnel
         .handshake(|_negotiated| {
+            if let Some(why) = &refusal {
+                return Err((CloseCode::NotAuthorized, why.clone()));
+            }
             let a = daemon
                 .addressing
                 .assign(&identity)

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::addressing::Addressing;
 use crate::cli::Args;
+use crate::control::{self, AttachPolicy};
 use crate::leases::LeaseFile;
 use crate::limits::{LogEvery, MaxStartups, Penalties, PenaltyPolicy};
 use crate::listener;
@@ -41,6 +42,7 @@ pub struct Daemon {
     pub unauthenticated: AtomicUsize,
     pub penalties: Mutex<Penalties>,
     pub limit_log: LogEvery,
+    pub attach_policy: AttachPolicy,
 }
 
 impl Daemon {
@@ -73,40 +75,51 @@ fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::
 /// Sets everything up, then serves until SIGINT/SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
-    let (host_key, generated) = keys::load_or_generate_host_key(&args.host_key)?;
-    let host_fp = fingerprint(host_key.public_key());
-    if generated {
-        tracing::info!("generated host key {} ({host_fp})", args.host_key.display());
-    }
-    let authorized =
-        AuthorizedKeys::load(&args.authorized_keys).context("loading authorized keys")?;
-    if authorized.is_empty() {
-        tracing::warn!(
-            "{} lists no usable keys: nobody can connect",
-            args.authorized_keys.display()
-        );
+    // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
+    let mut host_key = None;
+    let mut authorized = AuthorizedKeys::default();
+    if let (Some(key_path), Some(ak_path)) = (&args.host_key, &args.authorized_keys) {
+        let (key, generated) = keys::load_or_generate_host_key(key_path)?;
+        if generated {
+            tracing::info!(
+                "generated host key {} ({})",
+                key_path.display(),
+                fingerprint(key.public_key())
+            );
+        }
+        authorized = AuthorizedKeys::load(ak_path).context("loading authorized keys")?;
+        if authorized.is_empty() && args.listen.is_some() {
+            tracing::warn!(
+                "{} lists no usable keys: nobody can connect over SSH",
+                ak_path.display()
+            );
+        }
+        host_key = Some(key);
     }
     let pool4 = AddressPool::new(args.pool)?;
     let pool6 = args.pool6.map(AddressPool::new).transpose()?;
-    let addressing = Addressing::new(
-        pool4,
-        pool6,
-        LeaseFile::new(Some(args.state_dir.join("leases"))),
-    );
+    let addressing = Addressing::new(pool4, pool6, LeaseFile::new(Some(args.state_dir.join("leases"))));
 
     let tun = Arc::new(TunDevice::create(&args.tun_name, !args.no_offload)?);
     let addresses = addressing.server_addresses();
     let mut net = LinuxNetSetup::new()?;
-    net.configure(&InterfaceConfig {
+    let iface = InterfaceConfig {
         name: args.tun_name.clone(),
         mtu: u32::from(args.mtu),
         addresses: addresses.clone(),
-    })
-    .await
-    .context("configuring the tunnel interface")?;
-    let listener = TcpListener::bind(args.listen)
+    };
+    net.configure(&iface)
         .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+        .context("configuring the tunnel interface")?;
+    let listener = match args.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        ),
+        None => None,
+    };
+    let control = control::bind(&args.control, args.control_group.as_deref())?;
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;
     }
@@ -134,29 +147,44 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         unauthenticated: AtomicUsize::new(0),
         penalties: Mutex::new(Penalties::new(PenaltyPolicy::default())),
         limit_log: LogEvery::new(Duration::from_secs(10)),
+        attach_policy: AttachPolicy {
+            users: args.allow_users.clone(),
+            groups: args.allow_groups.clone(),
+        },
     });
-    let addrs = addresses
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    let ssh = match (&listener, &host_key) {
+        (Some(l), Some(k)) => format!(
+            "listening on {} (host key {})",
+            l.local_addr()?,
+            fingerprint(k.public_key())
+        ),
+        _ => "no SSH listener".to_string(),
+    };
     tracing::info!(
-        "sshvpnd listening on {} (host key {host_fp}); tunnel {} {addrs}",
-        args.listen,
+        "sshvpnd {ssh}; control socket {}; tunnel {} {addrs}",
+        args.control.display(),
         args.tun_name
     );
-    let config = Arc::new(ssh_config(host_key, &args));
     let mut tun_reader = tokio::spawn(switch.run_tun_reader(tun));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = listener::serve(daemon, listener, config) => r?,
+    let ssh_listener = async {
+        match (listener, host_key) {
+            (Some(l), Some(k)) => listener::serve(daemon.clone(), l, Arc::new(ssh_config(k, &args))).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        r = ssh_listener => r,
+        r = control::serve(daemon.clone(), control) => r,
         r = &mut tun_reader => {
             let why = match r { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "closed".into(), Err(e) => e.to_string() };
-            anyhow::bail!("tunnel interface failed: {why}");
+            Err(anyhow::anyhow!("tunnel interface failed: {why}"))
         }
-        _ = tokio::signal::ctrl_c() => {}
-        _ = sigterm.recv() => {}
-    }
+        _ = tokio::signal::ctrl_c() => Ok(()),
+        _ = sigterm.recv() => Ok(()),
+    };
+    let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
-    Ok(())
+    result
 }

@@ -41,11 +41,7 @@ impl ConnectionHandler {
 impl russh::server::Handler for ConnectionHandler {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         if self.daemon.is_authorized(offer.public_key) {
             return Ok(Auth::Accept);
         }
@@ -58,11 +54,7 @@ impl russh::server::Handler for ConnectionHandler {
         Ok(Auth::reject())
     }
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         if !self.daemon.is_authorized(key.public_key) {
             self.state.auth_failures.fetch_add(1, Relaxed);
             return Ok(Auth::reject());
@@ -133,24 +125,16 @@ impl russh::server::Handler for ConnectionHandler {
         let peer = self.peer;
         let handle = session.handle();
         tokio::spawn(async move {
-            crate::client_session::serve(daemon, chan, key, peer).await;
+            crate::client_session::serve_channel(daemon, chan, key, peer).await;
             // The tunnel is over: end the SSH connection too.
             let _ = handle
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "tunnel closed".into(),
-                    "en".into(),
-                )
+                .disconnect(russh::Disconnect::ByApplication, "tunnel closed".into(), "en".into())
                 .await;
         });
         Ok(())
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         tracing::info!("{}: refused shell request", self.peer);
         session.channel_failure(channel)?;
         Ok(())

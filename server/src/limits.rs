@@ -137,12 +137,7 @@ impl Penalties {
             self.sources.retain(|_, p| p.until > now);
             if self.sources.len() >= self.policy.max_sources {
                 // Still full: forget the source whose penalty ends first.
-                if let Some(first) = self
-                    .sources
-                    .iter()
-                    .min_by_key(|(_, p)| p.until)
-                    .map(|(ip, _)| *ip)
-                {
+                if let Some(first) = self.sources.iter().min_by_key(|(_, p)| p.until).map(|(ip, _)| *ip) {
                     self.sources.remove(&first);
                 }
             }

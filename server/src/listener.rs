@@ -85,12 +85,7 @@ pub async fn serve(
     }
 }
 
-async fn connection(
-    daemon: Arc<Daemon>,
-    socket: TcpStream,
-    peer: SocketAddr,
-    config: Arc<russh::server::Config>,
-) {
+async fn connection(daemon: Arc<Daemon>, socket: TcpStream, peer: SocketAddr, config: Arc<russh::server::Config>) {
     let mut unauth = Unauthenticated(daemon.clone(), false);
     let _ = socket.set_nodelay(true);
     // A second handle on the socket, to cut the connection at the deadline whatever the SSH

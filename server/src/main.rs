@@ -3,8 +3,10 @@
 #![forbid(unsafe_code)]
 
 mod addressing;
+mod attach;
 mod cli;
 mod client_session;
+mod control;
 mod daemon;
 mod handler;
 mod leases;
@@ -16,12 +18,20 @@ mod switch;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let args = cli::Args::parse();
+    let cli = cli::Cli::parse();
+    if let Some(cli::Command::Attach { control }) = &cli.command {
+        // Run by sshd: stdout is the tunnel, errors go to stderr (which ssh shows the user).
+        return match attach::run(control) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("sshvpnd attach: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    let args = cli.serve;
     sshvpn_common::logging::init(args.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvpnd: cannot start runtime: {e}");

@@ -26,9 +26,6 @@ pub fn drop_to(user: &str) -> anyhow::Result<()> {
     caps::set(None, CapSet::Effective, &keep).context("setting effective capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
     nix::sys::prctl::set_keepcaps(false).context("PR_SET_KEEPCAPS")?;
-    tracing::info!(
-        "now running as {user} (uid {}) with CAP_NET_ADMIN only",
-        entry.uid
-    );
+    tracing::info!("now running as {user} (uid {}) with CAP_NET_ADMIN only", entry.uid);
     Ok(())
 }

@@ -48,12 +48,7 @@ impl Switch {
                 && old.id != port.id
             {
                 table.retain(|p| p.id != old.id);
-                tracing::info!(
-                    "session {} of {} replaced by session {}",
-                    old.id,
-                    old.identity,
-                    port.id
-                );
+                tracing::info!("session {} of {} replaced by session {}", old.id, old.identity, port.id);
                 old.evict.notify_one();
             }
         }

@@ -59,17 +59,7 @@ impl Keys {
         let p = self.dir.path(name);
         run_ok(
             "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                name,
-                "-f",
-                p.to_str().unwrap(),
-            ],
+            &["-q", "-t", "ed25519", "-N", "", "-C", name, "-f", p.to_str().unwrap()],
         );
         p
     }
@@ -108,9 +98,7 @@ impl Topology {
         lan.ip(&["-6", "route", "add", "default", "via", "fd00:202::1"]);
         server.sysctl("net.ipv4.ip_forward=1");
         server.sysctl("net.ipv6.conf.all.forwarding=1");
-        let keys = Keys {
-            dir: TempDir::new(),
-        };
+        let keys = Keys { dir: TempDir::new() };
         let mut clients = Vec::new();
         let mut client_keys = Vec::new();
         let mut authorized = String::new();
@@ -120,22 +108,8 @@ impl Topology {
             server.link(&sif, &c, "eth0");
             server.ip(&["addr", "add", &format!("10.200.{i}.1/24"), "dev", &sif]);
             c.ip(&["addr", "add", &format!("10.200.{i}.2/24"), "dev", "eth0"]);
-            server.ip(&[
-                "addr",
-                "add",
-                &format!("fd00:200:{i}::1/64"),
-                "dev",
-                &sif,
-                "nodad",
-            ]);
-            c.ip(&[
-                "addr",
-                "add",
-                &format!("fd00:200:{i}::2/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
+            server.ip(&["addr", "add", &format!("fd00:200:{i}::1/64"), "dev", &sif, "nodad"]);
+            c.ip(&["addr", "add", &format!("fd00:200:{i}::2/64"), "dev", "eth0", "nodad"]);
             let key = keys.generate(&format!("client{i}"));
             authorized.push_str(&keys.public(&key));
             clients.push(c);
@@ -156,6 +130,11 @@ impl Topology {
         }
     }
 
+    /// The daemon's control socket (per test, so parallel tests never collide).
+    pub fn control_socket(&self) -> PathBuf {
+        self.keys.dir.path("control.sock")
+    }
+
     pub fn log(&self, name: &str) -> PathBuf {
         self.keys.dir.path(name)
     }
@@ -164,9 +143,12 @@ impl Topology {
     pub fn start_server(&mut self, extra: &[&str]) -> usize {
         let listen = format!("0.0.0.0:{SSH_PORT}");
         let state = self.keys.dir.path("state");
+        let control = self.control_socket();
         let mut args = vec![
             "--state-dir",
             state.to_str().unwrap(),
+            "--control",
+            control.to_str().unwrap(),
             "--listen",
             &listen,
             "--host-key",
@@ -185,7 +167,7 @@ impl Topology {
         args.extend_from_slice(extra);
         let log = self.log(&format!("server-{}.log", self.processes.len()));
         let mut p = Process::spawn(&self.server, "sshvpnd", &args, log);
-        p.wait_for_log("listening on", 20.0);
+        p.wait_for_log("control socket", 20.0);
         self.processes.push(p);
         self.processes.len() - 1
     }

@@ -40,11 +40,9 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: IpAddr, port: u16, len: u
         }
         (total, h.finalize())
     });
-    let mut stream: TcpStream = from
-        .run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect"));
-    stream
-        .set_write_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut stream: TcpStream =
+        from.run(move || TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect"));
+    stream.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -65,8 +63,7 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: IpAddr, port: u16, len: u
 /// A UDP socket bound in namespace `ns`.
 pub fn udp_socket(ns: &Netns, bind: SocketAddr) -> UdpSocket {
     let s: UdpSocket = ns.run(move || UdpSocket::bind(bind).expect("udp bind"));
-    s.set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
     s
 }
 

@@ -43,8 +43,7 @@ fn errno(e: &rtnetlink::Error) -> Option<i32> {
 impl LinuxNetSetup {
     /// Opens a netlink connection in the calling thread's network namespace.
     pub fn new() -> Result<LinuxNetSetup, NetSetupError> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| failed("netlink socket", e))?;
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| failed("netlink socket", e))?;
         let connection = tokio::spawn(conn);
         Ok(LinuxNetSetup {
             handle,
@@ -54,22 +53,14 @@ impl LinuxNetSetup {
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32, NetSetupError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) | Err(_) => Err(NetSetupError::NoInterface(name.to_string())),
         }
     }
 
-    fn route_message(
-        index: u32,
-        net: IpNet,
-    ) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+    fn route_message(index: u32, net: IpNet) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
         RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(net.network(), net.prefix_len())
             .map_err(|e| failed(format!("route {net}"), e))
@@ -87,10 +78,7 @@ impl NetSetup for LinuxNetSetup {
             .await
             .map_err(|e| failed(format!("set MTU {} on {}", iface.mtu, iface.name), e))?;
         for net in &iface.addresses {
-            let mut req = self
-                .handle
-                .address()
-                .add(index, net.addr(), net.prefix_len());
+            let mut req = self.handle.address().add(index, net.addr(), net.prefix_len());
             if net.addr().is_ipv6() {
                 // No duplicate address detection: the address is usable at once.
                 req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
@@ -145,12 +133,7 @@ impl NetSetup for LinuxNetSetup {
         let Ok(index) = self.link_index(ifname).await else {
             return Ok(());
         };
-        let mut addrs = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Ok(Some(msg)) = addrs.try_next().await {
             let matches = msg.header.prefix_len == net.prefix_len()
                 && msg

@@ -11,8 +11,8 @@
 //! `tun/offload_linux.go` (`gsoSplit`, `handleVirtioRead`).
 
 use crate::packet::vnet::{
-    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4, VirtioNetHdr,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4, VirtioNetHdr,
 };
 use core::fmt;
 
@@ -122,11 +122,7 @@ pub fn segment(
     }
     // The largest segment is the first one; its lengths must fit 16-bit fields.
     let max_seg_len = l.hdr_len + payload.len().min(mss);
-    let max_len_field = if l.v6 {
-        max_seg_len - IPV6_HDR_LEN
-    } else {
-        max_seg_len
-    };
+    let max_len_field = if l.v6 { max_seg_len - IPV6_HDR_LEN } else { max_seg_len };
     if max_len_field > usize::from(u16::MAX) {
         return Err(GsoError::BadHeader);
     }
@@ -190,10 +186,7 @@ pub fn segment(
         }
 
         put16(seg, csum_at, 0);
-        let sum = checksum_add(
-            pseudo_header_sum(src, dst, proto, l4_len as u32),
-            &seg[l4..],
-        );
+        let sum = checksum_add(pseudo_header_sum(src, dst, proto, l4_len as u32), &seg[l4..]);
         let mut c = !checksum_fold(sum);
         if !l.tcp && c == 0 {
             // UDP: zero means "no checksum"; transmit the other zero.
@@ -207,11 +200,7 @@ pub fn segment(
 }
 
 /// Completes a `NEEDS_CSUM` checksum into a copy of `pkt` in `scratch`.
-fn complete_checksum(
-    hdr: &VirtioNetHdr,
-    pkt: &[u8],
-    scratch: &mut Vec<u8>,
-) -> Result<(), GsoError> {
+fn complete_checksum(hdr: &VirtioNetHdr, pkt: &[u8], scratch: &mut Vec<u8>) -> Result<(), GsoError> {
     let start = usize::from(hdr.csum_start);
     let at = start + usize::from(hdr.csum_offset);
     if at + 2 > pkt.len() {
@@ -430,19 +419,14 @@ mod tests {
     use crate::packet::vnet::*;
     use etherparse::checksum::Sum16BitWords;
     use etherparse::{
-        IpHeaders, Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header, Ipv6RawExtHeader,
-        NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TcpOptionElement, TransportHeader,
-        ip_number,
+        IpHeaders, Ipv4Header, Ipv6Extensions, Ipv6FlowLabel, Ipv6Header, Ipv6RawExtHeader, NetHeaders, PacketBuilder,
+        PacketHeaders, TcpHeader, TcpOptionElement, TransportHeader, ip_number,
     };
 
     const SRC4: [u8; 4] = [10, 7, 0, 1];
     const DST4: [u8; 4] = [192, 0, 2, 200];
-    const SRC6: [u8; 16] = [
-        0xfd, 0, 0xaa, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0x01,
-    ];
-    const DST6: [u8; 16] = [
-        0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0x12, 0x34, 0, 2,
-    ];
+    const SRC6: [u8; 16] = [0xfd, 0, 0xaa, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfe, 0x01];
+    const DST6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0x12, 0x34, 0, 2];
 
     /// xorshift64*: deterministic, no dependencies.
     struct Rng(u64);
@@ -475,12 +459,7 @@ mod tests {
 
     #[derive(Clone, Copy)]
     enum L4 {
-        Tcp {
-            seq: u32,
-            fin: bool,
-            psh: bool,
-            cwr: bool,
-        },
+        Tcp { seq: u32, fin: bool, psh: bool, cwr: bool },
         Udp,
     }
 
@@ -507,8 +486,7 @@ mod tests {
         let ip = if v6 {
             let mut exts = Ipv6Extensions::default();
             if extra {
-                exts.hop_by_hop_options =
-                    Some(Ipv6RawExtHeader::new_raw(ip_number::TCP, &[1, 4, 0, 0, 0, 0]).unwrap());
+                exts.hop_by_hop_options = Some(Ipv6RawExtHeader::new_raw(ip_number::TCP, &[1, 4, 0, 0, 0, 0]).unwrap());
             }
             IpHeaders::Ipv6(
                 Ipv6Header {
@@ -611,14 +589,7 @@ mod tests {
     }
 
     /// Checks every segment with etherparse and returns the payload concatenation.
-    fn check_segments(
-        segs: &[Vec<u8>],
-        v6: bool,
-        l4: L4,
-        ip_id: u16,
-        mss: usize,
-        total: usize,
-    ) -> Vec<u8> {
+    fn check_segments(segs: &[Vec<u8>], v6: bool, l4: L4, ip_id: u16, mss: usize, total: usize) -> Vec<u8> {
         let n = total.div_ceil(mss).max(1);
         assert_eq!(segs.len(), n);
         let mut joined = Vec::new();
@@ -846,10 +817,7 @@ mod tests {
                     // etherparse writes 0 for a TCP checksum of zero; we (like
                     // the kernel) write 0xffff, which is the same in ones'
                     // complement.
-                    assert!(
-                        got == want || (want == 0 && got == 0xffff),
-                        "{got:#x} {want:#x}"
-                    );
+                    assert!(got == want || (want == 0 && got == 0xffff), "{got:#x} {want:#x}");
                     if got == want {
                         assert_eq!(out[0], good);
                     }
@@ -923,10 +891,7 @@ mod tests {
         longer.push(0);
         assert_eq!(run(&h_tcp4, &longer), Err(BadHeader));
         // gso_size 0.
-        let h0 = VirtioNetHdr {
-            gso_size: 0,
-            ..h_tcp4
-        };
+        let h0 = VirtioNetHdr { gso_size: 0, ..h_tcp4 };
         assert_eq!(run(&h0, &tcp4), Err(BadHeader));
         // Header claiming TCP on a UDP packet and vice versa; wrong IP version.
         assert_eq!(run(&h_tcp4, &udp4), Err(BadHeader));
@@ -963,17 +928,8 @@ mod tests {
         put16(&mut bad, 2, 24);
         assert_eq!(run(&h_tcp4, &bad), Err(Truncated));
         // UFO and unknown GSO types.
-        for t in [
-            VIRTIO_NET_HDR_GSO_UDP,
-            2,
-            6,
-            0x7f,
-            VIRTIO_NET_HDR_GSO_UDP | 0x80,
-        ] {
-            let h = VirtioNetHdr {
-                gso_type: t,
-                ..h_udp4
-            };
+        for t in [VIRTIO_NET_HDR_GSO_UDP, 2, 6, 0x7f, VIRTIO_NET_HDR_GSO_UDP | 0x80] {
+            let h = VirtioNetHdr { gso_type: t, ..h_udp4 };
             assert_eq!(run(&h, &udp4), Err(Unsupported(t)));
         }
         // NEEDS_CSUM pointing past the end.
@@ -1098,16 +1054,10 @@ mod tests {
                 2 => rng.next() as u32 & 0xffff,
                 _ => rng.next() as u32,
             };
-            assert_eq!(
-                checksum_fold(checksum_add(init, data)),
-                naive_sum(init, data)
-            );
+            assert_eq!(checksum_fold(checksum_add(init, data)), naive_sum(init, data));
             assert_eq!(
                 !checksum_fold(checksum_add(0, data)),
-                Sum16BitWords::new()
-                    .add_slice(data)
-                    .ones_complement()
-                    .to_be() // etherparse sums in native order
+                Sum16BitWords::new().add_slice(data).ones_complement().to_be() // etherparse sums in native order
             );
         }
         for len in [65535, 65536, 65537, 70_000] {
@@ -1116,10 +1066,7 @@ mod tests {
         }
         let ones = vec![0xffu8; 200_001];
         assert_eq!(checksum_fold(checksum_add(0, &ones)), naive_sum(0, &ones));
-        assert_eq!(
-            checksum_fold(checksum_add(u32::MAX, &ones)),
-            naive_sum(u32::MAX, &ones)
-        );
+        assert_eq!(checksum_fold(checksum_add(u32::MAX, &ones)), naive_sum(u32::MAX, &ones));
         assert_eq!(checksum_add(0, &[]), 0);
         assert_eq!(checksum_add(7, &[]), 7);
         assert_eq!(checksum_add(0, &[0x12]), 0x1200);
@@ -1151,10 +1098,7 @@ mod tests {
             .add_slice(&[0, 0, 0, 17])
             .ones_complement()
             .to_be();
-        assert_eq!(
-            !checksum_fold(pseudo_header_sum(&SRC6, &DST6, 17, 100_000)),
-            v6
-        );
+        assert_eq!(!checksum_fold(pseudo_header_sum(&SRC6, &DST6, 17, 100_000)), v6);
     }
 
     /// `cargo test --release -- --ignored --nocapture checksum_speed`
@@ -1183,9 +1127,6 @@ mod tests {
             segment(&hdr, &pkt, &mut scratch, |p| n += p.len()).unwrap();
         }
         let secs = t.elapsed().as_secs_f64();
-        println!(
-            "segment tcpv4 64000/1448: {:.2} GB/s out",
-            n as f64 / secs / 1e9
-        );
+        println!("segment tcpv4 64000/1448: {:.2} GB/s out", n as f64 / secs / 1e9);
     }
 }

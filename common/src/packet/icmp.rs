@@ -212,8 +212,8 @@ fn build_v6(pkt: &[u8], mtu: u16, from: Ipv6Addr, out: &mut Vec<u8>) -> Option<u
 mod tests {
     use super::*;
     use etherparse::{
-        IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, PacketBuilder,
-        SlicedPacket, TransportSlice,
+        IpHeaders, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header, NetSlice, PacketBuilder, SlicedPacket,
+        TransportSlice,
         icmpv4::DestUnreachableHeader,
         icmpv6::{DestUnreachableCode, TimeExceededCode},
         {Icmpv4Type, Icmpv6Type},
@@ -257,13 +257,10 @@ mod tests {
 
     fn icmp_v4(t: Icmpv4Type, payload_len: usize) -> Vec<u8> {
         let mut out = Vec::new();
-        PacketBuilder::ip(IpHeaders::Ipv4(
-            v4_header(HOST4, REMOTE4, true),
-            Default::default(),
-        ))
-        .icmpv4(t)
-        .write(&mut out, &vec![0x5a; payload_len])
-        .unwrap();
+        PacketBuilder::ip(IpHeaders::Ipv4(v4_header(HOST4, REMOTE4, true), Default::default()))
+            .icmpv4(t)
+            .write(&mut out, &vec![0x5a; payload_len])
+            .unwrap();
         out
     }
 
@@ -303,9 +300,8 @@ mod tests {
             icmp.checksum(),
             "icmp checksum"
         );
-        let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-            next_hop_mtu,
-        }) = icmp.icmp_type()
+        let Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu }) =
+            icmp.icmp_type()
         else {
             panic!("wrong icmp type {:?}", icmp.icmp_type());
         };
@@ -328,10 +324,7 @@ mod tests {
         let Some(TransportSlice::Icmpv6(icmp)) = &sliced.transport else {
             panic!("not icmpv6")
         };
-        assert!(
-            icmp.is_checksum_valid(h.source(), h.destination()),
-            "icmpv6 checksum"
-        );
+        assert!(icmp.is_checksum_valid(h.source(), h.destination()), "icmpv6 checksum");
         assert_eq!(icmp.code_u8(), 0);
         let Icmpv6Type::PacketTooBig { mtu } = icmp.icmp_type() else {
             panic!("wrong icmpv6 type {:?}", icmp.icmp_type());
@@ -427,9 +420,7 @@ mod tests {
         use etherparse::icmpv4::TimeExceededCode as Te4;
         let errors = [
             Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
-            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
-                next_hop_mtu: 1000,
-            }),
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 }),
             Icmpv4Type::TimeExceeded(Te4::TtlExceededInTransit),
             Icmpv4Type::Unknown {
                 type_u8: 4,
@@ -450,11 +441,7 @@ mod tests {
         let mut out = Vec::new();
         for t in errors {
             let pkt = icmp_v4(t.clone(), 1500);
-            assert_eq!(
-                packet_too_big(&pkt, 1400, VPN4.into(), &mut out),
-                None,
-                "{t:?}"
-            );
+            assert_eq!(packet_too_big(&pkt, 1400, VPN4.into(), &mut out), None, "{t:?}");
         }
         // Echo requests are not errors.
         let pkt = icmp_v4(
@@ -485,19 +472,11 @@ mod tests {
             [127, 9, 9, 9],
         ] {
             let pkt = udp_v4(src, REMOTE4, true, 2000);
-            assert_eq!(
-                packet_too_big(&pkt, 1400, VPN4.into(), &mut out),
-                None,
-                "{src:?}"
-            );
+            assert_eq!(packet_too_big(&pkt, 1400, VPN4.into(), &mut out), None, "{src:?}");
         }
         for dst in [[224, 0, 0, 251], [255, 255, 255, 255]] {
             let pkt = udp_v4(HOST4, dst, true, 2000);
-            assert_eq!(
-                packet_too_big(&pkt, 1400, VPN4.into(), &mut out),
-                None,
-                "{dst:?}"
-            );
+            assert_eq!(packet_too_big(&pkt, 1400, VPN4.into(), &mut out), None, "{dst:?}");
         }
     }
 
@@ -561,11 +540,7 @@ mod tests {
             },
         ] {
             let pkt = icmp_v6(t, 2000);
-            assert_eq!(
-                packet_too_big(&pkt, 1400, VPN6.into(), &mut out),
-                None,
-                "{t:?}"
-            );
+            assert_eq!(packet_too_big(&pkt, 1400, VPN6.into(), &mut out), None, "{t:?}");
         }
         let pkt = icmp_v6(
             Icmpv6Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 }),
@@ -598,20 +573,13 @@ mod tests {
         let dest_opts = [58, 0, 1, 4, 0, 0, 0, 0];
         let hbh_then_dest = |p: &[u8]| {
             let inner = with_ext(p, 60, &dest_opts);
-            with_ext(
-                &inner,
-                0,
-                &[60, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            )
+            with_ext(&inner, 0, &[60, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
         };
         assert_eq!(
             packet_too_big(&with_ext(&err, 60, &dest_opts), 1400, VPN6.into(), &mut out),
             None
         );
-        assert_eq!(
-            packet_too_big(&hbh_then_dest(&err), 1400, VPN6.into(), &mut out),
-            None
-        );
+        assert_eq!(packet_too_big(&hbh_then_dest(&err), 1400, VPN6.into(), &mut out), None);
         let pkt = hbh_then_dest(&echo);
         assert!(packet_too_big(&pkt, 1400, VPN6.into(), &mut out).is_some());
         let (_, quoted) = check_v6_reply(&out, HOST6);
@@ -788,11 +756,7 @@ mod tests {
                     pkt[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
                 }
             }
-            let from: IpAddr = if rng.below(2) == 0 {
-                VPN4.into()
-            } else {
-                VPN6.into()
-            };
+            let from: IpAddr = if rng.below(2) == 0 { VPN4.into() } else { VPN6.into() };
             let _ = fuzz_one(&pkt, rng.next() as u16, from, &mut out);
         }
     }
@@ -804,10 +768,7 @@ mod tests {
         let seeds: Vec<(Vec<u8>, IpAddr)> = vec![
             (udp_v4(HOST4, REMOTE4, true, 700), VPN4.into()),
             (
-                icmp_v4(
-                    Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 9, seq: 9 }),
-                    100,
-                ),
+                icmp_v4(Icmpv4Type::EchoReply(etherparse::IcmpEchoHeader { id: 9, seq: 9 }), 100),
                 VPN4.into(),
             ),
             (udp_v6(HOST6, REMOTE6, 1500), VPN6.into()),

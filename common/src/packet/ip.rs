@@ -76,10 +76,7 @@ mod tests {
             .write(&mut v6, b"hi")
             .unwrap();
         let a = packet_addrs(&v6).unwrap();
-        assert_eq!(
-            (a.version, a.src, a.dst),
-            (IpVersion::V6, s.into(), d.into())
-        );
+        assert_eq!((a.version, a.src, a.dst), (IpVersion::V6, s.into(), d.into()));
     }
 
     #[test]

@@ -162,8 +162,7 @@ mod tests {
     use super::*;
     use crate::packet::gso::pseudo_header_sum;
     use etherparse::{
-        IpHeaders, IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement,
-        TransportSlice,
+        IpHeaders, IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice,
     };
 
     const SRC4: [u8; 4] = [10, 0, 0, 1];
@@ -239,10 +238,7 @@ mod tests {
             (&pkt[8..24], &pkt[24..40])
         };
         let len = (end - start) as u32;
-        let s = checksum_add(
-            pseudo_header_sum(src, dst, PROTO_TCP, len),
-            &pkt[start..end],
-        );
+        let s = checksum_add(pseudo_header_sum(src, dst, PROTO_TCP, len), &pkt[start..end]);
         Some(u32::from(checksum_fold(s)) % 0xffff)
     }
 

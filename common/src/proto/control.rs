@@ -317,10 +317,7 @@ impl Control {
                         token = Some(be_uint(v).ok_or(ControlError::BadField { msg, tag: t })?);
                     }
                 }
-                let token = token.ok_or(ControlError::Missing {
-                    msg,
-                    tag: tag::TOKEN,
-                })?;
+                let token = token.ok_or(ControlError::Missing { msg, tag: tag::TOKEN })?;
                 Ok(if kind == FrameType::Keepalive {
                     Control::Keepalive(token)
                 } else {
@@ -366,37 +363,18 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, ControlError> {
         let (t, v) = item?;
         match t {
             tag::VERSION => {
-                h.version = be_uint(v)
-                    .and_then(|x| u16::try_from(x).ok())
-                    .ok_or(bad(t))?;
+                h.version = be_uint(v).and_then(|x| u16::try_from(x).ok()).ok_or(bad(t))?;
                 seen_version = true;
             }
-            tag::FEATURES => {
-                h.features = Features(
-                    be_uint(v)
-                        .and_then(|x| u32::try_from(x).ok())
-                        .ok_or(bad(t))?,
-                )
-            }
-            tag::MTU => {
-                h.mtu = be_uint(v)
-                    .and_then(|x| u16::try_from(x).ok())
-                    .ok_or(bad(t))?
-            }
-            tag::MAX_PAYLOAD => {
-                h.max_payload = be_uint(v)
-                    .and_then(|x| u32::try_from(x).ok())
-                    .ok_or(bad(t))?
-            }
+            tag::FEATURES => h.features = Features(be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?),
+            tag::MTU => h.mtu = be_uint(v).and_then(|x| u16::try_from(x).ok()).ok_or(bad(t))?,
+            tag::MAX_PAYLOAD => h.max_payload = be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?,
             tag::SOFTWARE => h.software = String::from_utf8_lossy(v).into_owned(),
             _ => {}
         }
     }
     if !seen_version {
-        return Err(ControlError::Missing {
-            msg,
-            tag: tag::VERSION,
-        });
+        return Err(ControlError::Missing { msg, tag: tag::VERSION });
     }
     Ok(h)
 }
@@ -408,12 +386,8 @@ fn decode_config(payload: &[u8]) -> Result<TunnelConfig, ControlError> {
     for item in TlvReader(payload) {
         let (t, v) = item?;
         match t {
-            tag::ADDR4 => {
-                c.addr4 = Some(parse_net(v).filter(|n| n.addr().is_ipv4()).ok_or(bad(t))?)
-            }
-            tag::ADDR6 => {
-                c.addr6 = Some(parse_net(v).filter(|n| n.addr().is_ipv6()).ok_or(bad(t))?)
-            }
+            tag::ADDR4 => c.addr4 = Some(parse_net(v).filter(|n| n.addr().is_ipv4()).ok_or(bad(t))?),
+            tag::ADDR6 => c.addr6 = Some(parse_net(v).filter(|n| n.addr().is_ipv6()).ok_or(bad(t))?),
             tag::PEER4 => match parse_ip(v) {
                 Some(IpAddr::V4(a)) => c.peer4 = Some(a),
                 _ => return Err(bad(t)),
@@ -422,21 +396,11 @@ fn decode_config(payload: &[u8]) -> Result<TunnelConfig, ControlError> {
                 Some(IpAddr::V6(a)) => c.peer6 = Some(a),
                 _ => return Err(bad(t)),
             },
-            tag::CFG_MTU => {
-                c.mtu = be_uint(v)
-                    .and_then(|x| u16::try_from(x).ok())
-                    .ok_or(bad(t))?
-            }
+            tag::CFG_MTU => c.mtu = be_uint(v).and_then(|x| u16::try_from(x).ok()).ok_or(bad(t))?,
             tag::ROUTE => c.routes.push(parse_net(v).ok_or(bad(t))?),
             tag::DNS => c.dns.push(parse_ip(v).ok_or(bad(t))?),
-            tag::SEARCH => c
-                .search
-                .push(String::from_utf8(v.to_vec()).map_err(|_| bad(t))?),
-            tag::KEEPALIVE_MS => {
-                c.keepalive_ms = be_uint(v)
-                    .and_then(|x| u32::try_from(x).ok())
-                    .ok_or(bad(t))?
-            }
+            tag::SEARCH => c.search.push(String::from_utf8(v.to_vec()).map_err(|_| bad(t))?),
+            tag::KEEPALIVE_MS => c.keepalive_ms = be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?,
             _ => {}
         }
     }
@@ -493,13 +457,7 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_errors() {
-        assert_eq!(
-            decode_hello(&[]),
-            Err(ControlError::Missing {
-                msg: "hello",
-                tag: 1
-            })
-        );
+        assert_eq!(decode_hello(&[]), Err(ControlError::Missing { msg: "hello", tag: 1 }));
         assert_eq!(decode_hello(&[1, 0]), Err(ControlError::Truncated));
         assert_eq!(decode_hello(&[1, 0, 5, 0]), Err(ControlError::Truncated));
         assert!(decode_config(&[tag::ADDR4, 0, 2, 10, 0]).is_err());

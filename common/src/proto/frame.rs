@@ -237,10 +237,7 @@ mod tests {
     #[test]
     fn empty_data_frame_is_an_error() {
         let mut buf = BytesMut::from(&[0x01, 0, 0, 0][..]);
-        assert_eq!(
-            FrameDecoder::default().decode(&mut buf),
-            Err(FrameError::EmptyPacket)
-        );
+        assert_eq!(FrameDecoder::default().decode(&mut buf), Err(FrameError::EmptyPacket));
     }
 
     #[test]

@@ -182,8 +182,7 @@ impl Session {
                     peer_software: peer.software,
                 };
                 if self.role == Role::Server {
-                    self.events
-                        .push_back(Event::ClientHello(negotiated.clone()));
+                    self.events.push_back(Event::ClientHello(negotiated.clone()));
                 }
                 self.state = State::AwaitConfig(negotiated);
                 Ok(())
@@ -252,9 +251,7 @@ impl Session {
     /// The next instant at which [`Session::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Instant {
         match self.state {
-            State::Established(_) => self
-                .next_keepalive
-                .min(self.last_rx + self.timers.dead_peer_timeout),
+            State::Established(_) => self.next_keepalive.min(self.last_rx + self.timers.dead_peer_timeout),
             State::Closed => self.last_rx + self.timers.dead_peer_timeout,
             _ => self.started + self.timers.handshake_timeout,
         }
@@ -276,9 +273,9 @@ impl Session {
                 Ok(())
             }
             State::Closed => Ok(()),
-            _ if now >= self.started + self.timers.handshake_timeout => Err(
-                SessionError::HandshakeTimeout(self.timers.handshake_timeout),
-            ),
+            _ if now >= self.started + self.timers.handshake_timeout => {
+                Err(SessionError::HandshakeTimeout(self.timers.handshake_timeout))
+            }
             _ => Ok(()),
         }
     }
@@ -306,18 +303,8 @@ mod tests {
 
     fn pair(client_features: Features, server_features: Features) -> (Session, Session, Instant) {
         let now = Instant::now();
-        let c = Session::new(
-            Role::Client,
-            Hello::new(client_features, 1500),
-            Timers::default(),
-            now,
-        );
-        let s = Session::new(
-            Role::Server,
-            Hello::new(server_features, 1400),
-            Timers::default(),
-            now,
-        );
+        let c = Session::new(Role::Client, Hello::new(client_features, 1500), Timers::default(), now);
+        let s = Session::new(Role::Server, Hello::new(server_features, 1400), Timers::default(), now);
         (c, s, now)
     }
 
@@ -340,10 +327,7 @@ mod tests {
         assert_eq!(n.features, Features::default());
         s.accept(config()).unwrap();
         pump(&mut s, &mut c, now).unwrap();
-        assert!(matches!(
-            s.poll_event(),
-            Some(Event::Established { config: None, .. })
-        ));
+        assert!(matches!(s.poll_event(), Some(Event::Established { config: None, .. })));
         match c.poll_event() {
             Some(Event::Established {
                 negotiated,
@@ -370,10 +354,7 @@ mod tests {
         let (_, mut s, now) = pair(Features::default(), Features::default());
         let mut h = Hello::new(Features::default(), 1500);
         h.version = 9;
-        assert_eq!(
-            s.handle_control(now, Control::Hello(h)),
-            Err(SessionError::Version(9))
-        );
+        assert_eq!(s.handle_control(now, Control::Hello(h)), Err(SessionError::Version(9)));
     }
 
     #[test]
@@ -388,10 +369,7 @@ mod tests {
     fn handshake_times_out() {
         let (mut c, _, now) = pair(Features::default(), Features::default());
         let deadline = c.poll_timeout();
-        assert!(
-            c.handle_timeout(deadline - Duration::from_millis(1))
-                .is_ok()
-        );
+        assert!(c.handle_timeout(deadline - Duration::from_millis(1)).is_ok());
         assert!(matches!(
             c.handle_timeout(deadline),
             Err(SessionError::HandshakeTimeout(_))
@@ -422,10 +400,7 @@ mod tests {
             match c.handle_timeout(t) {
                 Ok(()) => while c.poll_transmit().is_some() {},
                 Err(e) => {
-                    assert_eq!(
-                        e,
-                        SessionError::DeadPeer(Timers::default().dead_peer_timeout)
-                    );
+                    assert_eq!(e, SessionError::DeadPeer(Timers::default().dead_peer_timeout));
                     break;
                 }
             }
@@ -439,10 +414,7 @@ mod tests {
         pump(&mut c, &mut s, now).unwrap();
         s.poll_event();
         s.close(CloseCode::NotAuthorized, "no");
-        while s
-            .poll_transmit()
-            .is_some_and(|m| !matches!(m, Control::Close { .. }))
-        {}
+        while s.poll_transmit().is_some_and(|m| !matches!(m, Control::Close { .. })) {}
         c.handle_control(
             now,
             Control::Close {

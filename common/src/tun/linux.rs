@@ -8,9 +8,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::{MAX_READ, RecvArena};
-use crate::packet::vnet::{
-    TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VIRTIO_NET_HDR_LEN,
-};
+use crate::packet::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VIRTIO_NET_HDR_LEN};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -60,16 +58,12 @@ impl TunDevice {
 
     /// Wraps an already opened TUN file descriptor (e.g. received from a namespace helper).
     pub fn from_fd(fd: OwnedFd, name: String, vnet_hdr: bool) -> Result<TunDevice, TunError> {
-        nix::fcntl::fcntl(
-            &fd,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .map_err(io::Error::from)?;
+        nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .map_err(io::Error::from)?;
         // SAFETY: an OwnedFd is a valid open descriptor that stays open, and keeps returning the
         // same number, until the AsyncFd owning it is dropped.
-        let fd =
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-                .map_err(|e| e.into_parts().1)?;
+        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
+            .map_err(|e| e.into_parts().1)?;
         Ok(TunDevice { fd, name, vnet_hdr })
     }
 

@@ -26,8 +26,7 @@ use crate::packet::{gso, icmp, mss};
 use crate::proto::control::ControlError;
 use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
 use crate::proto::{
-    CloseCode, Control, Event, Features, Hello, Negotiated, Role, Session, SessionError, Timers,
-    TunnelConfig,
+    CloseCode, Control, Event, Features, Hello, Negotiated, Role, Session, SessionError, Timers, TunnelConfig,
 };
 use crate::tun::TunDevice;
 
@@ -64,9 +63,7 @@ impl TunnelError {
     /// The close code to send the peer for this error, if the peer should be told at all.
     fn close_code(&self) -> Option<CloseCode> {
         match self {
-            TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData => {
-                Some(CloseCode::ProtocolError)
-            }
+            TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData => Some(CloseCode::ProtocolError),
             TunnelError::Session(e) => Some(e.close_code()),
             TunnelError::Internal(_) => Some(CloseCode::Internal),
             _ => None,
@@ -315,10 +312,10 @@ impl<Rx: TransportRx> Reader<Rx> {
                                 Event::Closed { code, reason } => {
                                     return Err(TunnelError::PeerClosed { code, reason });
                                 }
-                                Event::Rtt(rtt) => self.shared.rtt_us.store(
-                                    rtt.as_micros() as u64,
-                                    std::sync::atomic::Ordering::Relaxed,
-                                ),
+                                Event::Rtt(rtt) => self
+                                    .shared
+                                    .rtt_us
+                                    .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed),
                                 _ => {}
                             }
                         }
@@ -465,10 +462,7 @@ impl<Tx: TransportTx> Writer<Tx> {
         if !self.vnet_hdr {
             return self.encode_plain(pkt);
         }
-        let (Some(hdr), Some(ip)) = (
-            VirtioNetHdr::decode(pkt),
-            pkt.get(crate::tun::VNET_HDR_LEN..),
-        ) else {
+        let (Some(hdr), Some(ip)) = (VirtioNetHdr::decode(pkt), pkt.get(crate::tun::VNET_HDR_LEN..)) else {
             TunnelStats::add(&self.stats.drop_malformed, 1);
             return;
         };
@@ -485,10 +479,7 @@ impl<Tx: TransportTx> Writer<Tx> {
             self.encode_frame(FrameType::Gso, pkt, ip.len())
         } else {
             let Writer {
-                out,
-                stats,
-                scratch,
-                ..
+                out, stats, scratch, ..
             } = self;
             let result = gso::segment(&hdr, ip, scratch, |seg| {
                 frame::encode(out, FrameType::Ip, seg);
@@ -524,12 +515,7 @@ impl<Tx: TransportTx> Writer<Tx> {
     /// Queues an ICMP "fragmentation needed" / ICMPv6 "packet too big" for the sender of `ip`.
     fn packet_too_big(&mut self, ip: &[u8]) {
         let v6 = ip[0] >> 4 == 6;
-        let Some(from) = self
-            .icmp_sources
-            .iter()
-            .find(|a| a.is_ipv6() == v6)
-            .copied()
-        else {
+        let Some(from) = self.icmp_sources.iter().find(|a| a.is_ipv6() == v6).copied() else {
             return;
         };
         let mut out = Vec::new();

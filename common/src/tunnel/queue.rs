@@ -140,17 +140,11 @@ mod tests {
     async fn bounded_by_packets_and_bytes() {
         let (tx, mut rx) = packet_queue(4, 1000);
         assert!(tx.try_push(Bytes::from(vec![0; 600])).is_ok());
-        assert!(
-            tx.try_push(Bytes::from(vec![0; 600])).is_err(),
-            "byte budget"
-        );
+        assert!(tx.try_push(Bytes::from(vec![0; 600])).is_err(), "byte budget");
         assert!(tx.try_push(Bytes::from(vec![0; 100])).is_ok());
         assert!(tx.try_push(Bytes::from(vec![0; 100])).is_ok());
         assert!(tx.try_push(Bytes::from(vec![0; 100])).is_ok());
-        assert!(
-            tx.try_push(Bytes::from(vec![0; 10])).is_err(),
-            "packet budget"
-        );
+        assert!(tx.try_push(Bytes::from(vec![0; 10])).is_err(), "packet budget");
         assert_eq!(tx.queued_bytes(), 900);
         let mut out = Vec::new();
         assert_eq!(rx.recv_many(&mut out, 10).await, 4);

@@ -47,9 +47,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> TransportTx for StreamTx<W> {
 pub struct ChannelRx(pub ChannelReadHalf);
 
 /// Sending half of a russh channel; batches go out without another copy.
-pub struct ChannelTx<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(
-    pub ChannelWriteHalf<S>,
-);
+pub struct ChannelTx<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(pub ChannelWriteHalf<S>);
 
 impl TransportRx for ChannelRx {
     async fn recv(&mut self, buf: &mut BytesMut) -> io::Result<usize> {

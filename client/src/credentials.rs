@@ -1,0 +1,159 @@
+//! Who to connect to and with which keys: the target resolved through `~/.ssh/config` (HostName,
+//! User, Port, IdentityFile), ssh-agent (SSH_AUTH_SOCK), and key files, with passphrases asked
+//! on the terminal (never echoed) or through SSH_ASKPASS, once, before the first connection.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use russh::keys::PrivateKey;
+
+use crate::cli::{ConnectArgs, split_target, ssh_dir_file};
+
+/// Where to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub user: String,
+    /// The name as given (for known_hosts) ...
+    pub alias: String,
+    /// ... and the name or address to connect to (HostName from ~/.ssh/config, or the alias).
+    pub host: String,
+    pub port: u16,
+    pub known_hosts: PathBuf,
+    pub accept_new: bool,
+}
+
+/// How to authenticate.
+pub struct Credentials {
+    /// Try the keys held by ssh-agent first.
+    pub agent: bool,
+    /// Key files, decrypted.
+    pub keys: Vec<(PathBuf, PrivateKey)>,
+}
+
+fn ssh_config_for(alias: &str) -> Option<russh_config::Config> {
+    let path = ssh_dir_file("config")?;
+    if !path.exists() {
+        return None;
+    }
+    match russh_config::parse_path(&path, alias) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("ignoring {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn expand_home(p: &Path) -> PathBuf {
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+pub fn resolve_target(args: &ConnectArgs) -> anyhow::Result<Target> {
+    let target = args.target.as_deref().ok_or_else(|| anyhow!("no server given"))?;
+    let (user, alias) = split_target(target).map_err(anyhow::Error::msg)?;
+    let config = ssh_config_for(&alias);
+    let host = config
+        .as_ref()
+        .map(|c| c.host().to_string())
+        .unwrap_or_else(|| alias.clone());
+    let port = args
+        .port
+        .or(config.as_ref().and_then(|c| c.host_config.port))
+        .unwrap_or(22);
+    let user = user
+        .or_else(|| config.as_ref().and_then(|c| c.host_config.user.clone()))
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "root".into());
+    let known_hosts = match &args.known_hosts {
+        Some(p) => p.clone(),
+        None => ssh_dir_file("known_hosts").ok_or_else(|| anyhow!("HOME is not set: pass --known-hosts"))?,
+    };
+    Ok(Target {
+        user,
+        alias,
+        host,
+        port,
+        known_hosts,
+        accept_new: args.accept_new_host_key,
+    })
+}
+
+/// Key files to use: -i, else ~/.ssh/config's IdentityFile, else the usual defaults that exist.
+fn key_paths(args: &ConnectArgs, alias: &str) -> Vec<PathBuf> {
+    if let Some(p) = &args.identity {
+        return vec![p.clone()];
+    }
+    let configured: Vec<PathBuf> = ssh_config_for(alias)
+        .and_then(|c| c.host_config.identity_file)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| expand_home(p))
+        .filter(|p| p.exists())
+        .collect();
+    if !configured.is_empty() {
+        return configured;
+    }
+    ["id_ed25519", "id_ecdsa", "id_rsa"]
+        .iter()
+        .filter_map(|n| ssh_dir_file(n))
+        .filter(|p| p.exists())
+        .collect()
+}
+
+pub fn load_credentials(args: &ConnectArgs, target: &Target) -> anyhow::Result<Credentials> {
+    let agent = args.identity.is_none() && std::env::var_os("SSH_AUTH_SOCK").is_some();
+    let mut keys = Vec::new();
+    for path in key_paths(args, &target.alias) {
+        match load_key(&path) {
+            Ok(k) => keys.push((path, k)),
+            // An explicit -i must work; a default key that does not load is skipped.
+            Err(e) if args.identity.is_some() => return Err(e),
+            Err(e) => tracing::warn!("skipping {}: {e:#}", path.display()),
+        }
+    }
+    if keys.is_empty() && !agent {
+        bail!("no identity key: pass -i KEY, run ssh-agent, or create ~/.ssh/id_ed25519");
+    }
+    Ok(Credentials { agent, keys })
+}
+
+/// Loads a private key, asking for its passphrase if it is encrypted.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let key = PrivateKey::from_openssh(&text).map_err(|e| anyhow!("cannot load key {}: {e}", path.display()))?;
+    if !key.is_encrypted() {
+        return Ok(key);
+    }
+    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+    let passphrase = ask_passphrase(&prompt)?;
+    key.decrypt(passphrase.as_bytes())
+        .map_err(|_| anyhow!("wrong passphrase for key {}", path.display()))
+}
+
+/// OpenSSH's rules: SSH_ASKPASS when forced or when there is no terminal, else the terminal.
+fn ask_passphrase(prompt: &str) -> anyhow::Result<String> {
+    let askpass = std::env::var_os("SSH_ASKPASS");
+    let forced = std::env::var("SSH_ASKPASS_REQUIRE").is_ok_and(|v| v == "force");
+    let has_tty = std::fs::File::open("/dev/tty").is_ok();
+    if let Some(program) = askpass.filter(|_| forced || !has_tty) {
+        let out = std::process::Command::new(&program)
+            .arg(prompt)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running SSH_ASKPASS {}", PathBuf::from(&program).display()))?;
+        if !out.status.success() {
+            bail!("SSH_ASKPASS gave no passphrase");
+        }
+        let s = String::from_utf8_lossy(&out.stdout);
+        return Ok(s.trim_end_matches(['\n', '\r']).to_string());
+    }
+    if !has_tty {
+        bail!(
+            "the key is encrypted and there is no terminal to ask for its passphrase (set SSH_ASKPASS or use ssh-agent)"
+        );
+    }
+    rpassword::prompt_password(prompt).context("reading the passphrase")
+}

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Load test: N tunnel clients against one sshvpnd, with traffic among them.
+#
+# The clients all live in one `sshvpn-loadgen` process (tests/loadgen.rs) in the laptop namespace
+# of scripts/netns.sh: each is a real SSH connection with its own ed25519 key speaking the tunnel
+# protocol, but with no TUN of its own (it crafts and counts IPv4/UDP packets itself). sshvpnd
+# runs in the gateway namespace and routes the client-to-client packets through its kernel.
+# Phases: connect all (paced by C handshakes in flight), idle for 5 s, T seconds of traffic
+# (RATE packets/s of SIZE bytes from each client to the others in turn), 2 s drain, disconnect.
+# Prints clients connected, connect rate, errors, packets sent/received/lost, the server's RSS
+# (total and per client) and CPU; exits non-zero if any client failed or the loss exceeded 1%.
+#
+#   sudo scripts/load.sh                     # N=500 clients, T=30 s of traffic
+#   sudo N=100 T=60 RATE=20 scripts/load.sh
+#
+# Settings (environment):
+#   N=500 T=30 RATE=10 SIZE=100   clients, traffic seconds, packets/s per client, IPv4 packet bytes
+#   C=32                          SSH handshakes in flight at once (loadgen --concurrency)
+#   MAX_STARTUPS=64:30:128        server --max-startups; by default START = 2*C so that the early
+#                                 drop of unauthenticated connections never hits the paced clients
+#                                 (MAX_STARTUPS=10:30:100 tries the server's default)
+#   RETRIES=0                     reconnect attempts per client after a failed connect
+#   NOFILE=                       ulimit -n for server and loadgen (default: inherited)
+#   SSHVPN_SERVER_ARGS=           extra sshvpnd arguments
+#   NO_BUILD=1                    use the binaries already in target/release
+#   KEEP=1                        keep the work directory (keys, server log) for inspection
+# The full output is also saved to target/load/load-N<N>.txt.
+# Needs root and iproute2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "load.sh needs root" >&2; exit 1; }
+command -v ip >/dev/null || { echo "load.sh needs iproute2" >&2; exit 1; }
+N=${N:-500}
+T=${T:-30}
+RATE=${RATE:-10}
+SIZE=${SIZE:-100}
+C=${C:-32}
+RETRIES=${RETRIES:-0}
+MAX_STARTUPS=${MAX_STARTUPS:-$((2 * C)):30:$((4 * C))}
+MAX_CLIENTS=$((N > 1024 ? N : 1024))
+POOL=${POOL:-10.210.0.0/20}
+OUT=target/load
+mkdir -p "$OUT"
+LOG=$OUT/load-N$N.txt
+
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release --quiet -p sshvpnd
+  cargo build --release --quiet -p sshvpn-tests --bin sshvpn-loadgen
+fi
+BIN=$PWD/target/release
+[ -n "${NOFILE:-}" ] && ulimit -n "$NOFILE"
+
+NS_PREFIX=svload$$
+. scripts/netns.sh
+WORK=$(mktemp -d /tmp/sshvpn-load.XXXXXX)
+SERVER=
+cleanup() {
+  [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true
+  topology_down
+  if [ -n "${KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT INT TERM
+
+# "VmRSS VmHWM cpu_ticks" of a process.
+proc_sample() {
+  local rss hwm
+  rss=$(awk '/^VmRSS:/{print $2}' "/proc/$1/status")
+  hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$1/status")
+  # utime + stime: fields 14 and 15, counted after the ")" that ends the command name.
+  echo "$rss $hwm $(sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}')"
+}
+
+exec > >(tee "$LOG") 2>&1
+echo "load test: N=$N T=${T}s RATE=$RATE/s SIZE=${SIZE}B C=$C MAX_STARTUPS=$MAX_STARTUPS RETRIES=$RETRIES ulimit -n $(ulimit -n)"
+echo "host: $(nproc) CPUs, $(uname -r), $(awk '/MemTotal/{print int($2/1024)" MiB"}' /proc/meminfo); $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
+
+topology_up
+# Client-to-client packets go TUN -> kernel -> TUN on the server: no ICMP redirects for that.
+ip netns exec "$NS_GW" sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0
+
+"$BIN/sshvpn-loadgen" keys --count "$N" --dir "$WORK/keys" >/dev/null
+ip netns exec "$NS_GW" "$BIN/sshvpnd" --listen 10.200.0.2:4022 --host-key "$WORK/host_key" \
+  --authorized-keys "$WORK/keys/authorized_keys" --state-dir "$WORK/state" --pool "$POOL" \
+  --max-startups "$MAX_STARTUPS" --max-clients "$MAX_CLIENTS" ${SSHVPN_SERVER_ARGS:-} >"$WORK/server.log" 2>&1 &
+SERVER=$!
+for _ in $(seq 100); do grep -q "listening" "$WORK/server.log" && break; sleep 0.1; done
+grep -q "listening" "$WORK/server.log" || { echo "sshvpnd did not start:"; cat "$WORK/server.log"; exit 1; }
+read -r RSS0 HWM0 CPU0 < <(proc_sample "$SERVER")
+T0=$(date +%s.%N)
+echo "server pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
+
+set +e
+ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \
+  --clients "$N" --duration "$T" --rate "$RATE" --size "$SIZE" --concurrency "$C" \
+  --retries "$RETRIES" --server-pid "$SERVER" | tee "$WORK/loadgen.out"
+RC=${PIPESTATUS[0]}
+set -e
+
+if ! kill -0 "$SERVER" 2>/dev/null; then
+  echo "sshvpnd DIED during the test; its log ends with:"; tail -20 "$WORK/server.log"
+  exit 1
+fi
+read -r RSS1 HWM1 CPU1 < <(proc_sample "$SERVER")
+T1=$(date +%s.%N)
+kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
+SERVER=
+
+# The server's view, from its log: sessions and the per-client counters logged at disconnect.
+read -r S_CONN S_DISC S_RX S_TX S_SPOOF S_QFULL S_OTHER < <(awk '
+  /client connected:/ { c++ }
+  /client disconnected:/ {
+    d++
+    for (i = 1; i <= NF; i++) {
+      if ($i == "rx" && $(i+1) ~ /pkts/) { split($(i+1), a, "/"); rx += a[1] }
+      if ($i == "tx" && $(i+1) ~ /pkts/) { split($(i+1), a, "/"); tx += a[1] }
+      if ($i ~ /^spoofed=/) { sub("spoofed=", "", $i); spoof += $i }
+      if ($i ~ /^queue_full=/) { sub("queue_full=", "", $i); qf += $i }
+      if ($i ~ /^(local_scope|malformed|too_big|tun_error)=/) { split($i, a, "="); other += a[2] }
+    }
+  }
+  END { printf "%d %d %d %d %d %d %d\n", c, d, rx, tx, spoof, qf, other }' "$WORK/server.log")
+S_WARN=$(grep -cE " (WARN|ERROR) " "$WORK/server.log" || true)
+
+declare -A R
+for kv in $(grep '^RESULT ' "$WORK/loadgen.out" | cut -d' ' -f2-); do R[${kv%%=*}]=${kv#*=}; done
+v() { echo "${R[$1]:--}"; }
+
+echo
+echo "=== summary: N=$N clients, T=${T}s, $RATE pkt/s x ${SIZE} B per client ==="
+echo "clients connected     $(v connected)/$N"
+echo "connect rate          $(v connect_rate) clients/s ($(v connect_s) s for all, C=$C in flight)"
+echo "errors                $(v errors) (connect failed $(v connect_failed), sessions dropped $(v sessions_dropped), retries $(v retries))"
+echo "packets               sent $(v sent), received $(v received), lost $(v lost) ($(v loss_pct)%), latency p50 $(v latency_ms_p50) ms p99 $(v latency_ms_p99) ms"
+echo "server RSS            $(v server_rss_loaded_kib) KiB with $(v connected) clients (base $(v server_rss_base_kib) KiB, peak VmHWM $(v server_hwm_kib) KiB, after disconnect $(v server_rss_after_kib) KiB)"
+echo "server RSS per client $(v server_rss_per_client_kib) KiB total/clients, $(v server_rss_delta_per_client_kib) KiB above base (peak $(v server_hwm_delta_per_client_kib) KiB)"
+echo "server CPU            connecting $(v server_cpu_connect_pct)%, idle $(v server_cpu_idle_pct)%, traffic $(v server_cpu_traffic_pct)% of one core; whole run $(awk -v a="$CPU0" -v b="$CPU1" -v t0="$T0" -v t1="$T1" 'BEGIN{printf "%.1f", (b-a)/100/(t1-t0)*100}')%"
+echo "server sample (script) before: VmRSS $RSS0 KiB VmHWM $HWM0 KiB; after: VmRSS $RSS1 KiB VmHWM $HWM1 KiB; CPU $(( (CPU1 - CPU0) / 100 )).$(( (CPU1 - CPU0) % 100 )) s"
+echo "server log            $S_CONN connected, $S_DISC disconnected; from clients $S_RX pkts, to clients $S_TX pkts; dropped: spoofed $S_SPOOF, queue full $S_QFULL, other $S_OTHER; $S_WARN WARN/ERROR lines"
+if [ "$S_WARN" != 0 ]; then grep -E " (WARN|ERROR) " "$WORK/server.log" | head -5; fi
+if [ "$RC" = 0 ]; then echo "PASS"; else echo "FAIL (loadgen exit $RC)"; fi
+exit "$RC"

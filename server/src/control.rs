@@ -1,0 +1,119 @@
+//! The daemon's control socket: local processes ask for a tunnel (`sshvpnd attach`, run by sshd
+//! for an authenticated user). The Unix user is taken from the socket's peer credentials
+//! (SO_PEERCRED) and must be allowed by `--allow-user` / `--allow-group`; its identity is
+//! `user:NAME`, so its addresses stick to the user like a key's do.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use nix::unistd::{Gid, Group, Uid, User};
+use sshvpn_common::tunnel::{StreamRx, StreamTx};
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::attach::ATTACH_REQUEST;
+use crate::daemon::Daemon;
+
+/// Who may attach.
+#[derive(Debug, Clone, Default)]
+pub struct AttachPolicy {
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+impl AttachPolicy {
+    /// Whether the user (with primary group `gid`) may attach.
+    fn allows(&self, user: &User) -> bool {
+        if self.users.contains(&user.name) {
+            return true;
+        }
+        if self.groups.is_empty() {
+            return false;
+        }
+        let name = std::ffi::CString::new(user.name.clone()).unwrap_or_default();
+        let groups = nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]);
+        groups.into_iter().any(|g| {
+            Group::from_gid(g)
+                .ok()
+                .flatten()
+                .is_some_and(|grp| self.groups.contains(&grp.name))
+        })
+    }
+}
+
+/// Binds the control socket: removes a stale one, mode 0660, owned by `group` if given.
+pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "control socket {} is in use: is another sshvpnd running?",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        let g = Group::from_name(group)?.ok_or_else(|| anyhow::anyhow!("no such group: {group}"))?;
+        nix::unistd::chown(path, None, Some(g.gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
+        tokio::spawn(handle(daemon.clone(), stream));
+    }
+}
+
+async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
+    let Ok(cred) = stream.peer_cred() else { return };
+    let uid = Uid::from_raw(cred.uid());
+    let user = match User::from_uid(uid) {
+        Ok(Some(u)) => u,
+        _ => User {
+            name: format!("uid{}", uid.as_raw()),
+            passwd: Default::default(),
+            uid,
+            gid: Gid::from_raw(cred.gid()),
+            gecos: Default::default(),
+            dir: Default::default(),
+            shell: Default::default(),
+        },
+    };
+    // One request line, read byte by byte so nothing after it is consumed.
+    let mut line = Vec::new();
+    while line.len() < 32 {
+        match stream.read_u8().await {
+            Ok(b'\n') => {
+                line.push(b'\n');
+                break;
+            }
+            Ok(b) => line.push(b),
+            Err(_) => return,
+        }
+    }
+    if line != ATTACH_REQUEST {
+        tracing::debug!("control socket: unknown request from uid {}", uid);
+        return;
+    }
+    let peer = format!("unix:{}(uid {})", user.name, uid);
+    let refusal = (!daemon.attach_policy.allows(&user)).then(|| format!("user {} is not allowed to attach", user.name));
+    let (r, w) = stream.into_split();
+    crate::client_session::serve(
+        daemon,
+        StreamRx(r),
+        StreamTx(w),
+        format!("user:{}", user.name),
+        peer,
+        refusal,
+    )
+    .await;
+}

@@ -6,15 +6,15 @@
 # protocol, but with no TUN of its own (it crafts and counts IPv4/UDP packets itself). sshvpnd
 # runs in the gateway namespace and routes the client-to-client packets through its kernel.
 # Phases: connect all (paced by C handshakes in flight), idle for 5 s, T seconds of traffic
-# (RATE packets/s of SIZE bytes from each client to the others in turn), 2 s drain, disconnect.
+# (PPS packets/s of SIZE bytes from each client to the others in turn), 2 s drain, disconnect.
 # Prints clients connected, connect rate, errors, packets sent/received/lost, the server's RSS
 # (total and per client) and CPU; exits non-zero if any client failed or the loss exceeded 1%.
 #
 #   sudo scripts/load.sh                     # N=500 clients, T=30 s of traffic
-#   sudo N=100 T=60 RATE=20 scripts/load.sh
+#   sudo N=100 T=60 PPS=20 scripts/load.sh
 #
 # Settings (environment):
-#   N=500 T=30 RATE=10 SIZE=100   clients, traffic seconds, packets/s per client, IPv4 packet bytes
+#   N=500 T=30 PPS=10 SIZE=100    clients, traffic seconds, packets/s per client, IPv4 packet bytes
 #   C=32                          SSH handshakes in flight at once (loadgen --concurrency)
 #   MAX_STARTUPS=64:30:128        server --max-startups; by default START = 2*C so that the early
 #                                 drop of unauthenticated connections never hits the paced clients
@@ -22,8 +22,13 @@
 #   RETRIES=0                     reconnect attempts per client after a failed connect
 #   NOFILE=                       ulimit -n for server and loadgen (default: inherited)
 #   SSHVPN_SERVER_ARGS=           extra sshvpnd arguments
+#   SSHVPND=target/release/sshvpnd  the server binary to test (e.g. one built from another tree)
 #   NO_BUILD=1                    use the binaries already in target/release
 #   KEEP=1                        keep the work directory (keys, server log) for inspection
+#   GOAL_KIB=200                  memory goal per client: (peak RSS - RSS before the clients) /
+#                                 clients, reported as met / NOT met (exit status unaffected).
+#                                 A default run moves only ~30 KB per client each
+#                                 way; SIZE=1400 T=60 moves ~840 KB and shows steady-state memory.
 # The full output is also saved to target/load/load-N<N>.txt.
 # Needs root and iproute2.
 set -euo pipefail
@@ -32,10 +37,11 @@ cd "$(dirname "$0")/.."
 command -v ip >/dev/null || { echo "load.sh needs iproute2" >&2; exit 1; }
 N=${N:-500}
 T=${T:-30}
-RATE=${RATE:-10}
+PPS=${PPS:-10}
 SIZE=${SIZE:-100}
 C=${C:-32}
 RETRIES=${RETRIES:-0}
+GOAL_KIB=${GOAL_KIB:-200}
 MAX_STARTUPS=${MAX_STARTUPS:-$((2 * C)):30:$((4 * C))}
 MAX_CLIENTS=$((N > 1024 ? N : 1024))
 POOL=${POOL:-10.210.0.0/20}
@@ -48,8 +54,11 @@ if [ -z "${NO_BUILD:-}" ]; then
   cargo build --release --quiet -p sshvpn-tests --bin sshvpn-loadgen
 fi
 BIN=$PWD/target/release
+SSHVPND=${SSHVPND:-$BIN/sshvpnd}
 [ -n "${NOFILE:-}" ] && ulimit -n "$NOFILE"
 
+# netns.sh would turn RATE into a tc bottleneck on the laptop-gateway link: not wanted here.
+unset RATE
 NS_PREFIX=svload$$
 . scripts/netns.sh
 WORK=$(mktemp -d /tmp/sshvpn-load.XXXXXX)
@@ -71,7 +80,8 @@ proc_sample() {
 }
 
 exec > >(tee "$LOG") 2>&1
-echo "load test: N=$N T=${T}s RATE=$RATE/s SIZE=${SIZE}B C=$C MAX_STARTUPS=$MAX_STARTUPS RETRIES=$RETRIES ulimit -n $(ulimit -n)"
+echo "load test: N=$N T=${T}s PPS=$PPS/s SIZE=${SIZE}B C=$C MAX_STARTUPS=$MAX_STARTUPS RETRIES=$RETRIES ulimit -n $(ulimit -n)"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "host: $(nproc) CPUs, $(uname -r), $(awk '/MemTotal/{print int($2/1024)" MiB"}' /proc/meminfo); $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
 
 topology_up
@@ -79,9 +89,9 @@ topology_up
 ip netns exec "$NS_GW" sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0
 
 "$BIN/sshvpn-loadgen" keys --count "$N" --dir "$WORK/keys" >/dev/null
-ip netns exec "$NS_GW" "$BIN/sshvpnd" --listen 10.200.0.2:4022 --host-key "$WORK/host_key" \
+ip netns exec "$NS_GW" env NO_COLOR=1 "$SSHVPND" --listen 10.200.0.2:4022 --host-key "$WORK/host_key" \
   --authorized-keys "$WORK/keys/authorized_keys" --state-dir "$WORK/state" --pool "$POOL" \
-  --max-startups "$MAX_STARTUPS" --max-clients "$MAX_CLIENTS" ${SSHVPN_SERVER_ARGS:-} >"$WORK/server.log" 2>&1 &
+  --control "$WORK/control.sock" --max-startups "$MAX_STARTUPS" --max-clients "$MAX_CLIENTS" ${SSHVPN_SERVER_ARGS:-} >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 100); do grep -q "listening" "$WORK/server.log" && break; sleep 0.1; done
 grep -q "listening" "$WORK/server.log" || { echo "sshvpnd did not start:"; cat "$WORK/server.log"; exit 1; }
@@ -91,7 +101,7 @@ echo "server pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
 
 set +e
 ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \
-  --clients "$N" --duration "$T" --rate "$RATE" --size "$SIZE" --concurrency "$C" \
+  --clients "$N" --duration "$T" --rate "$PPS" --size "$SIZE" --concurrency "$C" \
   --retries "$RETRIES" --server-pid "$SERVER" | tee "$WORK/loadgen.out"
 RC=${PIPESTATUS[0]}
 set -e
@@ -111,31 +121,37 @@ read -r S_CONN S_DISC S_RX S_TX S_SPOOF S_QFULL S_OTHER < <(awk '
   /client disconnected:/ {
     d++
     for (i = 1; i <= NF; i++) {
-      if ($i == "rx" && $(i+1) ~ /pkts/) { split($(i+1), a, "/"); rx += a[1] }
-      if ($i == "tx" && $(i+1) ~ /pkts/) { split($(i+1), a, "/"); tx += a[1] }
+      # "...; tx 57 pkts/5896 bytes, rx 50 pkts/5000 bytes, dropped spoofed=0 ..."
+      if ($i == "rx" && $(i+2) ~ /^pkts/) rx += $(i+1)
+      if ($i == "tx" && $(i+2) ~ /^pkts/) tx += $(i+1)
       if ($i ~ /^spoofed=/) { sub("spoofed=", "", $i); spoof += $i }
       if ($i ~ /^queue_full=/) { sub("queue_full=", "", $i); qf += $i }
       if ($i ~ /^(local_scope|malformed|too_big|tun_error)=/) { split($i, a, "="); other += a[2] }
     }
   }
-  END { printf "%d %d %d %d %d %d %d\n", c, d, rx, tx, spoof, qf, other }' "$WORK/server.log")
-S_WARN=$(grep -cE " (WARN|ERROR) " "$WORK/server.log" || true)
+  END { printf "%d %d %d %d %d %d %d\n", c, d, rx, tx, spoof, qf, other }' <(sed 's/\x1b\[[0-9;]*m//g' "$WORK/server.log"))
+S_WARN=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/server.log" | grep -cE " (WARN|ERROR) " || true)
 
 declare -A R
 for kv in $(grep '^RESULT ' "$WORK/loadgen.out" | cut -d' ' -f2-); do R[${kv%%=*}]=${kv#*=}; done
 v() { echo "${R[$1]:--}"; }
 
 echo
-echo "=== summary: N=$N clients, T=${T}s, $RATE pkt/s x ${SIZE} B per client ==="
+echo "=== summary: N=$N clients, T=${T}s, $PPS pkt/s x ${SIZE} B per client ==="
 echo "clients connected     $(v connected)/$N"
 echo "connect rate          $(v connect_rate) clients/s ($(v connect_s) s for all, C=$C in flight)"
 echo "errors                $(v errors) (connect failed $(v connect_failed), sessions dropped $(v sessions_dropped), retries $(v retries))"
 echo "packets               sent $(v sent), received $(v received), lost $(v lost) ($(v loss_pct)%), latency p50 $(v latency_ms_p50) ms p99 $(v latency_ms_p99) ms"
-echo "server RSS            $(v server_rss_loaded_kib) KiB with $(v connected) clients (base $(v server_rss_base_kib) KiB, peak VmHWM $(v server_hwm_kib) KiB, after disconnect $(v server_rss_after_kib) KiB)"
-echo "server RSS per client $(v server_rss_per_client_kib) KiB total/clients, $(v server_rss_delta_per_client_kib) KiB above base (peak $(v server_hwm_delta_per_client_kib) KiB)"
+echo "server RSS            $(v server_rss_loaded_kib) KiB with $(v connected) clients (base $(v server_rss_base_kib) KiB, peak $(v server_rss_peak_kib) KiB, after disconnect $(v server_rss_after_kib) KiB)"
+echo "server RSS per client $(v server_rss_per_client_kib) KiB total/clients, $(v server_rss_delta_per_client_kib) KiB above base (idle $(v server_rss_idle_delta_per_client_kib) KiB, peak $(v server_rss_peak_delta_per_client_kib) KiB)"
 echo "server CPU            connecting $(v server_cpu_connect_pct)%, idle $(v server_cpu_idle_pct)%, traffic $(v server_cpu_traffic_pct)% of one core; whole run $(awk -v a="$CPU0" -v b="$CPU1" -v t0="$T0" -v t1="$T1" 'BEGIN{printf "%.1f", (b-a)/100/(t1-t0)*100}')%"
-echo "server sample (script) before: VmRSS $RSS0 KiB VmHWM $HWM0 KiB; after: VmRSS $RSS1 KiB VmHWM $HWM1 KiB; CPU $(( (CPU1 - CPU0) / 100 )).$(( (CPU1 - CPU0) % 100 )) s"
+echo "server sample (script) before: VmRSS $RSS0 KiB VmHWM $HWM0 KiB; after: VmRSS $RSS1 KiB VmHWM $HWM1 KiB; CPU $(awk -v a="$CPU0" -v b="$CPU1" 'BEGIN{printf "%.2f", (b-a)/100}') s"
 echo "server log            $S_CONN connected, $S_DISC disconnected; from clients $S_RX pkts, to clients $S_TX pkts; dropped: spoofed $S_SPOOF, queue full $S_QFULL, other $S_OTHER; $S_WARN WARN/ERROR lines"
 if [ "$S_WARN" != 0 ]; then grep -E " (WARN|ERROR) " "$WORK/server.log" | head -5; fi
+# The goal is judged on what each client adds: (peak RSS - RSS before the clients) / clients.
+PEAK_PER_CLIENT=$(v server_rss_peak_delta_per_client_kib)
+GOAL=$(awk -v x="$PEAK_PER_CLIENT" -v g="$GOAL_KIB" 'BEGIN{ if (x !~ /^[0-9.]+$/) print "unknown"; else if (x + 0 < g + 0) print "met"; else print "NOT met" }')
+echo "memory goal           < $GOAL_KIB KiB per client ((peak RSS - base) / clients = $PEAK_PER_CLIENT KiB): $GOAL"
+echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$RC" = 0 ]; then echo "PASS"; else echo "FAIL (loadgen exit $RC)"; fi
 exit "$RC"

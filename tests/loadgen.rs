@@ -18,6 +18,8 @@
 //!       and a last line `RESULT key=value ...`. With --server-pid it samples the server's
 //!       /proc/PID/status (VmRSS, VmHWM) and /proc/PID/stat (utime+stime) between the phases.
 //!
+//! LOADGEN_VERBOSE=1 in the environment logs each retried connect.
+//!
 //! Exit status: 0 all clients connected and stayed up and loss <= --max-loss; 1 some client
 //! failed; 2 only the loss was too high; 3 usage or setup error.
 
@@ -424,7 +426,7 @@ async fn client_task(
             Err(e) if attempt < shared.opts.retries => {
                 attempt += 1;
                 shared.counters.retries.fetch_add(1, Relaxed);
-                tracing_retry(idx, &e);
+                log_retry(idx, &e);
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
             Err(e) => break Err(e),
@@ -484,7 +486,7 @@ async fn client_task(
     report
 }
 
-fn tracing_retry(idx: usize, e: &anyhow::Error) {
+fn log_retry(idx: usize, e: &anyhow::Error) {
     if std::env::var_os("LOADGEN_VERBOSE").is_some() {
         eprintln!("client {idx}: retrying after: {e:#}");
     }
@@ -825,6 +827,29 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
     );
     let s_base = sample("before connecting");
     let me_base = me();
+    // VmHWM misses peaks that glibc hands back with madvise, so also poll VmRSS for its maximum.
+    let peak_rss = Arc::new(AtomicU64::new(0));
+    let peak_fds = Arc::new(AtomicU64::new(0));
+    if let Some(pid) = server_pid.clone() {
+        let (peak_rss, peak_fds) = (peak_rss.clone(), peak_fds.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                every.tick().await;
+                let Ok(s) = tokio::task::spawn_blocking({
+                    let pid = pid.clone();
+                    move || sample_proc(&pid)
+                })
+                .await
+                else {
+                    return;
+                };
+                let Ok(s) = s else { return };
+                peak_rss.fetch_max(s.rss_kib, Relaxed);
+                peak_fds.fetch_max(s.fds as u64, Relaxed);
+            }
+        });
+    }
 
     // Phase 1: connect everyone.
     let t0 = Instant::now();
@@ -844,8 +869,17 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
         .collect();
     drop(phase_rx);
     let mut last_print = Instant::now();
+    // Sampled whenever another client came up: the last one bounds the connect phase's CPU time
+    // (the phase itself may end much later, when the last failing client gives up).
+    let mut s_last_connect = None;
+    let mut seen = 0;
     loop {
-        let done = shared.counters.connected.load(Relaxed) + shared.counters.failed.load(Relaxed);
+        let up = shared.counters.connected.load(Relaxed);
+        if up != seen {
+            seen = up;
+            s_last_connect = sample("while connecting");
+        }
+        let done = up + shared.counters.failed.load(Relaxed);
         if done >= n {
             break;
         }
@@ -985,6 +1019,12 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
             ("server_rss_loaded_kib", l.rss_kib.to_string()),
             ("server_rss_after_kib", a.rss_kib.to_string()),
             ("server_hwm_kib", a.hwm_kib.to_string()),
+            ("server_rss_peak_kib", peak_rss.load(Relaxed).to_string()),
+            (
+                "server_rss_peak_delta_per_client_kib",
+                format!("{:.1}", per(peak_rss.load(Relaxed).saturating_sub(b.rss_kib))),
+            ),
+            ("server_fds_peak", peak_fds.load(Relaxed).to_string()),
             ("server_rss_per_client_kib", format!("{:.1}", per(l.rss_kib))),
             ("server_rss_delta_per_client_kib", format!("{:.1}", per(delta(&l)))),
             ("server_rss_idle_delta_per_client_kib", format!("{:.1}", per(delta(&i)))),
@@ -992,7 +1032,10 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
                 "server_hwm_delta_per_client_kib",
                 format!("{:.1}", per(a.hwm_kib.saturating_sub(b.hwm_kib))),
             ),
-            ("server_cpu_connect_pct", format!("{:.1}", cpu_percent(&b, &cn))),
+            (
+                "server_cpu_connect_pct",
+                format!("{:.1}", cpu_percent(&b, &s_last_connect.unwrap_or(cn))),
+            ),
             ("server_cpu_idle_pct", format!("{:.1}", cpu_percent(&cn, &i))),
             ("server_cpu_traffic_pct", format!("{:.1}", cpu_percent(&i, &l))),
             ("server_threads", l.threads.to_string()),
@@ -1046,28 +1089,31 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
     );
     if s_base.is_some() {
         println!(
-            "server RSS             base {} KiB, connected+idle {} KiB, end of traffic {} KiB, after disconnect {} KiB, peak (VmHWM) {} KiB",
+            "server RSS             base {} KiB, connected+idle {} KiB, end of traffic {} KiB, after disconnect {} KiB; peak {} KiB polled, {} KiB VmHWM",
             get("server_rss_base_kib"),
             get("server_rss_idle_kib"),
             get("server_rss_loaded_kib"),
             get("server_rss_after_kib"),
+            get("server_rss_peak_kib"),
             get("server_hwm_kib")
         );
         println!(
-            "server RSS per client  {} KiB total/clients, {} KiB above base (idle {} KiB, peak {} KiB)",
+            "server RSS per client  {} KiB total/clients; above base: {} KiB end of traffic, {} KiB idle, {} KiB peak polled, {} KiB peak VmHWM",
             get("server_rss_per_client_kib"),
             get("server_rss_delta_per_client_kib"),
             get("server_rss_idle_delta_per_client_kib"),
+            get("server_rss_peak_delta_per_client_kib"),
             get("server_hwm_delta_per_client_kib")
         );
         println!(
-            "server CPU             connecting {}%, idle {}%, traffic {}% (100% = one core); {} threads; fds {} -> {} -> {}",
+            "server CPU             connecting {}%, idle {}%, traffic {}% (100% = one core); {} threads; fds {} before, {} connected, {} peak, {} after",
             get("server_cpu_connect_pct"),
             get("server_cpu_idle_pct"),
             get("server_cpu_traffic_pct"),
             get("server_threads"),
             get("server_fds_base"),
             get("server_fds_connected"),
+            get("server_fds_peak"),
             get("server_fds_after")
         );
     }

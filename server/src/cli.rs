@@ -52,7 +52,7 @@ pub struct Args {
     pub authorized_keys: Option<PathBuf>,
     /// IPv4 address pool; the server takes its first address, clients get the next free ones.
     #[arg(long, value_name = "CIDR")]
-    pub pool: IpNet,
+    pub pool: Option<IpNet>,
     /// IPv6 address pool (optional).
     #[arg(long, value_name = "CIDR")]
     pub pool6: Option<IpNet>,
@@ -131,11 +131,11 @@ impl Args {
         if self.listen.is_some() && (self.host_key.is_none() || self.authorized_keys.is_none()) {
             return Err("--listen needs --host-key and --authorized-keys".into());
         }
-        if !self.pool.addr().is_ipv4() {
-            return Err(format!(
-                "--pool {} is not an IPv4 prefix (use --pool6 for IPv6)",
-                self.pool
-            ));
+        let Some(pool) = self.pool else {
+            return Err("--pool is required: the IPv4 prefix clients get their addresses from".into());
+        };
+        if !pool.addr().is_ipv4() {
+            return Err(format!("--pool {pool} is not an IPv4 prefix (use --pool6 for IPv6)"));
         }
         if let Some(p6) = self.pool6
             && !p6.addr().is_ipv6()

@@ -96,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         host_key = Some(key);
     }
-    let pool4 = AddressPool::new(args.pool)?;
+    let pool4 = AddressPool::new(args.pool.context("--pool is required")?)?;
     let pool6 = args.pool6.map(AddressPool::new).transpose()?;
     let addressing = Addressing::new(pool4, pool6, LeaseFile::new(Some(args.state_dir.join("leases"))));
 

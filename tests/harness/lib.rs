@@ -6,6 +6,7 @@
 
 pub mod net;
 pub mod proc;
+pub mod sshd;
 pub mod topo;
 pub mod traffic;
 

@@ -31,14 +31,21 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `bin args...` inside `ns`, stdout and stderr to `log`.
+    /// Starts the project binary `bin` with `args` inside `ns`, stdout and stderr to `log`.
     pub fn spawn(ns: &Netns, bin: &str, args: &[&str], log: PathBuf) -> Process {
+        Self::spawn_cmd(ns, Bin::path(bin).to_str().unwrap(), args, &[], log)
+    }
+
+    /// Starts any program with `args` and extra environment `env` inside `ns`.
+    pub fn spawn_cmd(ns: &Netns, program: &str, args: &[&str], env: &[(&str, &str)], log: PathBuf) -> Process {
+        let bin = program;
         let out = std::fs::File::create(&log).expect("create log");
         let err = out.try_clone().expect("clone log");
         let child = Command::new("ip")
             .args(["netns", "exec", &ns.name])
-            .arg(Bin::path(bin))
+            .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

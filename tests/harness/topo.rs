@@ -141,20 +141,35 @@ impl Topology {
 
     /// Starts sshvpnd in the server namespace with the standard pools and pushed routes.
     pub fn start_server(&mut self, extra: &[&str]) -> usize {
-        let listen = format!("0.0.0.0:{SSH_PORT}");
+        self.start_sshvpnd(true, extra)
+    }
+
+    /// Starts sshvpnd without its own SSH listener (clients come through sshd + `sshvpnd attach`).
+    pub fn start_daemon(&mut self, extra: &[&str]) -> usize {
+        self.start_sshvpnd(false, extra)
+    }
+
+    fn start_sshvpnd(&mut self, listen: bool, extra: &[&str]) -> usize {
         let state = self.keys.dir.path("state");
         let control = self.control_socket();
+        let listen_addr = format!("0.0.0.0:{SSH_PORT}");
         let mut args = vec![
             "--state-dir",
             state.to_str().unwrap(),
             "--control",
             control.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--host-key",
-            self.host_key.to_str().unwrap(),
-            "--authorized-keys",
-            self.authorized_keys.to_str().unwrap(),
+        ];
+        if listen {
+            args.extend_from_slice(&[
+                "--listen",
+                &listen_addr,
+                "--host-key",
+                self.host_key.to_str().unwrap(),
+                "--authorized-keys",
+                self.authorized_keys.to_str().unwrap(),
+            ]);
+        }
+        args.extend_from_slice(&[
             "--pool",
             POOL4,
             "--pool6",
@@ -163,7 +178,7 @@ impl Topology {
             "10.202.0.0/24",
             "--push-route",
             "fd00:202::/64",
-        ];
+        ]);
         args.extend_from_slice(extra);
         let log = self.log(&format!("server-{}.log", self.processes.len()));
         let mut p = Process::spawn(&self.server, "sshvpnd", &args, log);

@@ -19,6 +19,30 @@ pub struct Cli {
 pub enum Command {
     /// Connect to an sshvpn server and route traffic through the tunnel until interrupted.
     Connect(ConnectArgs),
+    /// Run one command inside the remote network, in a namespace of its own (no root needed).
+    Exec(ExecArgs),
+    /// Internal: the namespace side of `exec`.
+    #[command(name = "__netns-helper", hide = true)]
+    NetnsHelper {
+        #[arg(long)]
+        sock_fd: i32,
+        #[arg(long)]
+        no_offload: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Send all of the command's traffic through the tunnel (IPv4 and IPv6 default routes).
+    #[arg(long)]
+    pub default_route: bool,
+    /// The command and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Clone, Args)]

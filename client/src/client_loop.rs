@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
+use std::net::IpAddr;
+
+use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers, TunnelConfig};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
     ChannelRx, ChannelTx, DataPath, QueueSender, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats,
@@ -28,11 +30,19 @@ const OUTBOUND_BYTES: usize = 512 * 1024;
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
-/// Resolves once SIGINT or SIGTERM arrives; can be awaited from many places.
+/// Resolves once the client must stop (SIGINT/SIGTERM for `connect`, the command's exit for
+/// `exec`); can be awaited from many places.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
 
 impl Shutdown {
+    /// A shutdown triggered through the returned sender.
+    pub fn manual() -> (watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = watch::channel(false);
+        (tx, Shutdown(rx))
+    }
+
+    /// A shutdown triggered by SIGINT or SIGTERM.
     pub fn install() -> anyhow::Result<Shutdown> {
         let (tx, rx) = watch::channel(false);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -90,27 +100,56 @@ enum SessionEnd {
 }
 
 /// How the client reaches the server.
-enum Route {
+pub enum Route {
     /// The built-in SSH client.
     Builtin { target: Target, creds: Credentials },
     /// The system `ssh`.
     SystemSsh,
 }
 
-pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let route = if args.ssh || args.ssh_command.is_some() {
+/// The tunnel interface as the loop sees it: a TUN, and a way to apply the server's assignment.
+#[allow(async_fn_in_trait)]
+pub trait Interface {
+    fn tun(&self) -> Arc<TunDevice>;
+    fn name(&self) -> &str;
+    /// Applies addresses, MTU and routes (nothing if already applied); true if anything changed.
+    async fn apply(&mut self, config: &TunnelConfig, mtu: u16, server_addr: Option<IpAddr>) -> anyhow::Result<bool>;
+    /// Undoes what `apply` did.
+    async fn teardown(&mut self);
+}
+
+/// How the client reaches the server, from the arguments.
+pub fn route(args: &ConnectArgs) -> anyhow::Result<Route> {
+    Ok(if args.ssh || args.ssh_command.is_some() {
         Route::SystemSsh
     } else {
-        let target = credentials::resolve_target(&args)?;
-        let creds = credentials::load_credentials(&args, &target)?;
+        let target = credentials::resolve_target(args)?;
+        let creds = credentials::load_credentials(args, &target)?;
         Route::Builtin { target, creds }
-    };
-    let mut shutdown = Shutdown::install()?;
-    let mut iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone())?;
+    })
+}
+
+/// `sshvpn connect`: a local interface, until SIGINT/SIGTERM.
+pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let route = route(&args)?;
+    let shutdown = Shutdown::install()?;
+    let iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone())?;
+    run_with(&args, &route, iface, shutdown, None).await
+}
+
+/// Connects and reconnects over `route` until `shutdown`, moving packets for `iface`.
+/// `instance` tags the sessions so that concurrent runs with one key get addresses of their own.
+pub async fn run_with<I: Interface>(
+    args: &ConnectArgs,
+    route: &Route,
+    mut iface: I,
+    mut shutdown: Shutdown,
+    instance: Option<String>,
+) -> anyhow::Result<()> {
     let (set_queue, queue) = watch::channel(None);
     let dropped = Arc::new(AtomicU64::new(0));
-    spawn_tun_reader(iface.tun.clone(), queue, dropped.clone());
+    spawn_tun_reader(iface.tun(), queue, dropped.clone());
 
     let mut backoff = Backoff::new(
         Duration::from_secs(1),
@@ -121,7 +160,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     loop {
         let started = Instant::now();
         let end = tokio::select! {
-            end = session(&args, &route, &mut iface, &set_queue, shutdown.clone()) => end,
+            end = session(args, route, &instance, &mut iface, &set_queue, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
         };
         let _ = set_queue.send(None);
@@ -157,16 +196,17 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     iface.teardown().await;
     let lost = dropped.load(Relaxed);
     if lost > 0 {
-        tracing::info!("{lost} packets dropped while disconnected");
+        tracing::debug!("{lost} packets dropped while disconnected");
     }
     result
 }
 
 /// One connection: transport, handshake, interface configuration, then the data path.
-async fn session(
+async fn session<I: Interface>(
     args: &ConnectArgs,
     route: &Route,
-    iface: &mut TunnelInterface,
+    instance: &Option<String>,
+    iface: &mut I,
     set_queue: &watch::Sender<Option<QueueSender>>,
     shutdown: Shutdown,
 ) -> SessionEnd {
@@ -181,6 +221,7 @@ async fn session(
             let (rx, tx) = connected.channel.split();
             let end = tunnel_session(
                 args,
+                instance,
                 ChannelRx(rx),
                 ChannelTx(tx),
                 Some(connected.server_addr),
@@ -198,7 +239,7 @@ async fn session(
                 Err(e) => return SessionEnd::Fatal(e),
             };
             let SshChild { child, rx, tx } = child;
-            let end = tunnel_session(args, rx, tx, None, iface, set_queue, shutdown).await;
+            let end = tunnel_session(args, instance, rx, tx, None, iface, set_queue, shutdown).await;
             drop(child);
             end
         }
@@ -206,16 +247,18 @@ async fn session(
 }
 
 /// The tunnel on an open transport.
-async fn tunnel_session<Rx: TransportRx, Tx: TransportTx>(
+#[allow(clippy::too_many_arguments)]
+async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     args: &ConnectArgs,
+    instance: &Option<String>,
     rx: Rx,
     tx: Tx,
     server_addr: Option<std::net::IpAddr>,
-    iface: &mut TunnelInterface,
+    iface: &mut I,
     set_queue: &watch::Sender<Option<QueueSender>>,
     mut shutdown: Shutdown,
 ) -> SessionEnd {
-    let tun = iface.tun.clone();
+    let tun = iface.tun();
     let features = if tun.has_vnet_hdr() {
         Features::GSO
     } else {
@@ -226,7 +269,11 @@ async fn tunnel_session<Rx: TransportRx, Tx: TransportTx>(
         dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout.max(2)),
         ..Timers::default()
     };
-    let mut tunnel = Tunnel::new(Role::Client, Hello::new(features, args.mtu), timers, rx, tx);
+    let hello = Hello {
+        instance: instance.clone(),
+        ..Hello::new(features, args.mtu)
+    };
+    let mut tunnel = Tunnel::new(Role::Client, hello, timers, rx, tx);
     let established = match tunnel
         .handshake(|_| Err((CloseCode::ProtocolError, "not a server".into())))
         .await

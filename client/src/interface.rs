@@ -11,6 +11,8 @@ use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
+use crate::client_loop::Interface;
+
 pub struct TunnelInterface {
     pub tun: Arc<TunDevice>,
     net: LinuxNetSetup,
@@ -32,10 +34,6 @@ impl TunnelInterface {
         })
     }
 
-    pub fn name(&self) -> &str {
-        self.tun.name()
-    }
-
     /// Routes to install for `config`: pushed ones and `--route`, without any that covers the
     /// SSH server itself (that would send the tunnel's own packets into the tunnel).
     fn routes_for(&self, config: &TunnelConfig) -> Vec<IpNet> {
@@ -54,15 +52,20 @@ impl TunnelInterface {
         }
         routes
     }
+}
+
+impl Interface for TunnelInterface {
+    fn tun(&self) -> Arc<TunDevice> {
+        self.tun.clone()
+    }
+
+    fn name(&self) -> &str {
+        self.tun.name()
+    }
 
     /// Applies the server's assignment (addresses, MTU, routes); does nothing if it is what is
     /// applied already. Returns true if anything changed.
-    pub async fn apply(
-        &mut self,
-        config: &TunnelConfig,
-        mtu: u16,
-        server_addr: Option<IpAddr>,
-    ) -> anyhow::Result<bool> {
+    async fn apply(&mut self, config: &TunnelConfig, mtu: u16, server_addr: Option<IpAddr>) -> anyhow::Result<bool> {
         self.server_addr = server_addr;
         let addresses: Vec<IpNet> = config.addresses().collect();
         let routes = self.routes_for(config);
@@ -103,6 +106,13 @@ impl TunnelInterface {
         Ok(true)
     }
 
+    /// Undoes everything (the TUN itself goes when the process ends).
+    async fn teardown(&mut self) {
+        self.clear().await;
+    }
+}
+
+impl TunnelInterface {
     /// Removes the routes and addresses this client added.
     async fn clear(&mut self) {
         self.net.undo().await;
@@ -112,10 +122,5 @@ impl TunnelInterface {
                 let _ = self.net.remove_address(&name, a).await;
             }
         }
-    }
-
-    /// Undoes everything (the TUN itself goes when the process ends).
-    pub async fn teardown(&mut self) {
-        self.clear().await;
     }
 }

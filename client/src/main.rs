@@ -1,12 +1,15 @@
 //! `sshvpn`: the sshvpn client.
 
-#![forbid(unsafe_code)]
+// Only the namespace helper needs unsafe code (taking ownership of an inherited descriptor).
+#![deny(unsafe_code)]
 
 mod backoff;
 mod cli;
 mod client_loop;
 mod credentials;
+mod exec;
 mod interface;
+mod netns_helper;
 mod ssh_client;
 mod system_ssh;
 
@@ -19,6 +22,17 @@ use crate::cli::{Cli, Command};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sshvpn_common::logging::init(cli.verbose);
+    if let Command::NetnsHelper {
+        sock_fd,
+        no_offload,
+        command,
+    } = &cli.command
+    {
+        // Before any thread exists: unshare needs a single-threaded process.
+        let Err(e) = netns_helper::main(*sock_fd, !no_offload, command);
+        eprintln!("sshvpn exec: {e:#}");
+        return ExitCode::from(127);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -31,14 +45,16 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let work = tokio::spawn(async move {
             match cli.command {
-                Command::Connect(args) => client_loop::run(args).await,
+                Command::Connect(args) => client_loop::run(args).await.map(|()| ExitCode::SUCCESS),
+                Command::Exec(args) => exec::run(args).await,
+                Command::NetnsHelper { .. } => unreachable!("handled before the runtime starts"),
             }
         });
         work.await
             .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")))
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sshvpn: error: {e:#}");
             ExitCode::FAILURE

@@ -105,6 +105,15 @@ impl<T> AllowedIps<T> {
             .find_map(|(len, map)| map.get(&key(addr, *len)))
     }
 
+    /// Calls `f` on every value.
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        for fam in [&self.v4, &self.v6] {
+            for map in fam.by_len.values() {
+                map.values().for_each(&mut f);
+            }
+        }
+    }
+
     /// Removes every entry whose value matches `pred`.
     pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
         for fam in [&mut self.v4, &mut self.v6] {

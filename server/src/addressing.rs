@@ -24,7 +24,24 @@ pub struct Assignment {
     pub addr6: Option<IpNet>,
 }
 
+/// Identities with an instance tag (`KEY#INSTANCE`) are leased for one session only.
+fn is_ephemeral(identity: &str) -> bool {
+    identity.contains('#')
+}
+
 impl Addressing {
+    /// Ends the lease of an ephemeral identity (its addresses go back to the pool).
+    pub fn release_ephemeral(&self, identity: &str) {
+        if !is_ephemeral(identity) {
+            return;
+        }
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.0.release(identity);
+        if let Some(p6) = pools.1.as_mut() {
+            p6.release(identity);
+        }
+    }
+
     pub fn new(pool4: AddressPool, pool6: Option<AddressPool>, file: LeaseFile) -> Addressing {
         let mut pools = (pool4, pool6);
         for (identity, addrs) in file.load() {
@@ -81,7 +98,7 @@ impl Addressing {
             },
             None => None,
         };
-        if !known {
+        if !known && !is_ephemeral(identity) {
             let mut all: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
             for (id, a) in pools.0.leases() {
                 all.entry(id.to_string()).or_default().push(a);

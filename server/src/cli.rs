@@ -59,6 +59,12 @@ pub struct Args {
     /// Route to push to clients (repeatable), e.g. the LAN behind this server.
     #[arg(long = "push-route", value_name = "CIDR")]
     pub push_routes: Vec<IpNet>,
+    /// DNS server to push to clients (repeatable).
+    #[arg(long = "push-dns", value_name = "IP")]
+    pub push_dns: Vec<std::net::IpAddr>,
+    /// DNS search domain to push to clients (repeatable).
+    #[arg(long = "push-search", value_name = "DOMAIN")]
+    pub push_search: Vec<String>,
     /// Name of the TUN interface.
     #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
     pub tun_name: String,

@@ -66,10 +66,17 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let stats = Arc::new(TunnelStats::default());
     let id = daemon.next_id.fetch_add(1, Relaxed);
     let mut port: Option<Arc<PeerPort>> = None;
+    let base_identity = identity;
+    // Concurrent sessions of one identity (`sshvpn exec` runs) carry an instance tag and get
+    // addresses of their own; the lease of such an instance ends with its session.
+    let mut identity = base_identity.clone();
     let handshake = tunnel
-        .handshake(|_negotiated| {
+        .handshake(|negotiated| {
             if let Some(why) = &refusal {
                 return Err((CloseCode::NotAuthorized, why.clone()));
+            }
+            if let Some(instance) = &negotiated.peer_instance {
+                identity = format!("{base_identity}#{instance}");
             }
             let a = daemon
                 .addressing
@@ -88,6 +95,8 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 },
                 mtu: daemon.mtu,
                 routes: daemon.push_routes.clone(),
+                dns: daemon.push_dns.clone(),
+                search: daemon.push_search.clone(),
                 keepalive_ms: daemon.timers.keepalive_interval.as_millis() as u32,
                 ..Default::default()
             };
@@ -113,6 +122,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 daemon.switch.detach(&p);
             }
             tracing::info!("client {peer} key {identity}: handshake failed: {e}");
+            daemon.addressing.release_ephemeral(&identity);
             return;
         }
     };
@@ -152,6 +162,9 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     };
     let result = tunnel.run(data, evicted).await;
     daemon.switch.detach(&port);
+    if !daemon.switch.has_identity(&identity) {
+        daemon.addressing.release_ephemeral(&identity);
+    }
     let reason = match result {
         Ok(()) => "closed by server".to_string(),
         Err(TunnelError::PeerClosed { reason, .. }) => format!("closed by client ({reason})"),

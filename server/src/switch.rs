@@ -54,6 +54,14 @@ impl Switch {
         }
     }
 
+    /// Whether some session of `identity` is attached.
+    pub fn has_identity(&self, identity: &str) -> bool {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        table.for_each(|p| found |= p.identity == identity);
+        found
+    }
+
     /// Removes the port's routes, if they still point at it.
     pub fn detach(&self, port: &PeerPort) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());

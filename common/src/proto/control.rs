@@ -41,6 +41,9 @@ pub struct Hello {
     /// Largest frame payload the sender accepts.
     pub max_payload: u32,
     pub software: String,
+    /// Client only: distinguishes concurrent sessions of one identity (e.g. several `sshvpn exec`
+    /// runs with the same key), each with its own addresses. Absent: one session per identity.
+    pub instance: Option<String>,
 }
 
 impl Hello {
@@ -51,6 +54,7 @@ impl Hello {
             mtu,
             max_payload: frame::DEFAULT_MAX_PAYLOAD as u32,
             software: concat!("sshvpn ", env!("CARGO_PKG_VERSION")).to_string(),
+            instance: None,
         }
     }
 }
@@ -149,6 +153,7 @@ mod tag {
     pub const MTU: u8 = 3;
     pub const MAX_PAYLOAD: u8 = 4;
     pub const SOFTWARE: u8 = 5;
+    pub const INSTANCE: u8 = 6;
     // Config
     pub const ADDR4: u8 = 1;
     pub const ADDR6: u8 = 2;
@@ -264,6 +269,9 @@ impl Control {
                 w.put(tag::MTU, &h.mtu.to_be_bytes());
                 w.put(tag::MAX_PAYLOAD, &h.max_payload.to_be_bytes());
                 w.put(tag::SOFTWARE, h.software.as_bytes());
+                if let Some(i) = &h.instance {
+                    w.put(tag::INSTANCE, i.as_bytes());
+                }
             }
             Control::Config(c) => {
                 if let Some(a) = c.addr4 {
@@ -357,6 +365,7 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, ControlError> {
         mtu: 0,
         max_payload: frame::DEFAULT_MAX_PAYLOAD as u32,
         software: String::new(),
+        instance: None,
     };
     let mut seen_version = false;
     for item in TlvReader(payload) {
@@ -370,6 +379,14 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, ControlError> {
             tag::MTU => h.mtu = be_uint(v).and_then(|x| u16::try_from(x).ok()).ok_or(bad(t))?,
             tag::MAX_PAYLOAD => h.max_payload = be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?,
             tag::SOFTWARE => h.software = String::from_utf8_lossy(v).into_owned(),
+            tag::INSTANCE => {
+                // Printable, short: it ends up in identities and logs.
+                let ok = !v.is_empty() && v.len() <= 64 && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+                if !ok {
+                    return Err(bad(t));
+                }
+                h.instance = Some(String::from_utf8_lossy(v).into_owned());
+            }
             _ => {}
         }
     }
@@ -434,6 +451,10 @@ mod tests {
         };
         for c in [
             Control::Hello(Hello::new(Features::GSO, 1500)),
+            Control::Hello(Hello {
+                instance: Some("exec-1f2e".into()),
+                ..Hello::new(Features::default(), 1400)
+            }),
             Control::Config(cfg),
             Control::Keepalive(42),
             Control::KeepaliveAck(u64::MAX),

@@ -48,6 +48,8 @@ pub struct Negotiated {
     /// Largest frame payload the peer accepts (what we may send).
     pub peer_max_payload: usize,
     pub peer_software: String,
+    /// The client's instance tag, if it sent one.
+    pub peer_instance: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +182,7 @@ impl Session {
                     mtu: self.local.mtu.min(peer.mtu),
                     peer_max_payload: (peer.max_payload as usize).min(frame::MAX_PAYLOAD_LIMIT),
                     peer_software: peer.software,
+                    peer_instance: peer.instance,
                 };
                 if self.role == Role::Server {
                     self.events.push_back(Event::ClientHello(negotiated.clone()));

@@ -16,6 +16,11 @@ pub enum TunError {
     Permission { name: String },
     #[error("/dev/net/tun is missing: load the tun kernel module (modprobe tun)")]
     NoDevice,
+    #[error(
+        "cannot open /dev/net/tun ({0}): without root it must be world read-writable \
+         (mode 0666, the usual udev default): chmod 0666 /dev/net/tun"
+    )]
+    DeviceAccess(io::Error),
     #[error("cannot create TUN device {name:?}: {reason}")]
     Create { name: String, reason: String },
     #[error("TUN device setup: {0}")]
@@ -40,19 +45,7 @@ impl TunDevice {
     /// with IFF_VNET_HDR and checksum/TSO (and USO where the kernel has it) offloads enabled; if
     /// the kernel refuses, the device falls back to plain packets.
     pub fn create(name: &str, offload: bool) -> Result<TunDevice, TunError> {
-        if !std::path::Path::new("/dev/net/tun").exists() {
-            return Err(TunError::NoDevice);
-        }
-        let dev = open(name, offload)?;
-        let fd = dev;
-        let vnet_hdr = offload && enable_offloads(&fd).is_ok();
-        if offload && !vnet_hdr {
-            tracing::warn!("kernel refused TUN offloads on {name}; using plain packets");
-            // The device was opened with IFF_VNET_HDR; reopen without it.
-            drop(fd);
-            let fd = open(name, false)?;
-            return Self::from_fd(fd, name.to_string(), false);
-        }
+        let (fd, vnet_hdr) = open_device(name, offload)?;
         Self::from_fd(fd, name.to_string(), vnet_hdr)
     }
 
@@ -118,6 +111,23 @@ impl TunDevice {
     }
 }
 
+/// Opens (creates) the TUN device `name` without registering it with a runtime: for a helper
+/// that hands the descriptor to another process. Returns the descriptor and whether it carries
+/// virtio-net headers (offloads on).
+pub fn open_device(name: &str, offload: bool) -> Result<(OwnedFd, bool), TunError> {
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Err(TunError::NoDevice);
+    }
+    let fd = open(name, offload)?;
+    if offload && enable_offloads(&fd).is_err() {
+        tracing::warn!("kernel refused TUN offloads on {name}; using plain packets");
+        // The device was opened with IFF_VNET_HDR; reopen without it.
+        drop(fd);
+        return Ok((open(name, false)?, false));
+    }
+    Ok((fd, offload))
+}
+
 fn open(name: &str, vnet_hdr: bool) -> Result<OwnedFd, TunError> {
     let mut config = tun::Configuration::default();
     config.tun_name(name);
@@ -132,6 +142,9 @@ fn open(name: &str, vnet_hdr: bool) -> Result<OwnedFd, TunError> {
             Ok(unsafe { OwnedFd::from_raw_fd(raw) })
         }
         Err(tun::Error::Io(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+            if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun") {
+                return Err(TunError::DeviceAccess(e));
+            }
             Err(TunError::Permission { name: name.into() })
         }
         Err(e) => Err(TunError::Create {

@@ -9,7 +9,7 @@
 #[allow(unsafe_code)]
 mod linux;
 #[cfg(target_os = "linux")]
-pub use linux::{TunDevice, TunError, VNET_HDR_LEN};
+pub use linux::{TunDevice, TunError, VNET_HDR_LEN, open_device};
 
 use bytes::{Bytes, BytesMut};
 

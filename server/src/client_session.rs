@@ -98,7 +98,6 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 dns: daemon.push_dns.clone(),
                 search: daemon.push_search.clone(),
                 keepalive_ms: daemon.timers.keepalive_interval.as_millis() as u32,
-                ..Default::default()
             };
             let p = Arc::new(PeerPort {
                 id,

@@ -71,6 +71,7 @@ mod tests {
     fn args(line: &[&str]) -> ConnectArgs {
         match crate::cli::Cli::parse_from(line).command {
             crate::cli::Command::Connect(a) => a,
+            other => panic!("not a connect command: {other:?}"),
         }
     }
 

@@ -76,6 +76,19 @@ pub struct ConnectArgs {
     /// Extra route through the tunnel (repeatable), in addition to those the server pushes.
     #[arg(long = "route", value_name = "CIDR")]
     pub routes: Vec<IpNet>,
+    /// Do not install the routes the server pushes (only `--route` ones).
+    #[arg(long)]
+    pub no_accept_routes: bool,
+    /// Install the routes the server pushes (the default).
+    #[arg(long, overrides_with = "no_accept_routes")]
+    pub accept_routes: bool,
+    /// Do not apply the DNS settings the server pushes.
+    #[arg(long)]
+    pub no_dns: bool,
+    /// Site gateway: enable IP forwarding (net.ipv4.ip_forward, net.ipv6.conf.all.forwarding)
+    /// while connected; the previous values are restored on exit.
+    #[arg(long)]
+    pub forward: bool,
     /// Name of the TUN interface.
     #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
     pub tun_name: String,

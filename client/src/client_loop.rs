@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use crate::backoff::Backoff;
 use crate::cli::ConnectArgs;
 use crate::credentials::{self, Credentials, Target};
-use crate::interface::TunnelInterface;
+use crate::interface::{HostOptions, TunnelInterface};
 use crate::ssh_client;
 use crate::system_ssh::{self, SshChild};
 
@@ -134,7 +134,12 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     let route = route(&args)?;
     let shutdown = Shutdown::install()?;
-    let iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone())?;
+    let options = HostOptions {
+        accept_routes: !args.no_accept_routes,
+        accept_dns: !args.no_dns,
+        forward: args.forward,
+    };
+    let iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone(), options)?;
     run_with(&args, &route, iface, shutdown, None).await
 }
 

@@ -12,6 +12,7 @@ use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
 use crate::client_loop::Interface;
+use crate::host_settings::{Dns, Forwarding};
 
 pub struct TunnelInterface {
     pub tun: Arc<TunDevice>,
@@ -20,30 +21,77 @@ pub struct TunnelInterface {
     applied: Option<(Vec<IpNet>, u16, Vec<IpNet>)>,
     extra_routes: Vec<IpNet>,
     server_addr: Option<IpAddr>,
+    options: HostOptions,
+    dns: Option<Dns>,
+    _forwarding: Option<Forwarding>,
+}
+
+/// What the client may change on the host besides its interface.
+#[derive(Debug, Clone, Copy)]
+pub struct HostOptions {
+    /// Install the routes the server pushes.
+    pub accept_routes: bool,
+    /// Apply the DNS settings the server pushes.
+    pub accept_dns: bool,
+    /// Enable IP forwarding (site gateways).
+    pub forward: bool,
 }
 
 impl TunnelInterface {
-    pub fn create(name: &str, offload: bool, extra_routes: Vec<IpNet>) -> anyhow::Result<TunnelInterface> {
+    pub fn create(
+        name: &str,
+        offload: bool,
+        extra_routes: Vec<IpNet>,
+        options: HostOptions,
+    ) -> anyhow::Result<TunnelInterface> {
         let tun = Arc::new(TunDevice::create(name, offload)?);
+        let forwarding = if options.forward {
+            Some(Forwarding::enable()?)
+        } else {
+            None
+        };
         Ok(TunnelInterface {
             tun,
             net: LinuxNetSetup::new()?,
             applied: None,
             extra_routes,
             server_addr: None,
+            options,
+            dns: None,
+            _forwarding: forwarding,
         })
     }
 
-    /// Routes to install for `config`: pushed ones and `--route`, without any that covers the
-    /// SSH server itself (that would send the tunnel's own packets into the tunnel).
-    fn routes_for(&self, config: &TunnelConfig) -> Vec<IpNet> {
+    /// Routes to install for `config`: pushed ones (unless refused) and `--route`, without any
+    /// that covers the SSH server itself (that would send the tunnel's own packets into the
+    /// tunnel) and without pushed ones that overlap a local network.
+    async fn routes_for(&self, config: &TunnelConfig) -> Vec<IpNet> {
+        let local = self.net.local_networks(self.tun.name()).await;
+        let pushed = if self.options.accept_routes {
+            config.routes.as_slice()
+        } else {
+            &[]
+        };
         let mut routes = Vec::new();
-        for net in config.routes.iter().chain(self.extra_routes.iter()) {
+        for (net, from_server) in pushed
+            .iter()
+            .map(|n| (n, true))
+            .chain(self.extra_routes.iter().map(|n| (n, false)))
+        {
             let net = net.trunc();
             if let Some(server) = self.server_addr
                 && net.contains(&server)
             {
                 tracing::warn!("not installing route {net}: it covers the SSH server {server} itself");
+                continue;
+            }
+            let own = config.addresses().map(|a| a.trunc()).collect::<Vec<_>>();
+            if from_server
+                && let Some(l) = local
+                    .iter()
+                    .find(|l| !own.contains(l) && (l.contains(&net) || net.contains(*l)))
+            {
+                tracing::warn!("not installing pushed route {net}: it overlaps the local network {l}");
                 continue;
             }
             if !routes.contains(&net) {
@@ -68,7 +116,7 @@ impl Interface for TunnelInterface {
     async fn apply(&mut self, config: &TunnelConfig, mtu: u16, server_addr: Option<IpAddr>) -> anyhow::Result<bool> {
         self.server_addr = server_addr;
         let addresses: Vec<IpNet> = config.addresses().collect();
-        let routes = self.routes_for(config);
+        let routes = self.routes_for(config).await;
         let wanted = (addresses.clone(), mtu, routes.clone());
         if self.applied.as_ref() == Some(&wanted) {
             return Ok(false);
@@ -103,12 +151,16 @@ impl Interface for TunnelInterface {
             }
         );
         self.applied = Some(wanted);
+        if self.options.accept_dns && self.dns.is_none() {
+            self.dns = Dns::apply(&name, &config.dns, &config.search).context("applying pushed DNS")?;
+        }
         Ok(true)
     }
 
     /// Undoes everything (the TUN itself goes when the process ends).
     async fn teardown(&mut self) {
         self.clear().await;
+        self.dns = None;
     }
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod client_loop;
 mod credentials;
 mod exec;
+mod host_settings;
 mod interface;
 mod netns_helper;
 mod ssh_client;

@@ -42,10 +42,35 @@ impl Addressing {
         }
     }
 
-    pub fn new(pool4: AddressPool, pool6: Option<AddressPool>, file: LeaseFile) -> Addressing {
+    /// Pools with `statics` (configured addresses, which win) and the stored leases.
+    pub fn new(
+        pool4: AddressPool,
+        pool6: Option<AddressPool>,
+        file: LeaseFile,
+        statics: &[(String, Vec<IpAddr>)],
+    ) -> Addressing {
         let mut pools = (pool4, pool6);
-        for (identity, addrs) in file.load() {
+        for (identity, addrs) in statics {
             for a in addrs {
+                let pool = if a.is_ipv4() {
+                    Some(&mut pools.0)
+                } else {
+                    pools.1.as_mut()
+                };
+                if let Some(p) = pool
+                    && !p.reserve(identity, *a)
+                {
+                    tracing::warn!("static address {a} of {identity} is not available");
+                }
+            }
+        }
+        let has_static = |id: &str, v4: bool| {
+            statics
+                .iter()
+                .any(|(s, addrs)| s == id && addrs.iter().any(|a| a.is_ipv4() == v4))
+        };
+        for (identity, addrs) in file.load() {
+            for a in addrs.into_iter().filter(|a| !has_static(&identity, a.is_ipv4())) {
                 let pool = if a.is_ipv4() {
                     Some(&mut pools.0)
                 } else {

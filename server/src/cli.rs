@@ -35,11 +35,25 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
         control: PathBuf,
     },
+    /// Validate a configuration file without starting (exit status 1 and every problem, with its
+    /// line, if it is broken).
+    CheckConfig {
+        /// The file to check.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+    },
 }
 
 /// Running the daemon.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Configuration file (TOML); command-line options override it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Masquerade (source NAT) tunnel traffic leaving through this interface, for LANs without a
+    /// route back to the pools.
+    #[arg(long, value_name = "IFACE")]
+    pub masquerade: Option<String>,
     /// Address and port to accept SSH connections on (optional when clients come through an
     /// OpenSSH sshd and `sshvpnd attach`).
     #[arg(long, value_name = "ADDR:PORT")]

@@ -70,6 +70,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     // Concurrent sessions of one identity (`sshvpn exec` runs) carry an instance tag and get
     // addresses of their own; the lease of such an instance ends with its session.
     let mut identity = base_identity.clone();
+    let mut subnets = Vec::new();
     let handshake = tunnel
         .handshake(|negotiated| {
             if let Some(why) = &refusal {
@@ -82,6 +83,17 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 .addressing
                 .assign(&identity)
                 .map_err(|e| (CloseCode::PoolExhausted, e.to_string()))?;
+            // A configured peer: the subnets behind it, and its extra pushed routes.
+            let peer = daemon.peers.get(&base_identity);
+            let mut routes = daemon.push_routes.clone();
+            if let Some(p) = peer {
+                routes.extend(p.routes.iter().copied());
+                if p.push_other_subnets {
+                    routes.extend(daemon.peers.other_subnets(&base_identity));
+                }
+            }
+            routes.dedup();
+            subnets = peer.map(|p| p.subnets.clone()).unwrap_or_default();
             let config = TunnelConfig {
                 addr4: Some(a.addr4),
                 addr6: a.addr6,
@@ -94,7 +106,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                     _ => None,
                 },
                 mtu: daemon.mtu,
-                routes: daemon.push_routes.clone(),
+                routes,
                 dns: daemon.push_dns.clone(),
                 search: daemon.push_search.clone(),
                 keepalive_ms: daemon.timers.keepalive_interval.as_millis() as u32,
@@ -102,7 +114,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
             let p = Arc::new(PeerPort {
                 id,
                 identity: identity.clone(),
-                addresses: a.own,
+                addresses: a.own.iter().chain(subnets.iter()).copied().collect(),
                 queue: queue.clone(),
                 stats: stats.clone(),
                 evict: Default::default(),
@@ -140,6 +152,8 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         "client connected: peer {peer} key {identity} addresses {addresses} ({}, offload {offload})",
         established.negotiated.peer_software
     );
+    // Its own addresses and subnets: what it may send from (anti-spoofing) and what it receives.
+    daemon.peer_routes.add(&subnets).await;
     let own = port.addresses.clone();
     let data = DataPath {
         tun: daemon.tun.clone(),
@@ -147,7 +161,12 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         admit: Box::new(move |a| own.iter().any(|n| n.contains(&a.src))),
         stats: stats.clone(),
         // ICMP errors for packets too big for this client appear to come from the client.
-        icmp_sources: port.addresses.iter().map(|n| n.addr()).collect(),
+        icmp_sources: port
+            .addresses
+            .iter()
+            .filter(|n| n.prefix_len() == n.max_prefix_len())
+            .map(|n| n.addr())
+            .collect(),
     };
     let evicted = {
         let port = port.clone();
@@ -161,6 +180,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     };
     let result = tunnel.run(data, evicted).await;
     daemon.switch.detach(&port);
+    daemon.peer_routes.remove(&subnets).await;
     if !daemon.switch.has_identity(&identity) {
         daemon.addressing.release_ephemeral(&identity);
     }

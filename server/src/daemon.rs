@@ -17,10 +17,13 @@ use tokio::net::TcpListener;
 
 use crate::addressing::Addressing;
 use crate::cli::Args;
+use crate::config::{self, Peers};
 use crate::control::{self, AttachPolicy};
 use crate::leases::LeaseFile;
 use crate::limits::{LogEvery, MaxStartups, Penalties, PenaltyPolicy};
 use crate::listener;
+use crate::masquerade::Masquerade;
+use crate::routes::PeerRoutes;
 use crate::switch::Switch;
 
 /// State shared by every connection.
@@ -45,11 +48,17 @@ pub struct Daemon {
     pub penalties: Mutex<Penalties>,
     pub limit_log: LogEvery,
     pub attach_policy: AttachPolicy,
+    /// Peers from the configuration file, by key fingerprint.
+    pub peers: Peers,
+    /// Only configured peers may connect.
+    pub peers_only: bool,
+    /// Kernel routes for connected peers' subnets.
+    pub peer_routes: PeerRoutes,
 }
 
 impl Daemon {
     pub fn is_authorized(&self, key: &PublicKey) -> bool {
-        self.authorized.contains(key)
+        self.peers.contains_key(key) || (!self.peers_only && self.authorized.contains(key))
     }
 }
 
@@ -75,7 +84,47 @@ fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::
 }
 
 /// Sets everything up, then serves until SIGINT/SIGTERM.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// `sshvpnd check-config`: every problem with its line, or a one-line summary.
+pub fn check_config(path: &std::path::Path) -> Result<String, String> {
+    let (file, text) = config::load(path)?;
+    let peers = config::validate(&text, &file, file.pool, file.pool6).map_err(|errs| {
+        errs.iter()
+            .map(|e| config::format_error(path, e))
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
+    Ok(format!("{}: OK ({} peers)", path.display(), peers.0.len()))
+}
+
+/// Fills unset command-line options from the configuration file and validates its peers.
+fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
+    let Some(path) = args.config.clone() else {
+        return Ok((Peers::default(), false));
+    };
+    let (file, text) = config::load(&path).map_err(anyhow::Error::msg)?;
+    args.listen = args.listen.or(file.listen);
+    args.host_key = args.host_key.take().or(file.host_key.clone());
+    args.authorized_keys = args.authorized_keys.take().or(file.authorized_keys.clone());
+    args.pool = args.pool.or(file.pool);
+    args.pool6 = args.pool6.or(file.pool6);
+    args.masquerade = args.masquerade.take().or(file.masquerade.clone());
+    args.push_routes.extend(file.push_routes.iter().copied());
+    args.push_dns.extend(file.dns.iter().copied());
+    args.push_search.extend(file.search.iter().cloned());
+    let peers = config::validate(&text, &file, args.pool, args.pool6).map_err(|errs| {
+        anyhow::anyhow!(
+            "configuration rejected:\n{}",
+            errs.iter()
+                .map(|e| config::format_error(&path, e))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    Ok((peers, file.peers_only))
+}
+
+pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    let (peers, peers_only) = merge_config(&mut args)?;
     args.validate().map_err(anyhow::Error::msg)?;
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
     let mut host_key = None;
@@ -100,7 +149,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let pool4 = AddressPool::new(args.pool.context("--pool is required")?)?;
     let pool6 = args.pool6.map(AddressPool::new).transpose()?;
-    let addressing = Addressing::new(pool4, pool6, LeaseFile::new(Some(args.state_dir.join("leases"))));
+    let statics: Vec<(String, Vec<std::net::IpAddr>)> = peers
+        .0
+        .iter()
+        .map(|(fp, p)| {
+            let addrs = p
+                .address
+                .map(std::net::IpAddr::V4)
+                .into_iter()
+                .chain(p.address6.map(std::net::IpAddr::V6));
+            (fp.clone(), addrs.collect())
+        })
+        .collect();
+    let addressing = Addressing::new(
+        pool4,
+        pool6,
+        LeaseFile::new(Some(args.state_dir.join("leases"))),
+        &statics,
+    );
 
     let tun = Arc::new(TunDevice::create(&args.tun_name, !args.no_offload)?);
     let addresses = addressing.server_addresses();
@@ -122,6 +188,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let control = control::bind(&args.control, args.control_group.as_deref())?;
+    let _masquerade = match &args.masquerade {
+        Some(iface) => Some(Masquerade::install(
+            &args.tun_name,
+            args.pool.context("--pool")?,
+            iface,
+        )?),
+        None => None,
+    };
+    let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;
     }
@@ -151,6 +226,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         unauthenticated: AtomicUsize::new(0),
         penalties: Mutex::new(Penalties::new(PenaltyPolicy::default())),
         limit_log: LogEvery::new(Duration::from_secs(10)),
+        peers,
+        peers_only,
+        peer_routes,
         attach_policy: AttachPolicy {
             users: args.allow_users.clone(),
             groups: args.allow_groups.clone(),

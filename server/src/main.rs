@@ -6,13 +6,16 @@ mod addressing;
 mod attach;
 mod cli;
 mod client_session;
+mod config;
 mod control;
 mod daemon;
 mod handler;
 mod leases;
 mod limits;
 mod listener;
+mod masquerade;
 mod privileges;
+mod routes;
 mod switch;
 
 use clap::Parser;
@@ -25,6 +28,18 @@ fn main() -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sshvpnd attach: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(cli::Command::CheckConfig { config }) = &cli.command {
+        return match daemon::check_config(config) {
+            Ok(summary) => {
+                println!("{summary}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
                 std::process::ExitCode::FAILURE
             }
         };

@@ -60,6 +60,31 @@ impl LinuxNetSetup {
         }
     }
 
+    /// The networks of every address on the host's other interfaces (not `exclude`, not
+    /// loopback or link-local ones): what a pushed route must not take over.
+    pub async fn local_networks(&self, exclude: &str) -> Vec<IpNet> {
+        let skip = self.link_index(exclude).await.ok();
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Ok(Some(msg)) = addrs.try_next().await {
+            if Some(msg.header.index) == skip {
+                continue;
+            }
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    let local = match ip {
+                        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+                        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local(),
+                    };
+                    if !local && let Ok(n) = IpNet::new(*ip, msg.header.prefix_len) {
+                        out.push(n.trunc());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     fn route_message(index: u32, net: IpNet) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
         RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(net.network(), net.prefix_len())

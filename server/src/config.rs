@@ -1,0 +1,292 @@
+//! The server configuration file (`--config`, TOML): listener, pools, pushed routes and DNS,
+//! masquerade, and `[[peer]]` entries keyed by an OpenSSH public key line (static addresses,
+//! subnets behind the peer, extra routes). Parsing and validation are pure; every problem is
+//! reported with its line, and a file with any problem is rejected whole.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use russh::keys::PublicKey;
+use serde::Deserialize;
+use sshvpn_common::keys::fingerprint;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub host_key: Option<PathBuf>,
+    pub authorized_keys: Option<PathBuf>,
+    pub pool: Option<IpNet>,
+    pub pool6: Option<IpNet>,
+    #[serde(default)]
+    pub push_routes: Vec<IpNet>,
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    /// Only keys listed as peers may connect (authorized_keys is not consulted).
+    #[serde(default)]
+    pub peers_only: bool,
+    /// Masquerade traffic from the pools leaving through this interface.
+    pub masquerade: Option<String>,
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<Spanned<PeerEntry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub name: Option<String>,
+    /// An OpenSSH public key line: `ssh-ed25519 AAAA... comment`.
+    pub key: String,
+    pub address: Option<Ipv4Addr>,
+    pub address6: Option<Ipv6Addr>,
+    /// Networks behind this peer (its site's LAN): routed to it, and it may send from them.
+    #[serde(default)]
+    pub subnets: Vec<IpNet>,
+    /// Extra routes pushed to this peer only.
+    #[serde(default)]
+    pub routes: Vec<IpNet>,
+    /// Also push the other peers' subnets to this peer (site-to-site through the hub).
+    #[serde(default)]
+    pub push_other_subnets: bool,
+}
+
+/// A validated peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub key: PublicKey,
+    pub address: Option<Ipv4Addr>,
+    pub address6: Option<Ipv6Addr>,
+    pub subnets: Vec<IpNet>,
+    pub routes: Vec<IpNet>,
+    pub push_other_subnets: bool,
+}
+
+/// Peers by key fingerprint.
+#[derive(Debug, Clone, Default)]
+pub struct Peers(pub HashMap<String, Peer>);
+
+impl Peers {
+    pub fn get(&self, fingerprint: &str) -> Option<&Peer> {
+        self.0.get(fingerprint)
+    }
+
+    pub fn contains_key(&self, key: &PublicKey) -> bool {
+        self.0.values().any(|p| p.key.key_data() == key.key_data())
+    }
+
+    /// Every peer's subnets except `except`'s.
+    pub fn other_subnets(&self, except: &str) -> Vec<IpNet> {
+        let mut v: Vec<IpNet> = self
+            .0
+            .iter()
+            .filter(|(fp, _)| fp.as_str() != except)
+            .flat_map(|(_, p)| p.subnets.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// Parses the file's text; syntax and type errors carry toml's own line and column.
+pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        line: e.span().map(|s| line_of(text, s.start)),
+        message: e.message().trim().to_string(),
+    })
+}
+
+/// Checks the peers against each other and the pools; returns every problem found.
+pub fn validate(
+    text: &str,
+    file: &FileConfig,
+    pool: Option<IpNet>,
+    pool6: Option<IpNet>,
+) -> Result<Peers, Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut peers = Peers::default();
+    // (subnet, line, peer name) of everything routed to a peer so far.
+    let mut claimed: Vec<(IpNet, usize, String)> = Vec::new();
+    let mut statics: HashMap<IpAddr, String> = HashMap::new();
+    for (i, spanned) in file.peers.iter().enumerate() {
+        let line = line_of(text, spanned.span().start);
+        let entry = spanned.get_ref();
+        let name = entry.name.clone().unwrap_or_else(|| format!("peer #{}", i + 1));
+        let mut err = |message: String| {
+            errors.push(ConfigError {
+                line: Some(line),
+                message,
+            })
+        };
+        let key = match PublicKey::from_openssh(entry.key.trim()) {
+            Ok(k) => k,
+            Err(e) => {
+                err(format!("{name}: key is not an OpenSSH public key line: {e}"));
+                continue;
+            }
+        };
+        let fp = fingerprint(&key);
+        if let Some(other) = peers.0.get(&fp) {
+            err(format!("{name}: duplicate key (already used by {})", other.name));
+            continue;
+        }
+        if let Some(a) = entry.address {
+            match pool {
+                Some(p)
+                    if p.contains(&IpAddr::V4(a)) && p.network() != IpAddr::V4(a) && p.broadcast() != IpAddr::V4(a) =>
+                {
+                    if let Some(nth) = p.hosts().next()
+                        && nth == IpAddr::V4(a)
+                    {
+                        err(format!("{name}: address {a} is the server's own address"));
+                    }
+                }
+                Some(p) => err(format!("{name}: address {a} is outside the pool {p}")),
+                None => err(format!("{name}: address {a} given but no IPv4 pool")),
+            }
+            if let Some(other) = statics.insert(IpAddr::V4(a), name.clone()) {
+                err(format!("{name}: address {a} is also {other}'s"));
+            }
+        }
+        if let Some(a) = entry.address6 {
+            match pool6 {
+                Some(p) if p.contains(&IpAddr::V6(a)) => {}
+                Some(p) => err(format!("{name}: address6 {a} is outside the pool {p}")),
+                None => err(format!("{name}: address6 {a} given but no pool6")),
+            }
+            if let Some(other) = statics.insert(IpAddr::V6(a), name.clone()) {
+                err(format!("{name}: address6 {a} is also {other}'s"));
+            }
+        }
+        for s in &entry.subnets {
+            let s = s.trunc();
+            for p in [pool, pool6].into_iter().flatten() {
+                if p.contains(&s) || s.contains(&p) {
+                    err(format!("{name}: subnet {s} overlaps the pool {p}"));
+                }
+            }
+            for (other, other_line, other_name) in &claimed {
+                if other.contains(&s) || s.contains(other) {
+                    err(format!(
+                        "{name}: subnet {s} overlaps {other} of {other_name} (line {other_line})"
+                    ));
+                }
+            }
+            claimed.push((s, line, name.clone()));
+        }
+        peers.0.insert(
+            fp,
+            Peer {
+                name,
+                key,
+                address: entry.address,
+                address6: entry.address6,
+                subnets: entry.subnets.iter().map(IpNet::trunc).collect(),
+                routes: entry.routes.clone(),
+                push_other_subnets: entry.push_other_subnets,
+            },
+        );
+    }
+    if errors.is_empty() { Ok(peers) } else { Err(errors) }
+}
+
+/// Reads, parses and validates a file; errors are formatted `PATH:LINE: reason`, one per line.
+pub fn load(path: &Path) -> Result<(FileConfig, String), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = parse(&text).map_err(|e| format_error(path, &e))?;
+    Ok((file, text))
+}
+
+pub fn format_error(path: &Path, e: &ConfigError) -> String {
+    match e.line {
+        Some(l) => format!("{}:{l}: {}", path.display(), e.message),
+        None => format!("{}: {}", path.display(), e.message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, PrivateKey};
+
+    fn key() -> String {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .to_openssh()
+            .unwrap()
+    }
+
+    fn check(text: &str) -> Result<Peers, Vec<ConfigError>> {
+        let file = parse(text).map_err(|e| vec![e])?;
+        validate(text, &file, file.pool, file.pool6)
+    }
+
+    #[test]
+    fn a_good_file() {
+        let text = format!(
+            "pool = \"10.9.0.0/24\"\npool6 = \"fd00:9::/64\"\npush_routes = [\"10.0.0.0/8\"]\n\n[[peer]]\nname = \"a\"\nkey = \"{}\"\naddress = \"10.9.0.10\"\nsubnets = [\"192.168.1.0/24\"]\npush_other_subnets = true\n\n[[peer]]\nname = \"b\"\nkey = \"{}\"\nsubnets = [\"192.168.2.0/24\"]\n",
+            key(),
+            key()
+        );
+        let peers = check(&text).unwrap();
+        assert_eq!(peers.0.len(), 2);
+        let a = peers.0.values().find(|p| p.name == "a").unwrap();
+        let a_fp = fingerprint(&a.key);
+        assert_eq!(
+            peers.other_subnets(&a_fp),
+            vec!["192.168.2.0/24".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_reason() {
+        let k = key();
+        let e = check("pool = \"10.9.0.0/24\"\nbogus = 1\n").unwrap_err();
+        assert_eq!(e[0].line, Some(2));
+        assert!(e[0].message.contains("unknown field"), "{e:?}");
+        let e = check("pool = \"10.9.0.0/33\"\n").unwrap_err();
+        assert_eq!(e[0].line, Some(1));
+        let text = format!(
+            "pool = \"10.9.0.0/24\"\n[[peer]]\nname=\"a\"\nkey=\"{k}\"\naddress=\"10.8.0.1\"\nsubnets=[\"192.168.0.0/16\"]\n[[peer]]\nname=\"b\"\nkey=\"{k}\"\n[[peer]]\nname=\"c\"\nkey=\"{}\"\nsubnets=[\"192.168.5.0/24\", \"10.9.0.128/25\"]\n",
+            key()
+        );
+        let e = check(&text).unwrap_err();
+        let msgs: Vec<String> = e
+            .iter()
+            .map(|e| format!("{}: {}", e.line.unwrap(), e.message))
+            .collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("2: a: address 10.8.0.1 is outside the pool")),
+            "{msgs:?}"
+        );
+        assert!(msgs.iter().any(|m| m.starts_with("7: b: duplicate key")), "{msgs:?}");
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("c: subnet 192.168.5.0/24 overlaps 192.168.0.0/16 of a (line 2)")),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.contains("c: subnet 10.9.0.128/25 overlaps the pool")),
+            "{msgs:?}"
+        );
+    }
+}

@@ -187,6 +187,17 @@ fn pushed_dns_is_applied_and_restored() {
     let c = t.start_client(0, &["--no-dns"]);
     assert_eq!(std::fs::read_to_string(&resolv).unwrap(), original);
     t.process(c).stop();
+    // Killed with SIGKILL while the settings are applied: the next start restores them.
+    let c = t.start_client(0, &[]);
+    assert!(std::fs::read_to_string(&resolv).unwrap().contains("10.202.0.53"));
+    t.process(c).signal(nix::sys::signal::Signal::SIGKILL);
+    t.process(c).wait_exit(5.0).expect("killed");
+    t.start_client(0, &["--no-dns"]);
+    assert_eq!(
+        std::fs::read_to_string(&resolv).unwrap(),
+        original,
+        "recovered after SIGKILL"
+    );
 }
 
 #[test]

@@ -6,16 +6,59 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
+/// Where a running client keeps what it must restore, so that the next start can restore it if
+/// this one is killed with SIGKILL.
+const RESTORE_DIR: &str = "/run/sshvpn";
+
+/// Per interface and network namespace (the same interface name may exist in many namespaces).
+fn restore_file(kind: &str, link: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    Path::new(RESTORE_DIR).join(format!("{link}-{netns}.{kind}.restore"))
+}
+
+/// Restores what a killed previous run on `link` left changed (forwarding sysctls, resolv.conf).
+pub fn recover_after_crash(link: &str) {
+    let sysctls = restore_file("sysctl", link);
+    if let Ok(text) = std::fs::read_to_string(&sysctls) {
+        for line in text.lines() {
+            if let Some((key, value)) = line.split_once(' ') {
+                let _ = std::fs::write(Path::new("/proc/sys").join(key), value);
+                tracing::warn!(
+                    "restored sysctl {} = {value} left by a previous run",
+                    key.replace('/', ".")
+                );
+            }
+        }
+        let _ = std::fs::remove_file(&sysctls);
+    }
+    let resolv = restore_file("resolv", link);
+    if let Ok(original) = std::fs::read(&resolv) {
+        if std::fs::write(RESOLV_CONF, original).is_ok() {
+            tracing::warn!("restored {RESOLV_CONF} left by a previous run");
+        }
+        let _ = std::fs::remove_file(&resolv);
+    }
+}
+
+fn save_restore(kind: &str, link: &str, content: &[u8]) {
+    let _ = std::fs::create_dir_all(RESTORE_DIR);
+    if let Err(e) = std::fs::write(restore_file(kind, link), content) {
+        tracing::debug!("cannot save restore information: {e}");
+    }
+}
+
 /// The sysctls `--forward` sets.
 const FORWARD_SYSCTLS: [&str; 2] = ["net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"];
 
 /// Enables forwarding; remembers what it changed.
 pub struct Forwarding {
+    link: String,
     changed: Vec<(String, String)>,
 }
 
 impl Forwarding {
-    pub fn enable() -> anyhow::Result<Forwarding> {
+    pub fn enable(link: &str) -> anyhow::Result<Forwarding> {
         let mut changed = Vec::new();
         for key in FORWARD_SYSCTLS {
             let path = Path::new("/proc/sys").join(key);
@@ -26,7 +69,14 @@ impl Forwarding {
                 changed.push((key.to_string(), old));
             }
         }
-        Ok(Forwarding { changed })
+        let record: String = changed.iter().map(|(k, v)| format!("{k} {v}\n")).collect();
+        if !changed.is_empty() {
+            save_restore("sysctl", link, record.as_bytes());
+        }
+        Ok(Forwarding {
+            link: link.to_string(),
+            changed,
+        })
     }
 }
 
@@ -37,13 +87,14 @@ impl Drop for Forwarding {
                 tracing::warn!("cannot restore sysctl {}: {e}", key.replace('/', "."));
             }
         }
+        let _ = std::fs::remove_file(restore_file("sysctl", &self.link));
     }
 }
 
 /// Resolver settings applied for the tunnel.
 pub enum Dns {
     Resolved { link: String },
-    ResolvConf { original: Vec<u8> },
+    ResolvConf { link: String, original: Vec<u8> },
 }
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -74,6 +125,7 @@ impl Dns {
             return Ok(Some(Dns::Resolved { link: link.to_string() }));
         }
         let original = std::fs::read(RESOLV_CONF).unwrap_or_default();
+        save_restore("resolv", link, &original);
         let mut text = String::from("# written by sshvpn while the tunnel is up; the original is restored on exit\n");
         for s in servers {
             text.push_str(&format!("nameserver {s}\n"));
@@ -84,7 +136,10 @@ impl Dns {
         // In place (not rename): /etc/resolv.conf may be a bind mount.
         std::fs::write(RESOLV_CONF, text)?;
         tracing::info!("DNS: {RESOLV_CONF} now points at {servers:?}; the original is restored on exit");
-        Ok(Some(Dns::ResolvConf { original }))
+        Ok(Some(Dns::ResolvConf {
+            link: link.to_string(),
+            original,
+        }))
     }
 }
 
@@ -94,10 +149,11 @@ impl Drop for Dns {
             Dns::Resolved { link } => {
                 let _ = Command::new("resolvectl").arg("revert").arg(&*link).status();
             }
-            Dns::ResolvConf { original } => {
-                if let Err(e) = std::fs::write(RESOLV_CONF, original) {
+            Dns::ResolvConf { link, original } => {
+                if let Err(e) = std::fs::write(RESOLV_CONF, &*original) {
                     tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
                 }
+                let _ = std::fs::remove_file(restore_file("resolv", link));
             }
         }
     }

@@ -44,9 +44,11 @@ impl TunnelInterface {
         extra_routes: Vec<IpNet>,
         options: HostOptions,
     ) -> anyhow::Result<TunnelInterface> {
+        // A previous run killed with SIGKILL may have left host settings changed: restore them.
+        crate::host_settings::recover_after_crash(name);
         let tun = Arc::new(TunDevice::create(name, offload)?);
         let forwarding = if options.forward {
-            Some(Forwarding::enable()?)
+            Some(Forwarding::enable(name)?)
         } else {
             None
         };

@@ -127,6 +127,9 @@ pub struct Args {
         help_heading = "Limits"
     )]
     pub max_startups: MaxStartups,
+    /// Unauthenticated connections one source address may hold (like sshd's PerSourceMaxStartups).
+    #[arg(long, default_value_t = 8, value_name = "N", help_heading = "Limits")]
+    pub per_source_max_startups: usize,
     /// Authentication attempts per connection.
     #[arg(long, default_value_t = 6, value_name = "N", help_heading = "Limits")]
     pub max_auth_tries: usize,

@@ -23,13 +23,24 @@ pub struct ConnectionState {
 }
 
 /// Counts one unauthenticated connection while it lives and is not logged in.
-struct Unauthenticated(Arc<Daemon>, bool);
+struct Unauthenticated(Arc<Daemon>, bool, std::net::IpAddr);
 
 impl Unauthenticated {
     fn done(&mut self) {
         if !self.1 {
             self.1 = true;
             self.0.unauthenticated.fetch_sub(1, Relaxed);
+            let mut per_source = self
+                .0
+                .unauthenticated_per_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = per_source.get_mut(&self.2) {
+                *n -= 1;
+                if *n == 0 {
+                    per_source.remove(&self.2);
+                }
+            }
         }
     }
 }
@@ -70,6 +81,24 @@ pub async fn serve(
             }
             continue;
         }
+        // One source may hold only a few unauthenticated connections (sshd's PerSourceMaxStartups),
+        // so a single flooding host cannot push everybody else into the random drop below.
+        let from_source = {
+            let per_source = daemon
+                .unauthenticated_per_source
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            per_source.get(&peer.ip()).copied().unwrap_or(0)
+        };
+        if from_source >= daemon.per_source_max_startups {
+            if let Some(suppressed) = daemon.limit_log.check(now) {
+                tracing::warn!(
+                    "dropping connection from {peer}: {from_source} unauthenticated connections from this source \
+                     (and {suppressed} more limit hits since last report)"
+                );
+            }
+            continue;
+        }
         let pending = daemon.unauthenticated.load(Relaxed);
         if !daemon.max_startups.admit(pending, rand::random::<f64>()) {
             if let Some(suppressed) = daemon.limit_log.check(now) {
@@ -81,12 +110,18 @@ pub async fn serve(
             continue;
         }
         daemon.unauthenticated.fetch_add(1, Relaxed);
+        *daemon
+            .unauthenticated_per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer.ip())
+            .or_insert(0) += 1;
         tokio::spawn(connection(daemon.clone(), socket, peer, config.clone()));
     }
 }
 
 async fn connection(daemon: Arc<Daemon>, socket: TcpStream, peer: SocketAddr, config: Arc<russh::server::Config>) {
-    let mut unauth = Unauthenticated(daemon.clone(), false);
+    let mut unauth = Unauthenticated(daemon.clone(), false, peer.ip());
     let _ = socket.set_nodelay(true);
     // A second handle on the socket, to cut the connection at the deadline whatever the SSH
     // session is doing (a peer trickling bytes keeps russh's own timers from ever firing).

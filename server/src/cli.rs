@@ -130,6 +130,9 @@ pub struct Args {
     /// Unauthenticated connections one source address may hold (like sshd's PerSourceMaxStartups).
     #[arg(long, default_value_t = 8, value_name = "N", help_heading = "Limits")]
     pub per_source_max_startups: usize,
+    /// Largest tunnel frame accepted from a client, in KiB (at most 128; below 65 offloads are off).
+    #[arg(long, default_value_t = 65, value_parser = clap::value_parser!(u64).range(2..=128), value_name = "KIB", help_heading = "Limits")]
+    pub max_frame_kib: u64,
     /// Authentication attempts per connection.
     #[arg(long, default_value_t = 6, value_name = "N", help_heading = "Limits")]
     pub max_auth_tries: usize,

@@ -10,6 +10,7 @@ use russh::Channel;
 use russh::keys::PublicKey;
 use russh::server::Msg;
 use sshvpn_common::keys::fingerprint;
+use sshvpn_common::proto::frame;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
 use sshvpn_common::tunnel::{
     ChannelRx, ChannelTx, DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue,
@@ -55,12 +56,13 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     daemon.clients.fetch_add(1, Relaxed);
     let _slot = ClientSlot(daemon.clone());
     let started = Instant::now();
-    let features = if daemon.tun.has_vnet_hdr() {
-        Features::GSO
-    } else {
-        Features::default()
+    // Offloaded frames carry up to 64 KiB packets: only with a frame limit that takes them.
+    let gso = daemon.tun.has_vnet_hdr() && daemon.max_frame >= frame::DEFAULT_MAX_PAYLOAD;
+    let features = if gso { Features::GSO } else { Features::default() };
+    let hello = Hello {
+        max_payload: daemon.max_frame as u32,
+        ..Hello::new(features, daemon.mtu)
     };
-    let hello = Hello::new(features, daemon.mtu);
     let mut tunnel = Tunnel::new(Role::Server, hello, daemon.timers, rx, tx);
     let (queue, outbound) = packet_queue(daemon.client_queue, daemon.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());

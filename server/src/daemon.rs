@@ -47,6 +47,8 @@ pub struct Daemon {
     pub unauthenticated: AtomicUsize,
     pub unauthenticated_per_source: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     pub per_source_max_startups: usize,
+    /// Largest frame payload accepted from clients.
+    pub max_frame: usize,
     pub penalties: Mutex<Penalties>,
     pub limit_log: LogEvery,
     pub attach_policy: AttachPolicy,
@@ -228,6 +230,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         unauthenticated: AtomicUsize::new(0),
         unauthenticated_per_source: Mutex::new(Default::default()),
         per_source_max_startups: args.per_source_max_startups,
+        max_frame: (args.max_frame_kib as usize * 1024)
+            .min(sshvpn_common::proto::frame::MAX_PAYLOAD_LIMIT)
+            .max(args.mtu as usize),
         penalties: Mutex::new(Penalties::new(PenaltyPolicy::default())),
         limit_log: LogEvery::new(Duration::from_secs(10)),
         peers,

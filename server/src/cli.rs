@@ -35,6 +35,15 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
         control: PathBuf,
     },
+    /// Show the connected clients (from the running daemon).
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
+        control: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a configuration file without starting (exit status 1 and every problem, with its
     /// line, if it is broken).
     CheckConfig {
@@ -50,6 +59,9 @@ pub struct Args {
     /// Configuration file (TOML); command-line options override it.
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (off by default), e.g. 127.0.0.1:9810.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
     /// Masquerade (source NAT) tunnel traffic leaving through this interface, for LANs without a
     /// route back to the pools.
     #[arg(long, value_name = "IFACE")]

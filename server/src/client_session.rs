@@ -86,16 +86,16 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 .assign(&identity)
                 .map_err(|e| (CloseCode::PoolExhausted, e.to_string()))?;
             // A configured peer: the subnets behind it, and its extra pushed routes.
-            let peer = daemon.peers.get(&base_identity);
+            let configured = daemon.peers.get(&base_identity);
             let mut routes = daemon.push_routes.clone();
-            if let Some(p) = peer {
+            if let Some(p) = configured {
                 routes.extend(p.routes.iter().copied());
                 if p.push_other_subnets {
                     routes.extend(daemon.peers.other_subnets(&base_identity));
                 }
             }
             routes.dedup();
-            subnets = peer.map(|p| p.subnets.clone()).unwrap_or_default();
+            subnets = configured.map(|p| p.subnets.clone()).unwrap_or_default();
             let config = TunnelConfig {
                 addr4: Some(a.addr4),
                 addr6: a.addr6,
@@ -119,6 +119,8 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 addresses: a.own.iter().chain(subnets.iter()).copied().collect(),
                 queue: queue.clone(),
                 stats: stats.clone(),
+                peer: peer.clone(),
+                since: std::time::SystemTime::now(),
                 evict: Default::default(),
             });
             daemon.switch.attach(p.clone());
@@ -139,6 +141,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
             return;
         }
     };
+    daemon.record_handshake(started.elapsed());
     let addresses = port
         .addresses
         .iter()
@@ -183,6 +186,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let result = tunnel.run(data, evicted).await;
     daemon.switch.detach(&port);
     daemon.peer_routes.remove(&subnets).await;
+    daemon.totals.absorb(&stats.snapshot());
     if !daemon.switch.has_identity(&identity) {
         daemon.addressing.release_ephemeral(&identity);
     }

@@ -100,6 +100,12 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
             Err(_) => return,
         }
     }
+    if line == crate::status::STATUS_REQUEST {
+        // Anyone who can open the socket (root and the control group) may see the status.
+        let report = crate::status::report(&daemon).await;
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
+        return;
+    }
     if line != ATTACH_REQUEST {
         tracing::debug!("control socket: unknown request from uid {}", uid);
         return;

@@ -13,6 +13,7 @@ use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
 use sshvpn_common::tun::TunDevice;
+use sshvpn_common::tunnel::TunnelStats;
 use tokio::net::TcpListener;
 
 use crate::addressing::Addressing;
@@ -49,6 +50,11 @@ pub struct Daemon {
     pub per_source_max_startups: usize,
     /// Largest frame payload accepted from clients.
     pub max_frame: usize,
+    /// Counters of sessions that have ended (live ones are read from the switch).
+    pub totals: TunnelStats,
+    pub auth_failures: std::sync::atomic::AtomicU64,
+    /// Handshake durations: per-bucket counts, sum of seconds, count.
+    pub handshakes: Mutex<([u64; 8], f64, u64)>,
     pub penalties: Mutex<Penalties>,
     pub limit_log: LogEvery,
     pub attach_policy: AttachPolicy,
@@ -61,6 +67,16 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    pub fn record_handshake(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let mut h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = crate::metrics::HANDSHAKE_BUCKETS.iter().position(|le| secs <= *le) {
+            h.0[i] += 1;
+        }
+        h.1 += secs;
+        h.2 += 1;
+    }
+
     pub fn is_authorized(&self, key: &PublicKey) -> bool {
         self.peers.contains_key(key) || (!self.peers_only && self.authorized.contains(key))
     }
@@ -192,6 +208,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let control = control::bind(&args.control, args.control_group.as_deref())?;
+    let metrics = match args.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let _masquerade = match &args.masquerade {
         Some(iface) => Some(Masquerade::install(
             &args.tun_name,
@@ -230,6 +254,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         unauthenticated: AtomicUsize::new(0),
         unauthenticated_per_source: Mutex::new(Default::default()),
         per_source_max_startups: args.per_source_max_startups,
+        totals: TunnelStats::default(),
+        auth_failures: Default::default(),
+        handshakes: Mutex::new(([0; 8], 0.0, 0)),
         max_frame: (args.max_frame_kib as usize * 1024)
             .min(sshvpn_common::proto::frame::MAX_PAYLOAD_LIMIT)
             .max(args.mtu as usize),
@@ -265,7 +292,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             _ => std::future::pending().await,
         }
     };
+    let metrics_server = async {
+        match metrics {
+            Some(l) => crate::metrics::serve(daemon.clone(), l).await,
+            None => std::future::pending().await,
+        }
+    };
     let result = tokio::select! {
+        r = metrics_server => r,
         r = ssh_listener => r,
         r = control::serve(daemon.clone(), control) => r,
         r = &mut tun_reader => {

@@ -46,6 +46,7 @@ impl russh::server::Handler for ConnectionHandler {
             return Ok(Auth::Accept);
         }
         self.state.auth_failures.fetch_add(1, Relaxed);
+        self.daemon.auth_failures.fetch_add(1, Relaxed);
         tracing::info!(
             "{}: refused key {} for user {user:?} (not in authorized keys)",
             self.peer,

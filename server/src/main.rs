@@ -14,8 +14,10 @@ mod leases;
 mod limits;
 mod listener;
 mod masquerade;
+mod metrics;
 mod privileges;
 mod routes;
+mod status;
 mod switch;
 
 use clap::Parser;
@@ -28,6 +30,18 @@ fn main() -> std::process::ExitCode {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sshvpnd attach: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(cli::Command::Status { control, json }) = &cli.command {
+        return match status::query(control, *json) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sshvpnd status: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

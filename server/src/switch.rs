@@ -21,6 +21,9 @@ pub struct PeerPort {
     pub addresses: Vec<IpNet>,
     pub queue: QueueSender,
     pub stats: Arc<TunnelStats>,
+    /// Where the client came from (socket address or Unix user) and since when.
+    pub peer: String,
+    pub since: std::time::SystemTime,
     /// Notified when this session must end (e.g. replaced by a newer one of the same identity).
     pub evict: Notify,
 }
@@ -52,6 +55,19 @@ impl Switch {
                 old.evict.notify_one();
             }
         }
+    }
+
+    /// Every attached session, once each.
+    pub fn ports(&self) -> Vec<Arc<PeerPort>> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<Arc<PeerPort>> = Vec::new();
+        table.for_each(|p| {
+            if !v.iter().any(|q| q.id == p.id) {
+                v.push(p.clone());
+            }
+        });
+        v.sort_by_key(|p| p.id);
+        v
     }
 
     /// Whether some session of `identity` is attached.

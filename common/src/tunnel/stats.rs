@@ -46,6 +46,24 @@ impl TunnelStats {
         counter.fetch_add(n, Relaxed);
     }
 
+    /// Adds a finished session's counters to these totals.
+    pub fn absorb(&self, s: &StatsSnapshot) {
+        for (c, n) in [
+            (&self.tx_packets, s.tx_packets),
+            (&self.tx_bytes, s.tx_bytes),
+            (&self.rx_packets, s.rx_packets),
+            (&self.rx_bytes, s.rx_bytes),
+            (&self.drop_spoofed, s.drop_spoofed),
+            (&self.drop_local_scope, s.drop_local_scope),
+            (&self.drop_malformed, s.drop_malformed),
+            (&self.drop_queue_full, s.drop_queue_full),
+            (&self.drop_too_big, s.drop_too_big),
+            (&self.drop_tun_error, s.drop_tun_error),
+        ] {
+            c.fetch_add(n, Relaxed);
+        }
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             tx_packets: self.tx_packets.load(Relaxed),

@@ -80,3 +80,104 @@ fn status_and_prometheus_metrics_describe_the_clients() {
         "{json}"
     );
 }
+
+#[test]
+fn systemd_units_verify_and_the_daemon_notifies_readiness() {
+    let mut t = Topology::new(1);
+    let dir = t.keys.dir.path("units");
+    std::fs::create_dir_all(&dir).unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bin_dir = Bin::path("sshvpnd").parent().unwrap().to_path_buf();
+    for (unit, name) in [
+        ("sshvpnd.service", "sshvpnd.service"),
+        ("sshvpn@.service", "sshvpn@office.service"),
+    ] {
+        let text = std::fs::read_to_string(root.join("scripts").join(unit)).unwrap();
+        let text = text.replace("/usr/local/bin/", &format!("{}/", bin_dir.display()));
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    if std::path::Path::new("/usr/bin/systemd-analyze").exists() {
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(dir.join("sshvpnd.service"))
+            .arg(dir.join("sshvpn@office.service"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        eprintln!("systemd-analyze not installed: unit syntax not verified");
+    }
+    // Type=notify: the daemon sends READY=1 once it serves.
+    let sock_path = t.keys.dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let log = t.log("notify-server.log");
+    let state = t.keys.dir.path("state");
+    let control = t.control_socket();
+    let args = [
+        "--pool",
+        "10.203.0.0/24",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+    ];
+    let p = sshvpn_tests::Process::spawn_cmd(
+        &t.server,
+        Bin::path("sshvpnd").to_str().unwrap(),
+        &args,
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+        log,
+    );
+    t.processes.push(p);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("readiness notification");
+    let msg = String::from_utf8_lossy(&buf[..n]);
+    assert!(msg.contains("READY=1"), "{msg}");
+}
+
+#[test]
+fn client_profiles_supply_the_options_and_bad_ones_name_the_line() {
+    let mut t = Topology::new(1);
+    t.start_server(&[]);
+    let home = t.keys.dir.path("home");
+    std::fs::create_dir_all(home.join(".config/sshvpn")).unwrap();
+    let profile = format!(
+        "host = \"10.200.1.1\"\nuser = \"root\"\nport = 4022\nidentity = \"{}\"\nknown_hosts = \"{}\"\nroutes = [\"10.250.0.0/16\"]\ntun_name = \"office0\"\n",
+        t.client_keys[0].display(),
+        t.known_hosts(0).display()
+    );
+    std::fs::write(home.join(".config/sshvpn/office.toml"), profile).unwrap();
+    let bin = Bin::path("sshvpn");
+    let log = t.log("profile-client.log");
+    let env = [("HOME", home.to_str().unwrap())];
+    let mut p = sshvpn_tests::Process::spawn_cmd(
+        &t.clients[0],
+        bin.to_str().unwrap(),
+        &["connect", "office", "--accept-new-host-key"],
+        &env,
+        log,
+    );
+    p.wait_for_log("tunnel up", 20.0);
+    t.processes.push(p);
+    let routes = t.clients[0].ip(&["route", "show", "dev", "office0"]);
+    assert!(
+        routes.contains("10.250.0.0/16") && routes.contains("10.202.0.0/24"),
+        "{routes}"
+    );
+    assert!(t.clients[0].ping(LAN4, 5));
+
+    std::fs::write(
+        home.join(".config/sshvpn/broken.toml"),
+        "host = \"h\"\nport = 22\ndefault_gateway = true\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["connect", "broken"])
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("broken.toml:3:") && err.contains("unknown field"), "{err}");
+}

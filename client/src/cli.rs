@@ -21,6 +21,13 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Run one command inside the remote network, in a namespace of its own (no root needed).
     Exec(ExecArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    Man,
     /// Internal: the namespace side of `exec`.
     #[command(name = "__netns-helper", hide = true)]
     NetnsHelper {

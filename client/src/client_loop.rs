@@ -304,6 +304,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     };
     let via = server_addr.map(|a| a.to_string()).unwrap_or_else(|| "ssh".into());
     tracing::info!("tunnel up: {} via {via} (offload {offload})", iface.name());
+    sshvpn_common::sd_notify::ready(&format!("tunnel up via {via}"));
 
     let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
     let _ = set_queue.send(Some(queue));

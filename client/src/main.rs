@@ -11,18 +11,66 @@ mod exec;
 mod host_settings;
 mod interface;
 mod netns_helper;
+mod profile;
 mod ssh_client;
 mod system_ssh;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // `sshvpn connect PROFILE`: options from the profile file where the command line is silent.
+    let sub = matches.subcommand().map(|(_, m)| m.clone());
+    let cli_set = |id: &str| {
+        sub.as_ref().is_some_and(|m| {
+            m.try_get_raw(id).is_ok_and(|v| v.is_some())
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        })
+    };
+    let profile = match &mut cli.command {
+        Command::Connect(args) => profile::apply(args, cli_set),
+        Command::Exec(args) => profile::apply(&mut args.connect, cli_set),
+        _ => Ok(None),
+    };
+    match profile {
+        Ok(Some(path)) => eprintln!("sshvpn: using profile {}", path.display()),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("sshvpn: error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    }
     sshvpn_common::logging::init(cli.verbose);
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut text = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "sshvpn", &mut text);
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &text);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+            let mut text = Vec::new();
+            return match page
+                .render(&mut text)
+                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &text))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("sshvpn: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     if let Command::NetnsHelper {
         sock_fd,
         no_offload,
@@ -48,7 +96,9 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Connect(args) => client_loop::run(args).await.map(|()| ExitCode::SUCCESS),
                 Command::Exec(args) => exec::run(args).await,
-                Command::NetnsHelper { .. } => unreachable!("handled before the runtime starts"),
+                Command::NetnsHelper { .. } | Command::Completions { .. } | Command::Man => {
+                    unreachable!("handled before the runtime starts")
+                }
             }
         });
         work.await

@@ -284,6 +284,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         args.control.display(),
         args.tun_name
     );
+    sshvpn_common::sd_notify::ready(&format!("serving; tunnel {} {addrs}", args.tun_name));
     let mut tun_reader = tokio::spawn(switch.run_tun_reader(tun));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ssh_listener = async {

@@ -181,3 +181,43 @@ fn client_profiles_supply_the_options_and_bad_ones_name_the_line() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("broken.toml:3:") && err.contains("unknown field"), "{err}");
 }
+
+#[test]
+fn full_tunnel_reaches_hosts_behind_the_server_and_keeps_the_ssh_path() {
+    let mut t = Topology::new(1);
+    t.start_server(&[]);
+    assert!(!t.clients[0].ping(LAN4, 1), "no route to the LAN before");
+    let c = t.start_client(
+        0,
+        &["--default-route", "--no-accept-routes", "--exclude", "192.0.2.0/24"],
+    );
+    let route = t.clients[0].ip(&["route", "get", LAN4]);
+    assert!(
+        route.contains("dev sshvpn0"),
+        "LAN via the tunnel by the half-default routes:\n{route}"
+    );
+    let to_server = t.clients[0].ip(&["route", "get", "10.200.1.1"]);
+    assert!(
+        to_server.contains("dev eth0"),
+        "the SSH server stays outside the tunnel:\n{to_server}"
+    );
+    let excluded = t.clients[0].ip(&["route", "show", "192.0.2.0/24"]);
+    assert!(
+        excluded.contains("dev eth0"),
+        "--exclude keeps a network local:\n{excluded}"
+    );
+    let v6 = t.clients[0].ip(&["-6", "route", "show", "dev", "sshvpn0"]);
+    assert!(v6.contains("::/1") && v6.contains("8000::/1"), "IPv6 too:\n{v6}");
+    assert!(t.clients[0].ping(LAN4, 5));
+    assert!(t.clients[0].ping("fd00:202::2", 5));
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert!(t.clients[0].ping(LAN4, 2), "the SSH connection survived");
+    assert!(!t.processes[c].log_text().contains("reconnecting"));
+    assert!(t.process(c).stop().success());
+    let after = t.clients[0].ip(&["route", "show"]);
+    assert!(
+        !after.contains("0.0.0.0/1") && !after.contains("128.0.0.0/1") && !after.contains("192.0.2.0"),
+        "{after}"
+    );
+    assert!(!after.contains("10.200.1.1 "), "host route removed:\n{after}");
+}

@@ -44,9 +44,6 @@ pub enum Command {
 pub struct ExecArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// Send all of the command's traffic through the tunnel (IPv4 and IPv6 default routes).
-    #[arg(long)]
-    pub default_route: bool,
     /// The command and its arguments, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -89,6 +86,13 @@ pub struct ConnectArgs {
     /// Install the routes the server pushes (the default).
     #[arg(long, overrides_with = "no_accept_routes")]
     pub accept_routes: bool,
+    /// Full tunnel: send all traffic (IPv4 and IPv6) through the tunnel; the SSH connection keeps
+    /// its own path (0.0.0.0/1 + 128.0.0.0/1 over a host route to the server).
+    #[arg(long)]
+    pub default_route: bool,
+    /// With --default-route: keep this network off the tunnel (repeatable).
+    #[arg(long = "exclude", value_name = "CIDR", requires = "default_route")]
+    pub excludes: Vec<IpNet>,
     /// Do not apply the DNS settings the server pushes.
     #[arg(long)]
     pub no_dns: bool,
@@ -157,4 +161,12 @@ pub fn split_target(target: &str) -> Result<(Option<String>, String), String> {
 /// `~/.ssh/NAME`
 pub fn ssh_dir_file(name: &str) -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh").join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -138,8 +138,15 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         accept_routes: !args.no_accept_routes,
         accept_dns: !args.no_dns,
         forward: args.forward,
+        default_route: args.default_route,
     };
-    let iface = TunnelInterface::create(&args.tun_name, !args.no_offload, args.routes.clone(), options)?;
+    let iface = TunnelInterface::create(
+        &args.tun_name,
+        !args.no_offload,
+        args.routes.clone(),
+        args.excludes.clone(),
+        options,
+    )?;
     run_with(&args, &route, iface, shutdown, None).await
 }
 

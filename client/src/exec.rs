@@ -159,7 +159,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tun,
         sock: Some(ours),
         extra_routes: connect.routes.clone(),
-        default_route: args.default_route,
+        default_route: args.connect.default_route,
         applied: None,
         started: Some(started_tx),
     };

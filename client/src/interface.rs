@@ -20,6 +20,8 @@ pub struct TunnelInterface {
     /// What is applied now: (addresses, mtu, routes).
     applied: Option<(Vec<IpNet>, u16, Vec<IpNet>)>,
     extra_routes: Vec<IpNet>,
+    /// Networks kept off the tunnel with --default-route.
+    excludes: Vec<IpNet>,
     server_addr: Option<IpAddr>,
     options: HostOptions,
     dns: Option<Dns>,
@@ -35,6 +37,8 @@ pub struct HostOptions {
     pub accept_dns: bool,
     /// Enable IP forwarding (site gateways).
     pub forward: bool,
+    /// Send everything through the tunnel.
+    pub default_route: bool,
 }
 
 impl TunnelInterface {
@@ -42,6 +46,7 @@ impl TunnelInterface {
         name: &str,
         offload: bool,
         extra_routes: Vec<IpNet>,
+        excludes: Vec<IpNet>,
         options: HostOptions,
     ) -> anyhow::Result<TunnelInterface> {
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
@@ -57,6 +62,7 @@ impl TunnelInterface {
             net: LinuxNetSetup::new()?,
             applied: None,
             extra_routes,
+            excludes,
             server_addr: None,
             options,
             dns: None,
@@ -74,15 +80,24 @@ impl TunnelInterface {
         } else {
             &[]
         };
+        let mut full: Vec<IpNet> = Vec::new();
+        if self.options.default_route {
+            full.extend(
+                ["0.0.0.0/1", "128.0.0.0/1"]
+                    .iter()
+                    .filter_map(|n| n.parse::<IpNet>().ok()),
+            );
+            if config.addr6.is_some() {
+                full.extend(["::/1", "8000::/1"].iter().filter_map(|n| n.parse::<IpNet>().ok()));
+            }
+        }
+        let ours = self.extra_routes.iter().chain(full.iter()).map(|n| (n, false));
         let mut routes = Vec::new();
-        for (net, from_server) in pushed
-            .iter()
-            .map(|n| (n, true))
-            .chain(self.extra_routes.iter().map(|n| (n, false)))
-        {
+        for (net, from_server) in pushed.iter().map(|n| (n, true)).chain(ours) {
             let net = net.trunc();
             if let Some(server) = self.server_addr
                 && net.contains(&server)
+                && !self.options.default_route
             {
                 tracing::warn!("not installing route {net}: it covers the SSH server {server} itself");
                 continue;
@@ -136,6 +151,21 @@ impl Interface for TunnelInterface {
             })
             .await
             .context("configuring the tunnel interface")?;
+        if self.options.default_route {
+            // Full tunnel: keep the SSH connection's own path (and --exclude networks) on the
+            // current route, then cover everything else with two half-default routes, which win
+            // over the default route without replacing it (restoring is deleting ours).
+            let Some(server) = server_addr else {
+                anyhow::bail!("--default-route needs the server's address: use the built-in transport, not --ssh");
+            };
+            let pins = std::iter::once(IpNet::from(server)).chain(self.excludes.iter().copied());
+            for net in pins.collect::<Vec<_>>() {
+                if let Err(e) = self.net.pin_route(net, server).await {
+                    self.net.undo().await;
+                    return Err(e).context("keeping the path to the server outside the tunnel");
+                }
+            }
+        }
         for r in &routes {
             if let Err(e) = self.net.add_route(&name, *r).await {
                 self.net.undo().await;

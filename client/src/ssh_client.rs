@@ -141,6 +141,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         ..Default::default()
     });
     let addr = (host.as_str(), port);
+    tracing::info!("connecting to {host}:{port} ...");
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Err(_) => bail!(
             transient,
@@ -155,6 +156,8 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         Ok(a) => a.ip(),
         Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", port),
     };
+    tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
+    tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
     let handshake = tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
         Err(_) => bail!(transient, "SSH handshake with {host}:{} timed out", port),
@@ -199,6 +202,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         bail!(fatal, "server refused key {} for user {user}", tried.join(", "));
     }
     let transient = |e: russh::Error, step: &str| ConnectError::transient(anyhow!("{step}: {e}"));
+    tracing::info!("authenticated; starting the tunnel ...");
     let mut channel = handle
         .channel_open_session()
         .await

@@ -16,8 +16,8 @@ const EADDRNOTAVAIL: i32 = 99;
 pub struct LinuxNetSetup {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
-    /// (interface index, route) pairs this setup added.
-    added: Vec<(u32, IpNet)>,
+    /// (interface index, route, gateway) of the routes this setup added.
+    added: Vec<(u32, IpNet, Option<IpAddr>)>,
 }
 
 impl Drop for LinuxNetSetup {
@@ -86,10 +86,73 @@ impl LinuxNetSetup {
     }
 
     fn route_message(index: u32, net: IpNet) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
-        RouteMessageBuilder::<IpAddr>::new()
+        Self::route_message_via(index, net, None)
+    }
+
+    fn route_message_via(
+        index: u32,
+        net: IpNet,
+        via: Option<IpAddr>,
+    ) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+        let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(net.network(), net.prefix_len())
-            .map_err(|e| failed(format!("route {net}"), e))
-            .map(|b| b.output_interface(index).build())
+            .map_err(|e| failed(format!("route {net}"), e))?
+            .output_interface(index);
+        let b = match via {
+            Some(gw) => b.gateway(gw).map_err(|e| failed(format!("route {net} via {gw}"), e))?,
+            None => b,
+        };
+        Ok(b.build())
+    }
+
+    /// How the kernel reaches `addr` now: (gateway, output interface index).
+    pub async fn route_to(&self, addr: IpAddr) -> Result<(Option<IpAddr>, u32), NetSetupError> {
+        let host = IpNet::from(addr);
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, host.prefix_len())
+            .map_err(|e| failed(format!("route lookup {addr}"), e))?
+            .build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let route = routes
+            .try_next()
+            .await
+            .map_err(|e| failed(format!("route lookup {addr}"), e))?
+            .ok_or_else(|| failed(format!("route lookup {addr}"), "no route"))?;
+        let mut gateway = None;
+        let mut oif = None;
+        for a in &route.attributes {
+            match a {
+                netlink_packet_route::route::RouteAttribute::Gateway(g) => {
+                    gateway = match g {
+                        netlink_packet_route::route::RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                        netlink_packet_route::route::RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                        _ => None,
+                    }
+                }
+                netlink_packet_route::route::RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        Ok((
+            gateway,
+            oif.ok_or_else(|| failed(format!("route lookup {addr}"), "no output interface"))?,
+        ))
+    }
+
+    /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
+    /// for undo like every other route.
+    pub async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
+        let net = net.trunc();
+        let (via, index) = self.route_to(addr).await?;
+        let msg = Self::route_message_via(index, net, via)?;
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => {
+                self.added.push((index, net, via));
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add route {net}"), e)),
+        }
     }
 }
 
@@ -128,7 +191,7 @@ impl NetSetup for LinuxNetSetup {
         let msg = Self::route_message(index, net)?;
         match self.handle.route().add(msg).execute().await {
             Ok(()) => {
-                self.added.push((index, net));
+                self.added.push((index, net, None));
                 Ok(())
             }
             Err(e) if errno(&e) == Some(EEXIST) => {
@@ -141,11 +204,11 @@ impl NetSetup for LinuxNetSetup {
 
     async fn remove_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
         let net = net.trunc();
-        let Some(pos) = self.added.iter().position(|(_, n)| *n == net) else {
+        let Some(pos) = self.added.iter().position(|(_, n, _)| *n == net) else {
             return Ok(());
         };
-        let (index, _) = self.added.remove(pos);
-        let msg = Self::route_message(index, net)?;
+        let (index, _, via) = self.added.remove(pos);
+        let msg = Self::route_message_via(index, net, via)?;
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             // Gone already (e.g. the interface went away and took its routes).
@@ -177,8 +240,8 @@ impl NetSetup for LinuxNetSetup {
     }
 
     async fn undo(&mut self) {
-        while let Some((index, net)) = self.added.pop() {
-            if let Ok(msg) = Self::route_message(index, net)
+        while let Some((index, net, via)) = self.added.pop() {
+            if let Ok(msg) = Self::route_message_via(index, net, via)
                 && let Err(e) = self.handle.route().del(msg).execute().await
                 && errno(&e) != Some(ESRCH)
             {
@@ -188,6 +251,6 @@ impl NetSetup for LinuxNetSetup {
     }
 
     fn routes(&self) -> Vec<IpNet> {
-        self.added.iter().map(|(_, n)| *n).collect()
+        self.added.iter().map(|(_, n, _)| *n).collect()
     }
 }

@@ -157,7 +157,6 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", port),
     };
     tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
-    tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
     let handshake = tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
         Err(_) => bail!(transient, "SSH handshake with {host}:{} timed out", port),

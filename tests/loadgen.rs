@@ -56,6 +56,10 @@ run options:
   --settle SECS          idle time with everyone connected before the traffic (default 5)
   --server-pid PID       sample the server's memory and CPU (same PID namespace)
   --user NAME            SSH user name (default loadgen)
+  --source-net CIDR      spread the clients over source addresses from this IPv4 prefix
+  --sources K            ... K of them, its 1st to Kth host addresses, assigned round robin
+                         (they must be configured on a local interface; default: the kernel's
+                         choice, one address for all, which meets the server's per-source limits)
   --max-loss PCT         fail (exit 2) above this packet loss (default 1)";
 
 /// Marks the loadgen's packets: "SVLG".
@@ -228,6 +232,9 @@ struct RunOpts {
     settle: Duration,
     server_pid: Option<u32>,
     user: String,
+    /// Base address and prefix length of the source addresses.
+    source_net: Option<(Ipv4Addr, u8)>,
+    sources: u32,
     max_loss: f64,
 }
 
@@ -248,6 +255,8 @@ impl RunOpts {
                 "settle",
                 "server-pid",
                 "user",
+                "source-net",
+                "sources",
                 "max-loss",
             ],
         )?;
@@ -270,16 +279,46 @@ impl RunOpts {
                 .then(|| flag(&flags, "server-pid", None))
                 .transpose()?,
             user: flag(&flags, "user", Some("loadgen".to_string()))?,
+            source_net: flags
+                .contains_key("source-net")
+                .then(|| parse_v4_net(&flags["source-net"]))
+                .transpose()?,
+            sources: flag(&flags, "sources", Some(0))?,
             max_loss: flag(&flags, "max-loss", Some(1.0))?,
         };
         if !(MIN_PACKET..=1400).contains(&opts.size) {
             bail!("--size must be {MIN_PACKET}..=1400");
+        }
+        if let Some((_, prefix)) = opts.source_net {
+            let hosts = (1u64 << (32 - u32::from(prefix))).saturating_sub(2);
+            if opts.sources == 0 || u64::from(opts.sources) > hosts {
+                bail!("--sources must be 1..={hosts} with --source-net");
+            }
         }
         if opts.concurrency == 0 || opts.rate.is_nan() || opts.rate < 0.0 {
             bail!("--concurrency must be positive and --rate not negative");
         }
         Ok(opts)
     }
+}
+
+fn parse_v4_net(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| anyhow!("--source-net {s:?}: expected ADDR/PREFIX"))?;
+    let addr: Ipv4Addr = a.parse().map_err(|e| anyhow!("--source-net {s:?}: {e}"))?;
+    let prefix: u8 = p.parse().map_err(|e| anyhow!("--source-net {s:?}: {e}"))?;
+    if !(8..=30).contains(&prefix) {
+        bail!("--source-net {s:?}: prefix must be 8..=30");
+    }
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+/// The source address of client `idx`, if the clients are spread over several.
+fn source_addr(opts: &RunOpts, idx: usize) -> Option<Ipv4Addr> {
+    let (base, _) = opts.source_net?;
+    Some(Ipv4Addr::from(u32::from(base) + 1 + (idx as u32 % opts.sources)))
 }
 
 /// What the clients are told to do.
@@ -362,12 +401,25 @@ type Handle = client::Handle<AcceptAnyHostKey>;
 /// TCP connect, SSH handshake, public-key authentication, session channel, subsystem.
 async fn ssh_connect(
     opts: &RunOpts,
+    source: Option<Ipv4Addr>,
     config: Arc<client::Config>,
     key: &PrivateKey,
 ) -> anyhow::Result<(Handle, ChannelReadHalf, ChannelWriteHalf<client::Msg>)> {
-    let tcp = tokio::net::TcpStream::connect(opts.server)
-        .await
-        .context("TCP connect")?;
+    let tcp = match source {
+        None => tokio::net::TcpStream::connect(opts.server)
+            .await
+            .context("TCP connect")?,
+        Some(src) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket
+                .bind(SocketAddr::from((src, 0)))
+                .with_context(|| format!("binding to source address {src}"))?;
+            socket
+                .connect(opts.server)
+                .await
+                .with_context(|| format!("TCP connect from {src}"))?
+        }
+    };
     let _ = tcp.set_nodelay(true);
     let mut handle = client::connect_stream(config, tcp, AcceptAnyHostKey)
         .await
@@ -417,7 +469,7 @@ async fn client_task(
     let result = loop {
         let r = tokio::time::timeout(
             shared.opts.connect_timeout,
-            ssh_connect(&shared.opts, config.clone(), &key),
+            ssh_connect(&shared.opts, source_addr(&shared.opts, idx), config.clone(), &key),
         )
         .await
         .unwrap_or_else(|_| Err(anyhow!("timed out")));
@@ -818,7 +870,11 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
     let handshakes = Arc::new(Semaphore::new(opts.concurrency));
 
     println!(
-        "loadgen: {n} clients -> {} (concurrency {}, {} pkt/s x {} B each for {:.0} s)",
+        "loadgen: {n} clients{} -> {} (concurrency {}, {} pkt/s x {} B each for {:.0} s)",
+        match opts.source_net {
+            Some((base, prefix)) => format!(" from {} addresses of {base}/{prefix}", opts.sources),
+            None => String::new(),
+        },
         opts.server,
         opts.concurrency,
         opts.rate,

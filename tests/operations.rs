@@ -221,3 +221,34 @@ fn full_tunnel_reaches_hosts_behind_the_server_and_keeps_the_ssh_path() {
     );
     assert!(!after.contains("10.200.1.1 "), "host route removed:\n{after}");
 }
+
+#[test]
+fn client_status_reports_the_session() {
+    let mut t = Topology::new(1);
+    t.start_server(&[]);
+    t.start_client(0, &["--keepalive", "1", "--route", "10.250.0.0/16"]);
+    assert!(t.clients[0].ping(LAN4, 5));
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let bin = Bin::path("sshvpn");
+    let text = t.clients[0].exec_ok(&[bin.to_str().unwrap(), "status"]);
+    assert!(text.contains("connected:   true"), "{text}");
+    assert!(
+        text.contains("10.203.0.2/24") && text.contains("10.250.0.0/16"),
+        "{text}"
+    );
+    assert!(text.contains("root@10.200.1.1"), "{text}");
+    let json = t.clients[0].exec_ok(&[bin.to_str().unwrap(), "status", "--json"]);
+    assert!(
+        json.contains("\"connected\":true") && json.contains("\"reconnects\":0"),
+        "{json}"
+    );
+    let rtt: f64 = json
+        .split("\"rtt_ms\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(rtt > 0.0, "keepalive RTT measured: {json}");
+    let out = t.clients[0].exec(&[bin.to_str().unwrap(), "status", "--tun-name", "nothere0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no sshvpn client running"));
+}

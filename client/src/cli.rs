@@ -21,6 +21,15 @@ pub enum Command {
     Connect(ConnectArgs),
     /// Run one command inside the remote network, in a namespace of its own (no root needed).
     Exec(ExecArgs),
+    /// Show what the client running on an interface is doing.
+    Status {
+        /// The client's tunnel interface.
+        #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
+        tun_name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]

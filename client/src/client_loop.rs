@@ -22,6 +22,7 @@ use crate::cli::ConnectArgs;
 use crate::credentials::{self, Credentials, Target};
 use crate::interface::{HostOptions, TunnelInterface};
 use crate::ssh_client;
+use crate::status::{ClientStatus, SessionInfo};
 use crate::system_ssh::{self, SshChild};
 
 /// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
@@ -147,7 +148,14 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         args.excludes.clone(),
         options,
     )?;
-    run_with(&args, &route, iface, shutdown, None).await
+    let server = args.target.clone().or(args.ssh_command.clone()).unwrap_or_default();
+    let status = Arc::new(ClientStatus {
+        server,
+        started: Some(std::time::SystemTime::now()),
+        ..Default::default()
+    });
+    crate::status::serve(status.clone(), &args.tun_name)?;
+    run_with(&args, &route, iface, shutdown, None, status).await
 }
 
 /// Connects and reconnects over `route` until `shutdown`, moving packets for `iface`.
@@ -158,9 +166,10 @@ pub async fn run_with<I: Interface>(
     mut iface: I,
     mut shutdown: Shutdown,
     instance: Option<String>,
+    status: Arc<ClientStatus>,
 ) -> anyhow::Result<()> {
     let (set_queue, queue) = watch::channel(None);
-    let dropped = Arc::new(AtomicU64::new(0));
+    let dropped = status.dropped_while_down.clone();
     spawn_tun_reader(iface.tun(), queue, dropped.clone());
 
     let mut backoff = Backoff::new(
@@ -172,10 +181,11 @@ pub async fn run_with<I: Interface>(
     loop {
         let started = Instant::now();
         let end = tokio::select! {
-            end = session(args, route, &instance, &mut iface, &set_queue, shutdown.clone()) => end,
+            end = session(args, route, &instance, &mut iface, &set_queue, &status, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
         };
         let _ = set_queue.send(None);
+        *status.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let reason = match end {
             SessionEnd::Shutdown => break,
             SessionEnd::Fatal(e) => {
@@ -195,6 +205,7 @@ pub async fn run_with<I: Interface>(
             result = Err(anyhow!("{reason}; giving up after {max} retries"));
             break;
         }
+        status.reconnects.fetch_add(1, Relaxed);
         let delay = backoff.next_delay(rand::random_range(0.5..=1.0));
         tracing::warn!(
             "{reason}; reconnecting in {:.1}s (attempt {failures})",
@@ -220,6 +231,7 @@ async fn session<I: Interface>(
     instance: &Option<String>,
     iface: &mut I,
     set_queue: &watch::Sender<Option<QueueSender>>,
+    status: &ClientStatus,
     shutdown: Shutdown,
 ) -> SessionEnd {
     match route {
@@ -239,6 +251,7 @@ async fn session<I: Interface>(
                 Some(connected.server_addr),
                 iface,
                 set_queue,
+                status,
                 shutdown,
             )
             .await;
@@ -251,7 +264,7 @@ async fn session<I: Interface>(
                 Err(e) => return SessionEnd::Fatal(e),
             };
             let SshChild { child, rx, tx } = child;
-            let end = tunnel_session(args, instance, rx, tx, None, iface, set_queue, shutdown).await;
+            let end = tunnel_session(args, instance, rx, tx, None, iface, set_queue, status, shutdown).await;
             drop(child);
             end
         }
@@ -268,6 +281,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     server_addr: Option<std::net::IpAddr>,
     iface: &mut I,
     set_queue: &watch::Sender<Option<QueueSender>>,
+    status: &ClientStatus,
     mut shutdown: Shutdown,
 ) -> SessionEnd {
     let tun = iface.tun();
@@ -316,6 +330,17 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
     let _ = set_queue.send(Some(queue));
     let stats = Arc::new(TunnelStats::default());
+    *status.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(SessionInfo {
+        since: std::time::SystemTime::now(),
+        addresses: config.addresses().map(|a| a.to_string()).collect(),
+        routes: config
+            .routes
+            .iter()
+            .chain(args.routes.iter())
+            .map(|r| r.to_string())
+            .collect(),
+        stats: stats.clone(),
+    });
     let icmp_sources = config
         .peer4
         .map(std::net::IpAddr::V4)

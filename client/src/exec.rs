@@ -185,7 +185,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         let _ = status_tx.send(status);
     });
     let instance = format!("exec-{:08x}", rand::random::<u32>());
-    let result = client_loop::run_with(&connect, &route, iface, stop, Some(instance)).await;
+    let status = Arc::new(crate::status::ClientStatus::default());
+    let result = client_loop::run_with(&connect, &route, iface, stop, Some(instance), status).await;
     let started = matches!(started_rx.await, Ok(()));
     match (result, started) {
         // The tunnel never came up: our own failure, not the command's.

@@ -13,6 +13,7 @@ mod interface;
 mod netns_helper;
 mod profile;
 mod ssh_client;
+mod status;
 mod system_ssh;
 
 use std::process::ExitCode;
@@ -48,6 +49,18 @@ fn main() -> ExitCode {
     }
     sshvpn_common::logging::init(cli.verbose);
     match &cli.command {
+        Command::Status { tun_name, json } => {
+            return match status::query(tun_name, *json) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("sshvpn status: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut text = Vec::new();
@@ -96,7 +109,7 @@ fn main() -> ExitCode {
             match cli.command {
                 Command::Connect(args) => client_loop::run(args).await.map(|()| ExitCode::SUCCESS),
                 Command::Exec(args) => exec::run(args).await,
-                Command::NetnsHelper { .. } | Command::Completions { .. } | Command::Man => {
+                Command::NetnsHelper { .. } | Command::Completions { .. } | Command::Man | Command::Status { .. } => {
                     unreachable!("handled before the runtime starts")
                 }
             }

@@ -3,6 +3,7 @@
 
 #[cfg(target_os = "linux")]
 mod linux;
+pub mod plan;
 #[cfg(target_os = "linux")]
 pub use linux::LinuxNetSetup;
 

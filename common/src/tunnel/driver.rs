@@ -97,8 +97,6 @@ struct Shared {
     session: Mutex<Session>,
     /// Signalled when the session has control messages to send.
     transmit: Notify,
-    /// Smoothed keepalive round-trip time in microseconds (0: none yet).
-    rtt_us: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -212,7 +210,6 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
         let shared = Arc::new(Shared {
             session: Mutex::new(session),
             transmit: Notify::new(),
-            rtt_us: Default::default(),
         });
         let DataPath {
             tun,
@@ -313,7 +310,8 @@ impl<Rx: TransportRx> Reader<Rx> {
                                     return Err(TunnelError::PeerClosed { code, reason });
                                 }
                                 Event::Rtt(rtt) => self
-                                    .shared
+                                    .delivery
+                                    .stats
                                     .rtt_us
                                     .store(rtt.as_micros() as u64, std::sync::atomic::Ordering::Relaxed),
                                 _ => {}

@@ -24,6 +24,8 @@ pub struct TunnelStats {
     pub drop_too_big: AtomicU64,
     /// Packets the local TUN refused.
     pub drop_tun_error: AtomicU64,
+    /// Round-trip time of the last keepalive, in microseconds (0: none yet).
+    pub rtt_us: AtomicU64,
 }
 
 /// A plain copy of the counters.

@@ -1,0 +1,261 @@
+//! Network setup for systems without netlink, expressed as plans of commands: macOS (utun,
+//! `ifconfig`, `route`, `scutil` for DNS) and FreeBSD (tun, `ifconfig`, `route`). A plan is pure
+//! data, so it is unit-tested on any system; running it is a loop over `Command`s.
+//!
+//! Status: planned and unit-tested here; not exercised on macOS or FreeBSD machines yet.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::InterfaceConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Os {
+    MacOs,
+    FreeBsd,
+}
+
+/// One command: program, arguments, and text for its standard input (scutil reads a script).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub program: &'static str,
+    pub args: Vec<String>,
+    pub stdin: Option<String>,
+}
+
+impl Step {
+    fn new(program: &'static str, args: &[&str]) -> Step {
+        Step {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            stdin: None,
+        }
+    }
+
+    /// The command as a shell would show it.
+    pub fn display(&self) -> String {
+        std::iter::once(self.program.to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What to do, and what undoes it, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub apply: Vec<Step>,
+    pub undo: Vec<Step>,
+}
+
+fn netmask_v4(prefix: u8) -> String {
+    let bits = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    std::net::Ipv4Addr::from(bits).to_string()
+}
+
+/// Addresses, MTU and link up. `peer4` is the server's tunnel address: BSD tun and macOS utun
+/// interfaces are point-to-point and want a destination address.
+pub fn configure(os: Os, iface: &InterfaceConfig, peer4: Option<IpAddr>) -> Plan {
+    let name = iface.name.as_str();
+    let mtu = iface.mtu.to_string();
+    let mut plan = Plan::default();
+    for a in &iface.addresses {
+        match a.addr() {
+            IpAddr::V4(addr) => {
+                let dest = peer4.map(|p| p.to_string()).unwrap_or_else(|| addr.to_string());
+                let (addr, mask) = (addr.to_string(), netmask_v4(a.prefix_len()));
+                plan.apply.push(Step::new(
+                    "ifconfig",
+                    &[name, "inet", &addr, &dest, "netmask", &mask, "mtu", &mtu, "up"],
+                ));
+                // Point-to-point interfaces get no route for the whole subnet by themselves.
+                let subnet = a.trunc().to_string();
+                plan.apply.push(Step::new(
+                    "route",
+                    &["-q", "-n", "add", "-inet", &subnet, "-interface", name],
+                ));
+                plan.undo.push(Step::new(
+                    "route",
+                    &["-q", "-n", "delete", "-inet", &subnet, "-interface", name],
+                ));
+            }
+            IpAddr::V6(addr) => {
+                let (addr, len) = (addr.to_string(), a.prefix_len().to_string());
+                plan.apply.push(Step::new(
+                    "ifconfig",
+                    &[name, "inet6", &addr, "prefixlen", &len, "mtu", &mtu, "up"],
+                ));
+            }
+        }
+    }
+    if os == Os::FreeBsd && iface.addresses.is_empty() {
+        plan.apply.push(Step::new("ifconfig", &[name, "mtu", &mtu, "up"]));
+    }
+    plan.undo.reverse();
+    plan
+}
+
+/// A route through the interface, and its removal.
+pub fn route(_os: Os, ifname: &str, net: IpNet) -> Plan {
+    let family = if net.addr().is_ipv4() { "-inet" } else { "-inet6" };
+    let net = net.trunc().to_string();
+    Plan {
+        apply: vec![Step::new(
+            "route",
+            &["-q", "-n", "add", family, &net, "-interface", ifname],
+        )],
+        undo: vec![Step::new(
+            "route",
+            &["-q", "-n", "delete", family, &net, "-interface", ifname],
+        )],
+    }
+}
+
+/// Resolvers for the tunnel. macOS: a dynamic-store DNS entry through `scutil` (supplemental
+/// to the system's). FreeBSD: `resolvconf` with an interface-specific record.
+pub fn dns(os: Os, ifname: &str, servers: &[IpAddr], search: &[String]) -> Plan {
+    if servers.is_empty() {
+        return Plan::default();
+    }
+    let servers: Vec<String> = servers.iter().map(IpAddr::to_string).collect();
+    match os {
+        Os::MacOs => {
+            let key = format!("State:/Network/Service/sshvpn-{ifname}/DNS");
+            let mut script = format!("d.init\nd.add ServerAddresses * {}\n", servers.join(" "));
+            if !search.is_empty() {
+                script.push_str(&format!("d.add SearchDomains * {}\n", search.join(" ")));
+            }
+            script.push_str(&format!("set {key}\n"));
+            Plan {
+                apply: vec![Step {
+                    program: "scutil",
+                    args: vec![],
+                    stdin: Some(script),
+                }],
+                undo: vec![Step {
+                    program: "scutil",
+                    args: vec![],
+                    stdin: Some(format!("remove {key}\n")),
+                }],
+            }
+        }
+        Os::FreeBsd => {
+            let mut text: String = servers.iter().map(|s| format!("nameserver {s}\n")).collect();
+            if !search.is_empty() {
+                text.push_str(&format!("search {}\n", search.join(" ")));
+            }
+            Plan {
+                apply: vec![Step {
+                    program: "resolvconf",
+                    args: vec!["-a".into(), ifname.into()],
+                    stdin: Some(text),
+                }],
+                undo: vec![Step::new("resolvconf", &["-d", ifname])],
+            }
+        }
+    }
+}
+
+/// Runs steps in order; stops at the first failure.
+pub fn run(steps: &[Step]) -> std::io::Result<()> {
+    use std::io::Write;
+    for step in steps {
+        let mut cmd = std::process::Command::new(step.program);
+        cmd.args(&step.args).stdin(if step.stdin.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        });
+        let mut child = cmd.spawn()?;
+        if let (Some(text), Some(mut stdin)) = (&step.stdin, child.stdin.take()) {
+            stdin.write_all(text.as_bytes())?;
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(std::io::Error::other(format!("{} failed: {status}", step.display())));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str) -> InterfaceConfig {
+        InterfaceConfig {
+            name: name.into(),
+            mtu: 1400,
+            addresses: vec!["10.9.0.2/24".parse().unwrap(), "fd00:9::2/64".parse().unwrap()],
+        }
+    }
+
+    fn shown(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(Step::display).collect()
+    }
+
+    #[test]
+    fn macos_utun_configuration_and_undo() {
+        let plan = configure(Os::MacOs, &iface("utun4"), Some("10.9.0.1".parse().unwrap()));
+        assert_eq!(
+            shown(&plan.apply),
+            [
+                "ifconfig utun4 inet 10.9.0.2 10.9.0.1 netmask 255.255.255.0 mtu 1400 up",
+                "route -q -n add -inet 10.9.0.0/24 -interface utun4",
+                "ifconfig utun4 inet6 fd00:9::2 prefixlen 64 mtu 1400 up",
+            ]
+        );
+        assert_eq!(
+            shown(&plan.undo),
+            ["route -q -n delete -inet 10.9.0.0/24 -interface utun4"]
+        );
+    }
+
+    #[test]
+    fn freebsd_routes_both_families() {
+        let v4 = route(Os::FreeBsd, "tun0", "10.2.3.4/16".parse().unwrap());
+        assert_eq!(shown(&v4.apply), ["route -q -n add -inet 10.2.0.0/16 -interface tun0"]);
+        assert_eq!(
+            shown(&v4.undo),
+            ["route -q -n delete -inet 10.2.0.0/16 -interface tun0"]
+        );
+        let v6 = route(Os::FreeBsd, "tun0", "fd01::/48".parse().unwrap());
+        assert_eq!(shown(&v6.apply), ["route -q -n add -inet6 fd01::/48 -interface tun0"]);
+    }
+
+    #[test]
+    fn dns_plans() {
+        let servers = ["10.0.0.53".parse().unwrap()];
+        let mac = dns(Os::MacOs, "utun4", &servers, &["corp.example".into()]);
+        let script = mac.apply[0].stdin.clone().unwrap();
+        assert!(script.contains("d.add ServerAddresses * 10.0.0.53"), "{script}");
+        assert!(script.contains("d.add SearchDomains * corp.example"), "{script}");
+        assert!(
+            script.ends_with("set State:/Network/Service/sshvpn-utun4/DNS\n"),
+            "{script}"
+        );
+        assert_eq!(
+            mac.undo[0].stdin.as_deref(),
+            Some("remove State:/Network/Service/sshvpn-utun4/DNS\n")
+        );
+        let bsd = dns(Os::FreeBsd, "tun0", &servers, &[]);
+        assert_eq!(shown(&bsd.apply), ["resolvconf -a tun0"]);
+        assert_eq!(bsd.apply[0].stdin.as_deref(), Some("nameserver 10.0.0.53\n"));
+        assert!(dns(Os::MacOs, "utun4", &[], &[]).apply.is_empty());
+        assert_eq!(netmask_v4(0), "0.0.0.0");
+        assert_eq!(netmask_v4(30), "255.255.255.252");
+    }
+
+    #[test]
+    fn running_a_plan_reports_the_failing_step() {
+        let ok = [Step::new("true", &[])];
+        assert!(run(&ok).is_ok());
+        let err = run(&[Step::new("false", &["x"])]).unwrap_err().to_string();
+        assert!(err.starts_with("false x failed"), "{err}");
+    }
+}

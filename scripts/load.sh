@@ -20,6 +20,10 @@
 #                                 drop of unauthenticated connections never hits the paced clients
 #                                 (MAX_STARTUPS=10:30:100 tries the server's default)
 #   RETRIES=0                     reconnect attempts per client after a failed connect
+#   SOURCES=N                     source addresses the clients are spread over (from 10.199.0.0/16,
+#                                 added to the laptop side, routed by the gateway), one per client
+#                                 by default as with real clients; SOURCES=0: all from 10.200.0.1,
+#                                 which runs into the server's --per-source-max-startups (8)
 #   NOFILE=                       ulimit -n for server and loadgen (default: inherited)
 #   SSHVPN_SERVER_ARGS=           extra sshvpnd arguments
 #   SSHVPND=target/release/sshvpnd  the server binary to test (e.g. one built from another tree)
@@ -41,6 +45,7 @@ PPS=${PPS:-10}
 SIZE=${SIZE:-100}
 C=${C:-32}
 RETRIES=${RETRIES:-0}
+SOURCES=${SOURCES:-$N}
 GOAL_KIB=${GOAL_KIB:-200}
 MAX_STARTUPS=${MAX_STARTUPS:-$((2 * C)):30:$((4 * C))}
 MAX_CLIENTS=$((N > 1024 ? N : 1024))
@@ -80,13 +85,21 @@ proc_sample() {
 }
 
 exec > >(tee "$LOG") 2>&1
-echo "load test: N=$N T=${T}s PPS=$PPS/s SIZE=${SIZE}B C=$C MAX_STARTUPS=$MAX_STARTUPS RETRIES=$RETRIES ulimit -n $(ulimit -n)"
+echo "load test: N=$N T=${T}s PPS=$PPS/s SIZE=${SIZE}B C=$C MAX_STARTUPS=$MAX_STARTUPS RETRIES=$RETRIES SOURCES=$SOURCES ulimit -n $(ulimit -n)"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "host: $(nproc) CPUs, $(uname -r), $(awk '/MemTotal/{print int($2/1024)" MiB"}' /proc/meminfo); $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')"
 
 topology_up
 # Client-to-client packets go TUN -> kernel -> TUN on the server: no ICMP redirects for that.
 ip netns exec "$NS_GW" sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0
+SOURCE_ARGS=()
+if [ "$SOURCES" -gt 0 ]; then
+  # Client source addresses 10.199.0.1, .2, ...: one per client unless SOURCES says otherwise.
+  for i in $(seq "$SOURCES"); do echo "addr add 10.199.$((i / 256)).$((i % 256))/32 dev eth0"; done |
+    ip -n "$NS_LAPTOP" -batch -
+  ip -n "$NS_GW" route add 10.199.0.0/16 via 10.200.0.1
+  SOURCE_ARGS=(--source-net 10.199.0.0/16 --sources "$SOURCES")
+fi
 
 "$BIN/sshvpn-loadgen" keys --count "$N" --dir "$WORK/keys" >/dev/null
 ip netns exec "$NS_GW" env NO_COLOR=1 "$SSHVPND" --listen 10.200.0.2:4022 --host-key "$WORK/host_key" \
@@ -102,7 +115,7 @@ echo "server pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
 set +e
 ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \
   --clients "$N" --duration "$T" --rate "$PPS" --size "$SIZE" --concurrency "$C" \
-  --retries "$RETRIES" --server-pid "$SERVER" | tee "$WORK/loadgen.out"
+  --retries "$RETRIES" --server-pid "$SERVER" "${SOURCE_ARGS[@]}" | tee "$WORK/loadgen.out"
 RC=${PIPESTATUS[0]}
 set -e
 

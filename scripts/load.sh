@@ -110,7 +110,7 @@ for _ in $(seq 100); do grep -q "listening" "$WORK/server.log" && break; sleep 0
 grep -q "listening" "$WORK/server.log" || { echo "sshvpnd did not start:"; cat "$WORK/server.log"; exit 1; }
 read -r RSS0 HWM0 CPU0 < <(proc_sample "$SERVER")
 T0=$(date +%s.%N)
-echo "server pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
+echo "server $SSHVPND (built $(date -r "$SSHVPND" '+%F %T')) pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
 
 set +e
 ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \

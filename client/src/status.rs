@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
+use sshvpn_common::report::{ClientReport, Traffic, mbps};
 use sshvpn_common::tunnel::TunnelStats;
 use tokio::io::AsyncWriteExt;
 
@@ -37,48 +38,31 @@ fn secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
-fn list(v: &[String]) -> String {
-    v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(",")
-}
-
 async fn report(status: &ClientStatus) -> String {
     let session = status.session.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut out = format!(
-        "{{\"server\":\"{}\",\"started\":{},\"reconnects\":{},\"dropped_while_disconnected\":{},\"connected\":{}",
-        status.server.replace('"', ""),
-        status.started.map(secs).unwrap_or(0),
-        status.reconnects.load(Relaxed),
-        status.dropped_while_down.load(Relaxed),
-        session.is_some()
-    );
+    let mut r = ClientReport {
+        server: status.server.clone(),
+        started: status.started.map(secs).unwrap_or(0),
+        reconnects: status.reconnects.load(Relaxed),
+        dropped_while_disconnected: status.dropped_while_down.load(Relaxed),
+        connected: session.is_some(),
+        since: None,
+        addresses: vec![],
+        routes: vec![],
+        rtt_ms: None,
+        traffic: Traffic::default(),
+    };
     if let Some(s) = session {
         let a = s.stats.snapshot();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let b = s.stats.snapshot();
-        out.push_str(&format!(
-            ",\"since\":{},\"addresses\":[{}],\"routes\":[{}],\"rx_bytes\":{},\"tx_bytes\":{},\"rx_packets\":{},\
-             \"tx_packets\":{},\"rx_bps\":{},\"tx_bps\":{},\"rtt_ms\":{:.3},\"drops\":{{\"spoofed\":{},\"local_scope\":{},\
-             \"malformed\":{},\"queue_full\":{},\"too_big\":{},\"tun_error\":{}}}",
-            secs(s.since),
-            list(&s.addresses),
-            list(&s.routes),
-            b.rx_bytes,
-            b.tx_bytes,
-            b.rx_packets,
-            b.tx_packets,
-            (b.rx_bytes - a.rx_bytes) * 8,
-            (b.tx_bytes - a.tx_bytes) * 8,
-            s.stats.rtt_us.load(Relaxed) as f64 / 1000.0,
-            b.drop_spoofed,
-            b.drop_local_scope,
-            b.drop_malformed,
-            b.drop_queue_full,
-            b.drop_too_big,
-            b.drop_tun_error
-        ));
+        r.traffic = Traffic::between(&a, &s.stats.snapshot());
+        r.since = Some(secs(s.since));
+        r.addresses = s.addresses;
+        r.routes = s.routes;
+        let rtt = s.stats.rtt_us.load(Relaxed);
+        r.rtt_ms = (rtt > 0).then(|| rtt as f64 / 1000.0);
     }
-    out.push_str("}\n");
-    out
+    serde_json::to_string(&r).unwrap_or_default() + "\n"
 }
 
 /// Serves status requests for the client of interface `tun` until the process ends.
@@ -114,56 +98,37 @@ pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
     if json {
         return Ok(text);
     }
-    let field = |key: &str| -> String {
-        let pat = format!("\"{key}\":");
-        let Some(i) = text.find(&pat) else { return "-".into() };
-        let rest = &text[i + pat.len()..];
-        if let Some(r) = rest.strip_prefix('"') {
-            r.split('"').next().unwrap_or_default().to_string()
-        } else if let Some(r) = rest.strip_prefix('[') {
-            r.split(']').next().unwrap_or_default().replace('"', "")
-        } else {
-            rest.split([',', '}']).next().unwrap_or_default().to_string()
-        }
-    };
+    let r: ClientReport = serde_json::from_str(&text).context("reading the status")?;
     let now = secs(SystemTime::now());
-    let age = |k: &str| {
-        field(k)
-            .parse::<u64>()
-            .map(|t| format!("{}s", now.saturating_sub(t)))
-            .unwrap_or("-".into())
-    };
-    let mbps = |k: &str| {
-        field(k)
-            .parse::<f64>()
-            .map(|v| format!("{:.2}", v / 1e6))
-            .unwrap_or("-".into())
-    };
+    let t = &r.traffic;
+    let d = &t.drops;
     Ok(format!(
-        "server:      {}\nconnected:   {}\nuptime:      {} (this session {})\nreconnects:  {}\naddresses:   {}\nroutes:      {}\n\
-         traffic:     rx {} bytes / {} packets, tx {} bytes / {} packets\nrates:       rx {} Mbit/s, tx {} Mbit/s\n\
-         rtt:         {} ms\ndrops:       spoofed {} local_scope {} malformed {} queue_full {} too_big {} tun_error {}; \
-         {} while disconnected\n",
-        field("server"),
-        field("connected"),
-        age("started"),
-        age("since"),
-        field("reconnects"),
-        field("addresses"),
-        field("routes"),
-        field("rx_bytes"),
-        field("rx_packets"),
-        field("tx_bytes"),
-        field("tx_packets"),
-        mbps("rx_bps"),
-        mbps("tx_bps"),
-        field("rtt_ms"),
-        field("spoofed"),
-        field("local_scope"),
-        field("malformed"),
-        field("queue_full"),
-        field("too_big"),
-        field("tun_error"),
-        field("dropped_while_disconnected")
+        "server:      {}\nconnected:   {}\nuptime:      {}s (this session {})\nreconnects:  {}\naddresses:   {}\n\
+         routes:      {}\ntraffic:     rx {} bytes / {} packets, tx {} bytes / {} packets\n\
+         rates:       rx {} Mbit/s, tx {} Mbit/s\nrtt:         {}\n\
+         drops:       spoofed {} local_scope {} malformed {} queue_full {} too_big {} tun_error {}; {} while disconnected\n",
+        r.server,
+        r.connected,
+        now.saturating_sub(r.started),
+        r.since
+            .map(|s| format!("{}s", now.saturating_sub(s)))
+            .unwrap_or_else(|| "-".into()),
+        r.reconnects,
+        r.addresses.join(", "),
+        r.routes.join(", "),
+        t.rx_bytes,
+        t.rx_packets,
+        t.tx_bytes,
+        t.tx_packets,
+        mbps(t.rx_bps),
+        mbps(t.tx_bps),
+        r.rtt_ms.map(|v| format!("{v:.3} ms")).unwrap_or_else(|| "-".into()),
+        d.spoofed,
+        d.local_scope,
+        d.malformed,
+        d.queue_full,
+        d.too_big,
+        d.tun_error,
+        r.dropped_while_disconnected
     ))
 }

@@ -11,6 +11,7 @@ pub mod netconf;
 pub mod packet;
 pub mod pool;
 pub mod proto;
+pub mod report;
 pub mod sd_notify;
 pub mod ssh;
 pub mod tun;

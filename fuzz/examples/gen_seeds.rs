@@ -231,9 +231,9 @@ fn packet_seeds(dir: &Path) {
 
     // GSO super-packets (small gso_size to keep the seeds small).
     let t4 = partial_csum(tcp4(false, 350), 20, 16, 6);
-    let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 52, 100, 20, 16);
+    let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 48, 100, 20, 16);
     write(dir, "gso_tcp4", &vnet(h, &t4));
-    let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN, 52, 128, 20, 16);
+    let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4 | VIRTIO_NET_HDR_GSO_ECN, 48, 128, 20, 16);
     write(dir, "gso_tcp4_ecn", &vnet(h, &t4));
     let t6 = partial_csum(tcp6(false, 300), 40, 16, 6);
     let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV6, 64, 96, 40, 16);
@@ -247,6 +247,17 @@ fn packet_seeds(dir: &Path) {
     let u6 = partial_csum(udp6(250), 40, 6, 17);
     let h = gso_hdr(VIRTIO_NET_HDR_GSO_UDP_L4, 48, 100, 40, 6);
     write(dir, "gso_udp6", &vnet(h, &u6));
+
+    // One big super-packet, as the kernel hands out with BIG TCP: 66,000 bytes, IPv4 total length 0
+    // ("use the packet length"), MSS 1448. It also lifts libFuzzer's default -max_len for this target
+    // to its size, so the 16-bit length limits get exercised.
+    // (Built by hand: etherparse refuses an IPv4 packet over 65,535 bytes.)
+    let mut big = tcp4(false, 0);
+    big.resize(66_000, 0x5a);
+    big[2..4].copy_from_slice(&[0, 0]);
+    let big = partial_csum(big, 20, 16, 6);
+    let h = gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 48, 1448, 20, 16);
+    write(dir, "gso_tcp4_big_tcp_66000", &vnet(h, &big));
 }
 
 fn main() {
@@ -265,7 +276,7 @@ fn main() {
     }
     let ip = frame(FrameType::Ip, &udp4(40, false));
     write(&frames, "ip_udp4", &ip);
-    let gso_payload = vnet(gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 52, 100, 20, 16), &tcp4(false, 250));
+    let gso_payload = vnet(gso_hdr(VIRTIO_NET_HDR_GSO_TCPV4, 48, 100, 20, 16), &tcp4(false, 250));
     write(&frames, "gso_tcp4", &frame(FrameType::Gso, &gso_payload));
     let mut batch = ctl(&hello());
     batch.extend(ctl(&config()));

@@ -1,0 +1,98 @@
+//! Status reports shared by the binaries and their `status` commands (JSON on the control
+//! sockets, a table for people).
+
+use serde::{Deserialize, Serialize};
+
+use crate::tunnel::StatsSnapshot;
+
+/// Packets dropped, by reason.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Drops {
+    pub spoofed: u64,
+    pub local_scope: u64,
+    pub malformed: u64,
+    pub queue_full: u64,
+    pub too_big: u64,
+    pub tun_error: u64,
+}
+
+impl Drops {
+    pub fn total(&self) -> u64 {
+        self.spoofed + self.local_scope + self.malformed + self.queue_full + self.too_big + self.tun_error
+    }
+}
+
+/// Traffic counters of one session, with rates measured over the last second.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Traffic {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bps: u64,
+    pub tx_bps: u64,
+    pub drops: Drops,
+}
+
+impl Traffic {
+    /// Counters from `now`, rates from the change since `second_ago`.
+    pub fn between(second_ago: &StatsSnapshot, now: &StatsSnapshot) -> Traffic {
+        Traffic {
+            rx_bytes: now.rx_bytes,
+            tx_bytes: now.tx_bytes,
+            rx_packets: now.rx_packets,
+            tx_packets: now.tx_packets,
+            rx_bps: now.rx_bytes.saturating_sub(second_ago.rx_bytes) * 8,
+            tx_bps: now.tx_bytes.saturating_sub(second_ago.tx_bytes) * 8,
+            drops: Drops {
+                spoofed: now.drop_spoofed,
+                local_scope: now.drop_local_scope,
+                malformed: now.drop_malformed,
+                queue_full: now.drop_queue_full,
+                too_big: now.drop_too_big,
+                tun_error: now.drop_tun_error,
+            },
+        }
+    }
+}
+
+/// One client as the server sees it (`sshvpnd status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServerClient {
+    pub identity: String,
+    pub peer: String,
+    pub addresses: Vec<String>,
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// The client's own view (`sshvpn status`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClientReport {
+    pub server: String,
+    pub started: u64,
+    pub reconnects: u32,
+    pub dropped_while_disconnected: u64,
+    pub connected: bool,
+    pub since: Option<u64>,
+    pub addresses: Vec<String>,
+    pub routes: Vec<String>,
+    pub rtt_ms: Option<f64>,
+    #[serde(flatten)]
+    pub traffic: Traffic,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Mbit/s with two decimals.
+pub fn mbps(bps: u64) -> String {
+    format!("{:.2}", bps as f64 / 1e6)
+}

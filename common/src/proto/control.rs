@@ -170,6 +170,28 @@ mod tag {
     pub const REASON: u8 = 2;
 }
 
+/// Informational strings are capped (at a character boundary) on both ends, so that what is
+/// decoded always encodes back to the same bytes.
+const MAX_SOFTWARE: usize = 256;
+const MAX_REASON: usize = 1024;
+
+/// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
+fn cap(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A received informational string: invalid UTF-8 replaced, then capped.
+fn text(v: &[u8], max: usize) -> String {
+    cap(&String::from_utf8_lossy(v), max).to_string()
+}
+
 struct TlvWriter<'a>(&'a mut BytesMut);
 
 impl TlvWriter<'_> {
@@ -268,7 +290,7 @@ impl Control {
                 w.put(tag::FEATURES, &h.features.0.to_be_bytes());
                 w.put(tag::MTU, &h.mtu.to_be_bytes());
                 w.put(tag::MAX_PAYLOAD, &h.max_payload.to_be_bytes());
-                w.put(tag::SOFTWARE, h.software.as_bytes());
+                w.put(tag::SOFTWARE, cap(&h.software, MAX_SOFTWARE).as_bytes());
                 if let Some(i) = &h.instance {
                     w.put(tag::INSTANCE, i.as_bytes());
                 }
@@ -305,7 +327,7 @@ impl Control {
             }
             Control::Close { code, reason } => {
                 w.put(tag::CODE, &code.to_u16().to_be_bytes());
-                w.put(tag::REASON, reason.as_bytes());
+                w.put(tag::REASON, cap(reason, MAX_REASON).as_bytes());
             }
         }
         frame::encode(out, self.frame_type(), &body);
@@ -345,7 +367,7 @@ impl Control {
                                 .ok_or(ControlError::BadField { msg, tag: t })?;
                             code = CloseCode::from_u16(c as u16);
                         }
-                        tag::REASON => reason = String::from_utf8_lossy(v).into_owned(),
+                        tag::REASON => reason = text(v, MAX_REASON),
                         _ => {}
                     }
                 }
@@ -378,7 +400,7 @@ fn decode_hello(payload: &[u8]) -> Result<Hello, ControlError> {
             tag::FEATURES => h.features = Features(be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?),
             tag::MTU => h.mtu = be_uint(v).and_then(|x| u16::try_from(x).ok()).ok_or(bad(t))?,
             tag::MAX_PAYLOAD => h.max_payload = be_uint(v).and_then(|x| u32::try_from(x).ok()).ok_or(bad(t))?,
-            tag::SOFTWARE => h.software = String::from_utf8_lossy(v).into_owned(),
+            tag::SOFTWARE => h.software = text(v, MAX_SOFTWARE),
             tag::INSTANCE => {
                 // Printable, short: it ends up in identities and logs.
                 let ok = !v.is_empty() && v.len() <= 64 && v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
@@ -465,6 +487,25 @@ mod tests {
         ] {
             assert_eq!(round_trip(&c), c);
         }
+    }
+
+    #[test]
+    fn long_or_invalid_strings_are_capped_and_round_trip() {
+        // A hello whose software field is 21846 bytes of invalid UTF-8 (found by fuzzing).
+        let mut body = BytesMut::new();
+        TlvWriter(&mut body).put(tag::VERSION, &1u16.to_be_bytes());
+        TlvWriter(&mut body).put(tag::SOFTWARE, &[0xff; 21846]);
+        let h = decode_hello(&body).unwrap();
+        assert!(h.software.len() <= MAX_SOFTWARE);
+        assert_eq!(round_trip(&Control::Hello(h.clone())), Control::Hello(h));
+        let long = Control::Close {
+            code: CloseCode::Normal,
+            reason: "é".repeat(5000),
+        };
+        let Control::Close { reason, .. } = round_trip(&long) else {
+            panic!()
+        };
+        assert!(reason.len() <= MAX_REASON && reason.chars().all(|c| c == 'é'));
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub struct Profile {
     #[serde(default)]
     pub routes: Vec<IpNet>,
     pub accept_routes: Option<bool>,
+    pub default_route: Option<bool>,
+    #[serde(default)]
+    pub exclude: Vec<IpNet>,
     pub dns: Option<bool>,
     pub forward: Option<bool>,
     pub tun_name: Option<String>,
@@ -101,6 +104,10 @@ pub fn apply(args: &mut ConnectArgs, cli_set: impl Fn(&str) -> bool) -> anyhow::
     fill!(no_accept_routes, "no_accept_routes", p.accept_routes.map(|a| !a));
     fill!(no_dns, "no_dns", p.dns.map(|d| !d));
     fill!(forward, "forward", p.forward);
+    fill!(default_route, "default_route", p.default_route);
+    if !cli_set("excludes") {
+        args.excludes.extend(p.exclude);
+    }
     fill!(tun_name, "tun_name", p.tun_name);
     fill!(mtu, "mtu", p.mtu);
     fill!(keepalive, "keepalive", p.keepalive);

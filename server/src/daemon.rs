@@ -143,7 +143,19 @@ fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
     Ok((peers, file.peers_only))
 }
 
+/// Raises the open-files soft limit to the hard limit: each client holds a socket.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        tracing::debug!("cannot raise the open-files limit from {soft}");
+    }
+}
+
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
+    raise_fd_limit();
     let (peers, peers_only) = merge_config(&mut args)?;
     args.validate().map_err(anyhow::Error::msg)?;
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.

@@ -125,9 +125,10 @@ async fn connection(daemon: Arc<Daemon>, socket: TcpStream, peer: SocketAddr, co
     let _ = socket.set_nodelay(true);
     // A second handle on the socket, to cut the connection at the deadline whatever the SSH
     // session is doing (a peer trickling bytes keeps russh's own timers from ever firing).
-    let cutter = socket.as_fd().try_clone_to_owned().ok();
-    let cut = move || {
-        if let Some(fd) = &cutter {
+    // It is closed once the client has logged in, so a connected client costs one descriptor.
+    let mut cutter = socket.as_fd().try_clone_to_owned().ok();
+    let cut = |cutter: &Option<std::os::fd::OwnedFd>| {
+        if let Some(fd) = cutter {
             let _ = nix::sys::socket::shutdown(fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         }
     };
@@ -163,13 +164,14 @@ async fn connection(daemon: Arc<Daemon>, socket: TcpStream, peer: SocketAddr, co
             _ = state.logged_in_signal.notified(), if !unauth.1 => {
                 if state.logged_in.load(Relaxed) {
                     unauth.done();
+                    cutter = None;
                 }
             }
             _ = &mut deadline, if !state.logged_in.load(Relaxed) => {
                 penalise(&daemon, peer, Offence::NoAuth, "login deadline expired");
                 let bye = handle.disconnect(russh::Disconnect::ByApplication, "login grace time expired".into(), "en".into());
                 let _ = tokio::time::timeout(Duration::from_millis(200), bye).await;
-                cut();
+                cut(&cutter);
                 let _ = tokio::time::timeout(Duration::from_secs(2), &mut session).await;
                 break;
             }

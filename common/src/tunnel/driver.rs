@@ -34,8 +34,9 @@ use crate::tun::TunDevice;
 const BATCH_PACKETS: usize = 256;
 /// A batch is handed to the transport once it holds this many bytes.
 const FLUSH_BYTES: usize = 256 * 1024;
-/// Initial size of the receive buffer.
-const RECV_BUFFER: usize = 256 * 1024;
+/// Initial size of the receive and batch buffers: small, so that an idle session costs little;
+/// they grow with the traffic (a busy session's batches reach FLUSH_BYTES).
+const INITIAL_BUFFER: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -120,7 +121,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
         Tunnel {
             rx,
             tx,
-            rbuf: BytesMut::with_capacity(RECV_BUFFER),
+            rbuf: BytesMut::with_capacity(INITIAL_BUFFER),
             decoder,
             session: Session::new(role, hello, timers, Instant::now()),
         }
@@ -239,7 +240,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             gso: negotiated.features.contains(Features::GSO),
             mtu: negotiated.mtu,
             peer_max_payload: negotiated.peer_max_payload,
-            out: BytesMut::with_capacity(FLUSH_BYTES * 2),
+            out: BytesMut::with_capacity(INITIAL_BUFFER),
             scratch: Vec::new(),
             tun: tun.clone(),
             icmp_sources,

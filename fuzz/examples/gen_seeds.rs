@@ -60,6 +60,13 @@ fn controls() -> Vec<(&'static str, Control)> {
     vec![
         ("hello", hello()),
         ("hello_old_peer", Control::Hello(Hello::new(Features::default(), 1280))),
+        (
+            "hello_instance",
+            Control::Hello(Hello {
+                instance: Some("laptop-2".into()),
+                ..Hello::new(Features::GSO, 1400)
+            }),
+        ),
         ("config", config()),
         (
             "config_minimal",

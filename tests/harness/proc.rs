@@ -120,10 +120,15 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// SIGTERM first, so that the process undoes what it changed on the host; SIGKILL if it
+    /// has not exited after 3 s.
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(3.0).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
         }
     }
 }

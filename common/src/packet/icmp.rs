@@ -697,18 +697,7 @@ mod tests {
         assert_eq!(out.capacity(), 1280);
     }
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::packet::test_rng::Rng;
 
     /// Invariants of any reply, checked with the crate's own checksum helpers (etherparse may reject
     /// replies quoting garbage, so it is not used here).

@@ -4,6 +4,8 @@ pub mod gso;
 pub mod icmp;
 pub mod ip;
 pub mod mss;
+#[cfg(test)]
+mod test_rng;
 pub mod vnet;
 
 pub use ip::{IpVersion, PacketAddrs, packet_addrs};

@@ -515,19 +515,7 @@ mod tests {
         assert_eq!(mss_for_mtu(0, true), 0);
     }
 
-    /// xorshift64*: deterministic, no dependencies.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::packet::test_rng::Rng;
 
     /// Checks the invariants of one `clamp_mss` call on arbitrary input.
     fn fuzz_one(pkt: &mut [u8], max: u16) -> bool {

@@ -848,15 +848,7 @@ async fn cmd_run(opts: RunOpts) -> anyhow::Result<u8> {
     };
     let me = || sample_proc("self").ok();
 
-    let config = Arc::new(client::Config {
-        preferred: sshvpn_common::ssh::preferred(),
-        window_size: sshvpn_common::ssh::WINDOW_SIZE,
-        maximum_packet_size: sshvpn_common::ssh::MAX_PACKET_SIZE,
-        channel_buffer_size: 256,
-        nodelay: true,
-        inactivity_timeout: None,
-        ..Default::default()
-    });
+    let config = Arc::new(sshvpn_common::ssh::client_config());
     let shared = Arc::new(Shared {
         opts: opts.clone(),
         epoch: Instant::now(),

@@ -131,15 +131,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         accept_new: *accept_new,
         problem: problem.clone(),
     };
-    let config = Arc::new(client::Config {
-        preferred: sshvpn_common::ssh::preferred(),
-        window_size: sshvpn_common::ssh::WINDOW_SIZE,
-        maximum_packet_size: sshvpn_common::ssh::MAX_PACKET_SIZE,
-        channel_buffer_size: 256,
-        nodelay: true,
-        inactivity_timeout: None,
-        ..Default::default()
-    });
+    let config = Arc::new(sshvpn_common::ssh::client_config());
     let addr = (host.as_str(), port);
     tracing::info!("connecting to {host}:{port} ...");
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {

@@ -70,3 +70,17 @@ pub fn preferred() -> Preferred {
 /// Channel window and packet sizes for bulk tunnel traffic.
 pub const WINDOW_SIZE: u32 = 16 * 1024 * 1024;
 pub const MAX_PACKET_SIZE: u32 = 65535;
+
+/// The built-in client's SSH settings: the algorithm policy above, a large channel window,
+/// no Nagle delay; dead peers are found by the tunnel's own keepalives.
+pub fn client_config() -> russh::client::Config {
+    russh::client::Config {
+        preferred: preferred(),
+        window_size: WINDOW_SIZE,
+        maximum_packet_size: MAX_PACKET_SIZE,
+        channel_buffer_size: 256,
+        nodelay: true,
+        inactivity_timeout: None,
+        ..Default::default()
+    }
+}

@@ -62,26 +62,13 @@ fn main() -> ExitCode {
             };
         }
         Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut text = Vec::new();
-            clap_complete::generate(*shell, &mut cmd, "sshvpn", &mut text);
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), &text);
-            return ExitCode::SUCCESS;
+            return sshvpn_common::cli_docs::print_completions(
+                <Cli as clap::CommandFactory>::command(),
+                *shell,
+                "sshvpn",
+            );
         }
-        Command::Man => {
-            let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
-            let mut text = Vec::new();
-            return match page
-                .render(&mut text)
-                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &text))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sshvpn: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::Man => return sshvpn_common::cli_docs::print_man(<Cli as clap::CommandFactory>::command()),
         _ => {}
     }
     if let Command::NetnsHelper {

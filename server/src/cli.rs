@@ -47,7 +47,7 @@ pub enum Command {
     /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: sshvpn_common::cli_docs::Shell,
     },
     /// Print the man page (roff) to stdout.
     Man,

@@ -36,25 +36,14 @@ fn main() -> std::process::ExitCode {
     }
     match &cli.command {
         Some(cli::Command::Completions { shell }) => {
-            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
-            let mut text = Vec::new();
-            clap_complete::generate(*shell, &mut cmd, "sshvpnd", &mut text);
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), &text);
-            return std::process::ExitCode::SUCCESS;
+            return sshvpn_common::cli_docs::print_completions(
+                <cli::Cli as clap::CommandFactory>::command(),
+                *shell,
+                "sshvpnd",
+            );
         }
         Some(cli::Command::Man) => {
-            let page = clap_mangen::Man::new(<cli::Cli as clap::CommandFactory>::command());
-            let mut text = Vec::new();
-            return match page
-                .render(&mut text)
-                .and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &text))
-            {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sshvpnd: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            };
+            return sshvpn_common::cli_docs::print_man(<cli::Cli as clap::CommandFactory>::command());
         }
         _ => {}
     }

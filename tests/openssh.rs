@@ -52,7 +52,7 @@ fn server_half_behind_stock_sshd_and_client_over_system_ssh() {
     t.processes[c].wait_for_log("tunnel up", 20.0);
     let addrs = t.clients[0].ip(&["addr", "show", "dev", "sshvpn0"]);
     assert!(
-        addrs.contains("10.203.0.77/24"),
+        addrs.contains("10.203.0.77/32"),
         "address sticky for the user:\n{addrs}"
     );
     assert!(t.clients[0].ping(LAN4, 5));

@@ -233,7 +233,7 @@ fn client_status_reports_the_session() {
     let text = t.clients[0].exec_ok(&[bin.to_str().unwrap(), "status"]);
     assert!(text.contains("connected:   true"), "{text}");
     assert!(
-        text.contains("10.203.0.2/24") && text.contains("10.250.0.0/16"),
+        text.contains("10.203.0.2/32") && text.contains("10.250.0.0/16"),
         "{text}"
     );
     assert!(text.contains("root@10.200.1.1"), "{text}");

@@ -37,7 +37,7 @@ fn server_killed_and_restarted_client_is_back_within_5s_with_the_same_address() 
     assert!(killed.elapsed() < Duration::from_secs(6));
     let addrs = t.clients[0].ip(&["addr", "show", "dev", "sshvpn0"]);
     assert!(
-        addrs.contains("10.203.0.2/24"),
+        addrs.contains("10.203.0.2/32"),
         "same address after the server restart:\n{addrs}"
     );
     let routes = t.clients[0].ip(&["route", "show", "dev", "sshvpn0"]);

@@ -1,9 +1,9 @@
 //! Site-to-site: a hub and two site gateways with a LAN host each, configured by file; subnets
 //! routed both ways, anti-spoofing over subnets, masquerade, DNS push, configuration errors.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use sshvpn_tests::net::run_ok;
+use sshvpn_tests::net::{NetnsEtc, run_ok};
 use sshvpn_tests::topo::LAN4;
 use sshvpn_tests::traffic::tcp_transfer;
 use sshvpn_tests::{Bin, Netns, Topology, wait_until};
@@ -50,7 +50,7 @@ fn two_sites_reach_each_other_through_the_hub_and_routes_follow_the_sessions() {
     let b = t.start_client(1, &["--forward"]);
     let addrs = t.clients[0].ip(&["-4", "addr", "show", "dev", "sshvpn0"]);
     assert!(
-        addrs.contains("10.203.0.10/24"),
+        addrs.contains("10.203.0.10/32"),
         "static address from the config:\n{addrs}"
     );
     let hub_routes = t.server.ip(&["route", "show", "dev", "sshvpn0"]);
@@ -155,25 +155,12 @@ fn masquerade_lets_a_lan_without_a_route_back_answer_and_is_removed_on_exit() {
     assert_eq!(before, after, "ruleset restored");
 }
 
-/// Removes /etc/netns/NAME (the per-namespace resolv.conf) on drop.
-struct NetnsEtc(PathBuf);
-
-impl Drop for NetnsEtc {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn pushed_dns_is_applied_and_restored() {
     let mut t = Topology::new(1);
-    // `ip netns exec` shows /etc/netns/NAME/resolv.conf as /etc/resolv.conf: the host's file is
-    // never touched.
-    let etc = NetnsEtc(Path::new("/etc/netns").join(&t.clients[0].name));
-    std::fs::create_dir_all(&etc.0).unwrap();
-    let resolv = etc.0.join("resolv.conf");
     let original = "nameserver 192.0.2.1\noptions edns0\n";
-    std::fs::write(&resolv, original).unwrap();
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], original);
+    let resolv = etc.0.join("resolv.conf");
     t.start_server(&["--push-dns", "10.202.0.53", "--push-search", "corp.test"]);
     let c = t.start_client(0, &[]);
     let during = std::fs::read_to_string(&resolv).unwrap();

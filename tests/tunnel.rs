@@ -35,9 +35,9 @@ fn address_and_routes_are_installed_and_removed() {
     t.start_server(&[]);
     let c = t.start_client(0, &["--route", "10.250.0.0/16", "--tun-name", "vpn7"]);
     let addrs = t.clients[0].ip(&["addr", "show", "dev", "vpn7"]);
-    assert!(addrs.contains("inet 10.203.0.2/24"), "client TUN address:\n{addrs}");
+    assert!(addrs.contains("inet 10.203.0.2/32"), "client TUN address:\n{addrs}");
     assert!(
-        addrs.contains("inet6 fd00:203::2/64"),
+        addrs.contains("inet6 fd00:203::2/128"),
         "client TUN IPv6 address:\n{addrs}"
     );
     let routes = t.clients[0].ip(&["route", "show", "dev", "vpn7"]);
@@ -65,7 +65,7 @@ fn two_clients_get_distinct_addresses_and_reach_the_lan_and_each_other() {
     let a = t.clients[0].ip(&["-4", "addr", "show", "dev", "sshvpn0"]);
     let b = t.clients[1].ip(&["-4", "addr", "show", "dev", "sshvpn0"]);
     assert!(
-        a.contains("10.203.0.2/24") && b.contains("10.203.0.3/24"),
+        a.contains("10.203.0.2/32") && b.contains("10.203.0.3/32"),
         "addresses:\n{a}\n{b}"
     );
     assert!(t.clients[0].ping(LAN4, 5));

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use std::net::IpAddr;
 
+use sshvpn_common::accept_policy::Accepted;
+use sshvpn_common::allowed_ips::AllowedIps;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers, TunnelConfig};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
@@ -113,8 +115,14 @@ pub enum Route {
 pub trait Interface {
     fn tun(&self) -> Arc<TunDevice>;
     fn name(&self) -> &str;
-    /// Applies addresses, MTU and routes (nothing if already applied); true if anything changed.
-    async fn apply(&mut self, config: &TunnelConfig, mtu: u16, server_addr: Option<IpAddr>) -> anyhow::Result<bool>;
+    /// Applies what this client accepts of the server's configuration (addresses, MTU, routes,
+    /// DNS; nothing if already applied) and returns it; an error if the configuration is refused.
+    async fn apply(
+        &mut self,
+        config: &TunnelConfig,
+        negotiated_mtu: u16,
+        server_addr: Option<IpAddr>,
+    ) -> anyhow::Result<Accepted>;
     /// Undoes what `apply` did.
     async fn teardown(&mut self);
 }
@@ -264,7 +272,9 @@ async fn session<I: Interface>(
                 Err(e) => return SessionEnd::Fatal(e),
             };
             let SshChild { child, rx, tx } = child;
-            let end = tunnel_session(args, instance, rx, tx, None, iface, set_queue, status, shutdown).await;
+            // Where the system ssh connects to, so that no route may cover it.
+            let server_addr = system_ssh::server_address(args).await;
+            let end = tunnel_session(args, instance, rx, tx, server_addr, iface, set_queue, status, shutdown).await;
             drop(child);
             end
         }
@@ -314,10 +324,10 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
         Err(e) => return SessionEnd::Lost(format!("tunnel handshake failed: {e}")),
     };
     let config = established.config.clone().unwrap_or_default();
-    let mtu = config.mtu.min(established.negotiated.mtu).max(576);
-    if let Err(e) = iface.apply(&config, mtu, server_addr).await {
-        return SessionEnd::Fatal(e);
-    }
+    let accepted = match iface.apply(&config, established.negotiated.mtu, server_addr).await {
+        Ok(a) => a,
+        Err(e) => return SessionEnd::Fatal(e),
+    };
     let offload = if established.negotiated.features.contains(Features::GSO) {
         "on"
     } else {
@@ -332,13 +342,8 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     let stats = Arc::new(TunnelStats::default());
     *status.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(SessionInfo {
         since: std::time::SystemTime::now(),
-        addresses: config.addresses().map(|a| a.to_string()).collect(),
-        routes: config
-            .routes
-            .iter()
-            .chain(args.routes.iter())
-            .map(|r| r.to_string())
-            .collect(),
+        addresses: accepted.addresses.iter().map(|a| a.to_string()).collect(),
+        routes: accepted.routes.iter().map(|r| r.to_string()).collect(),
         stats: stats.clone(),
     });
     let icmp_sources = config
@@ -347,10 +352,16 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
         .into_iter()
         .chain(config.peer6.map(std::net::IpAddr::V6))
         .collect();
+    // The server may send only from its tunnel addresses and what is routed through the tunnel
+    // (WireGuard's rule, applied to the server): anything else is dropped and counted as spoofed.
+    let mut sources = AllowedIps::default();
+    for net in &accepted.sources {
+        sources.insert(*net, ());
+    }
     let data = DataPath {
         tun,
         outbound,
-        admit: Box::new(|_| true),
+        admit: Box::new(move |a| sources.lookup(a.src).is_some()),
         stats: stats.clone(),
         icmp_sources,
     };

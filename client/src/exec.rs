@@ -15,6 +15,7 @@ use std::sync::Arc;
 use anyhow::{Context, anyhow, bail};
 use ipnet::IpNet;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use sshvpn_common::accept_policy::{self, AcceptOptions, Accepted, HostFacts};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
@@ -28,6 +29,8 @@ struct NamespaceInterface {
     sock: Option<UnixStream>,
     extra_routes: Vec<IpNet>,
     default_route: bool,
+    accept_routes: bool,
+    accept_dns: bool,
     applied: Option<TunnelConfig>,
     /// Told once the helper has configured the namespace and started the command.
     started: Option<tokio::sync::oneshot::Sender<()>>,
@@ -42,28 +45,44 @@ impl Interface for NamespaceInterface {
         self.tun.name()
     }
 
-    async fn apply(&mut self, config: &TunnelConfig, mtu: u16, _server: Option<IpAddr>) -> anyhow::Result<bool> {
-        let mut wanted = config.clone();
-        wanted.mtu = mtu;
-        for r in &self.extra_routes {
-            if !wanted.routes.contains(r) {
-                wanted.routes.push(*r);
-            }
-        }
-        if self.default_route {
-            wanted.routes.retain(|r| r.prefix_len() != 0);
-            wanted.routes.push("0.0.0.0/0".parse()?);
-            if wanted.addr6.is_some() {
-                wanted.routes.push("::/0".parse()?);
-            }
-        }
+    async fn apply(
+        &mut self,
+        config: &TunnelConfig,
+        negotiated_mtu: u16,
+        _server: Option<IpAddr>,
+    ) -> anyhow::Result<Accepted> {
+        // The same rules as on the host; inside the namespace there is no local network, and the
+        // SSH connection runs outside it.
+        let options = AcceptOptions {
+            accept_routes: self.accept_routes,
+            accept_dns: self.accept_dns,
+            default_route: self.default_route,
+            extra_routes: self.extra_routes.clone(),
+            excludes: Vec::new(),
+        };
+        let accepted = accept_policy::accept(config, negotiated_mtu, &options, &HostFacts::default())
+            .map_err(|e| anyhow!("the server's configuration is refused: {e}"))?;
+        let v4 = accepted.addresses.iter().find(|a| a.addr().is_ipv4()).copied();
+        let v6 = accepted.addresses.iter().find(|a| a.addr().is_ipv6()).copied();
+        let wanted = TunnelConfig {
+            addr4: v4,
+            addr6: v6,
+            mtu: accepted.mtu,
+            routes: accepted.routes.clone(),
+            dns: accepted.dns.clone(),
+            search: accepted.search.clone(),
+            ..config.clone()
+        };
         if let Some(applied) = &self.applied {
             if applied.addresses().ne(wanted.addresses()) {
                 tracing::error!(
                     "the server assigned other addresses after a reconnect; the command keeps the old ones"
                 );
             }
-            return Ok(false);
+            return Ok(accepted);
+        }
+        for w in &accepted.warnings {
+            tracing::warn!("{w}");
         }
         let mut sock = self.sock.take().ok_or_else(|| anyhow!("namespace helper gone"))?;
         let frame = netns_helper::config_frame(&wanted);
@@ -84,7 +103,7 @@ impl Interface for NamespaceInterface {
         if let Some(tx) = self.started.take() {
             let _ = tx.send(());
         }
-        Ok(true)
+        Ok(accepted)
     }
 
     async fn teardown(&mut self) {
@@ -160,6 +179,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         sock: Some(ours),
         extra_routes: connect.routes.clone(),
         default_route: args.connect.default_route,
+        accept_routes: !args.connect.no_accept_routes,
+        accept_dns: !args.connect.no_dns,
         applied: None,
         started: Some(started_tx),
     };

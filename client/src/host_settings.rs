@@ -107,32 +107,66 @@ fn resolved_running() -> bool {
             .is_ok_and(|o| o.status.success())
 }
 
+/// The `resolvectl` calls that give `link` these resolvers. With the full tunnel the link also
+/// gets the `~.` routing domain and becomes the default DNS route, so that no query goes to
+/// another link's resolvers.
+pub fn resolvectl_plan(link: &str, servers: &[IpAddr], search: &[String], full_tunnel: bool) -> Vec<Vec<String>> {
+    let mut dns = vec!["dns".to_string(), link.to_string()];
+    dns.extend(servers.iter().map(IpAddr::to_string));
+    let mut plan = vec![dns];
+    let mut domains: Vec<String> = search.to_vec();
+    if full_tunnel {
+        domains.push("~.".into());
+    }
+    if !domains.is_empty() {
+        let mut d = vec!["domain".to_string(), link.to_string()];
+        d.extend(domains);
+        plan.push(d);
+    }
+    if full_tunnel {
+        plan.push(vec!["default-route".into(), link.to_string(), "true".into()]);
+    }
+    plan
+}
+
+/// The resolv.conf written while the tunnel is up. `servers` and `search` have been validated
+/// (addresses, RFC 1123 names), so no line can carry anything else.
+pub fn resolv_conf_text(servers: &[IpAddr], search: &[String], header: &str) -> String {
+    let mut text = format!("# {header}\n");
+    for s in servers {
+        text.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    text
+}
+
 impl Dns {
-    pub fn apply(link: &str, servers: &[IpAddr], search: &[String]) -> anyhow::Result<Option<Dns>> {
+    /// Applies validated resolver settings (see `accept_policy`).
+    pub fn apply(link: &str, servers: &[IpAddr], search: &[String], full_tunnel: bool) -> anyhow::Result<Option<Dns>> {
         if servers.is_empty() {
             return Ok(None);
         }
         if resolved_running() {
-            let mut cmd = Command::new("resolvectl");
-            cmd.arg("dns").arg(link).args(servers.iter().map(IpAddr::to_string));
-            anyhow::ensure!(cmd.status()?.success(), "resolvectl dns failed");
-            if !search.is_empty() {
-                let mut cmd = Command::new("resolvectl");
-                cmd.arg("domain").arg(link).args(search);
-                anyhow::ensure!(cmd.status()?.success(), "resolvectl domain failed");
+            for args in resolvectl_plan(link, servers, search, full_tunnel) {
+                let ok = Command::new("resolvectl").args(&args).status()?.success();
+                if !ok {
+                    // Leave nothing half-applied.
+                    let _ = Command::new("resolvectl").arg("revert").arg(link).status();
+                    anyhow::bail!("resolvectl {} failed", args.join(" "));
+                }
             }
             tracing::info!("DNS for {link} via systemd-resolved: {servers:?}");
             return Ok(Some(Dns::Resolved { link: link.to_string() }));
         }
         let original = std::fs::read(RESOLV_CONF).unwrap_or_default();
         save_restore("resolv", link, &original);
-        let mut text = String::from("# written by sshvpn while the tunnel is up; the original is restored on exit\n");
-        for s in servers {
-            text.push_str(&format!("nameserver {s}\n"));
-        }
-        if !search.is_empty() {
-            text.push_str(&format!("search {}\n", search.join(" ")));
-        }
+        let text = resolv_conf_text(
+            servers,
+            search,
+            "written by sshvpn while the tunnel is up; the original is restored on exit",
+        );
         // In place (not rename): /etc/resolv.conf may be a bind mount.
         std::fs::write(RESOLV_CONF, text)?;
         tracing::info!("DNS: {RESOLV_CONF} now points at {servers:?}; the original is restored on exit");
@@ -156,5 +190,37 @@ impl Drop for Dns {
                 let _ = std::fs::remove_file(restore_file("resolv", link));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_tunnel_makes_the_link_the_default_dns_route() {
+        let servers = ["10.0.0.53".parse().unwrap()];
+        let search = vec!["corp.example".to_string()];
+        let plan = resolvectl_plan("sshvpn0", &servers, &search, true);
+        let lines: Vec<String> = plan.iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "dns sshvpn0 10.0.0.53",
+                "domain sshvpn0 corp.example ~.",
+                "default-route sshvpn0 true"
+            ]
+        );
+        let split = resolvectl_plan("sshvpn0", &servers, &[], false);
+        assert_eq!(
+            split,
+            vec![vec!["dns".to_string(), "sshvpn0".into(), "10.0.0.53".into()]]
+        );
+    }
+
+    #[test]
+    fn resolv_conf_has_only_nameserver_and_search_lines() {
+        let text = resolv_conf_text(&["10.0.0.53".parse().unwrap()], &["a.example".into()], "x");
+        assert_eq!(text, "# x\nnameserver 10.0.0.53\nsearch a.example\n");
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ipnet::IpNet;
+use sshvpn_common::accept_policy::{self, AcceptOptions, Accepted, HostFacts};
 use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
@@ -17,13 +18,10 @@ use crate::host_settings::{Dns, Forwarding};
 pub struct TunnelInterface {
     pub tun: Arc<TunDevice>,
     net: LinuxNetSetup,
-    /// What is applied now: (addresses, mtu, routes).
-    applied: Option<(Vec<IpNet>, u16, Vec<IpNet>)>,
-    extra_routes: Vec<IpNet>,
-    /// Networks kept off the tunnel with --default-route.
-    excludes: Vec<IpNet>,
-    server_addr: Option<IpAddr>,
-    options: HostOptions,
+    /// What is applied now.
+    applied: Option<Accepted>,
+    /// What the user allows the server to change.
+    accept: AcceptOptions,
     dns: Option<Dns>,
     _forwarding: Option<Forwarding>,
 }
@@ -61,61 +59,16 @@ impl TunnelInterface {
             tun,
             net: LinuxNetSetup::new()?,
             applied: None,
-            extra_routes,
-            excludes,
-            server_addr: None,
-            options,
+            accept: AcceptOptions {
+                accept_routes: options.accept_routes,
+                accept_dns: options.accept_dns,
+                default_route: options.default_route,
+                extra_routes,
+                excludes,
+            },
             dns: None,
             _forwarding: forwarding,
         })
-    }
-
-    /// Routes to install for `config`: pushed ones (unless refused) and `--route`, without any
-    /// that covers the SSH server itself (that would send the tunnel's own packets into the
-    /// tunnel) and without pushed ones that overlap a local network.
-    async fn routes_for(&self, config: &TunnelConfig) -> Vec<IpNet> {
-        let local = self.net.local_networks(self.tun.name()).await;
-        let pushed = if self.options.accept_routes {
-            config.routes.as_slice()
-        } else {
-            &[]
-        };
-        let mut full: Vec<IpNet> = Vec::new();
-        if self.options.default_route {
-            full.extend(
-                ["0.0.0.0/1", "128.0.0.0/1"]
-                    .iter()
-                    .filter_map(|n| n.parse::<IpNet>().ok()),
-            );
-            if config.addr6.is_some() {
-                full.extend(["::/1", "8000::/1"].iter().filter_map(|n| n.parse::<IpNet>().ok()));
-            }
-        }
-        let ours = self.extra_routes.iter().chain(full.iter()).map(|n| (n, false));
-        let mut routes = Vec::new();
-        for (net, from_server) in pushed.iter().map(|n| (n, true)).chain(ours) {
-            let net = net.trunc();
-            if let Some(server) = self.server_addr
-                && net.contains(&server)
-                && !self.options.default_route
-            {
-                tracing::warn!("not installing route {net}: it covers the SSH server {server} itself");
-                continue;
-            }
-            let own = config.addresses().map(|a| a.trunc()).collect::<Vec<_>>();
-            if from_server
-                && let Some(l) = local
-                    .iter()
-                    .find(|l| !own.contains(l) && (l.contains(&net) || net.contains(*l)))
-            {
-                tracing::warn!("not installing pushed route {net}: it overlaps the local network {l}");
-                continue;
-            }
-            if !routes.contains(&net) {
-                routes.push(net);
-            }
-        }
-        routes
     }
 }
 
@@ -128,15 +81,31 @@ impl Interface for TunnelInterface {
         self.tun.name()
     }
 
-    /// Applies the server's assignment (addresses, MTU, routes); does nothing if it is what is
-    /// applied already. Returns true if anything changed.
-    async fn apply(&mut self, config: &TunnelConfig, mtu: u16, server_addr: Option<IpAddr>) -> anyhow::Result<bool> {
-        self.server_addr = server_addr;
-        let addresses: Vec<IpNet> = config.addresses().collect();
-        let routes = self.routes_for(config).await;
-        let wanted = (addresses.clone(), mtu, routes.clone());
-        if self.applied.as_ref() == Some(&wanted) {
-            return Ok(false);
+    /// Applies what this client accepts of the server's assignment (addresses, MTU, routes, DNS);
+    /// does nothing if that is what is applied already.
+    async fn apply(
+        &mut self,
+        config: &TunnelConfig,
+        negotiated_mtu: u16,
+        server_addr: Option<IpAddr>,
+    ) -> anyhow::Result<Accepted> {
+        let host = HostFacts {
+            local_networks: self.net.local_networks(self.tun.name()).await,
+            server_addr,
+        };
+        let accepted = accept_policy::accept(config, negotiated_mtu, &self.accept, &host)
+            .map_err(|e| anyhow::anyhow!("the server's configuration is refused: {e}"))?;
+        let same = |a: &Accepted| {
+            a.addresses == accepted.addresses
+                && a.mtu == accepted.mtu
+                && a.routes == accepted.routes
+                && a.unreachable == accepted.unreachable
+        };
+        if self.applied.as_ref().is_some_and(same) {
+            return Ok(accepted);
+        }
+        for w in &accepted.warnings {
+            tracing::warn!("{w}");
         }
         if self.applied.is_some() {
             tracing::info!("assignment changed; reconfiguring {}", self.name());
@@ -146,47 +115,40 @@ impl Interface for TunnelInterface {
         self.net
             .configure(&InterfaceConfig {
                 name: name.clone(),
-                mtu: u32::from(mtu),
-                addresses: addresses.clone(),
+                mtu: u32::from(accepted.mtu),
+                addresses: accepted.addresses.clone(),
             })
             .await
             .context("configuring the tunnel interface")?;
-        if self.options.default_route {
-            // Full tunnel: keep the SSH connection's own path (and --exclude networks) on the
-            // current route, then cover everything else with two half-default routes, which win
-            // over the default route without replacing it (restoring is deleting ours).
-            let Some(server) = server_addr else {
-                anyhow::bail!("--default-route needs the server's address: use the built-in transport, not --ssh");
-            };
-            let pins = std::iter::once(IpNet::from(server)).chain(self.excludes.iter().copied());
-            for net in pins.collect::<Vec<_>>() {
-                if let Err(e) = self.net.pin_route(net, server).await {
-                    self.net.undo().await;
-                    return Err(e).context("keeping the path to the server outside the tunnel");
-                }
-            }
-        }
-        for r in &routes {
-            if let Err(e) = self.net.add_route(&name, *r).await {
-                self.net.undo().await;
-                return Err(e).context("installing routes");
-            }
+        if let Err(e) = self.install_routes(&name, &accepted, server_addr).await {
+            self.net.undo().await;
+            return Err(e);
         }
         let shown = |v: &[IpNet]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
         tracing::info!(
-            "{name}: address {} mtu {mtu}, routes: {}",
-            shown(&addresses),
-            if routes.is_empty() {
+            "{name}: address {} mtu {}, routes: {}{}",
+            shown(&accepted.addresses),
+            accepted.mtu,
+            if accepted.routes.is_empty() {
                 "none".into()
             } else {
-                shown(&routes)
+                shown(&accepted.routes)
+            },
+            if accepted.unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; unreachable (no address from the server): {}",
+                    shown(&accepted.unreachable)
+                )
             }
         );
-        self.applied = Some(wanted);
-        if self.options.accept_dns && self.dns.is_none() {
-            self.dns = Dns::apply(&name, &config.dns, &config.search).context("applying pushed DNS")?;
+        if self.accept.accept_dns && self.dns.is_none() {
+            self.dns = Dns::apply(&name, &accepted.dns, &accepted.search, self.accept.default_route)
+                .context("applying pushed DNS")?;
         }
-        Ok(true)
+        self.applied = Some(accepted.clone());
+        Ok(accepted)
     }
 
     /// Undoes everything (the TUN itself goes when the process ends).
@@ -197,12 +159,48 @@ impl Interface for TunnelInterface {
 }
 
 impl TunnelInterface {
+    async fn install_routes(
+        &mut self,
+        name: &str,
+        accepted: &Accepted,
+        server_addr: Option<IpAddr>,
+    ) -> anyhow::Result<()> {
+        if self.accept.default_route {
+            // Full tunnel: keep the SSH connection's own path (and --exclude networks) on the
+            // current route, then cover everything else with two half-default routes per family,
+            // which win over the default route without replacing it (restoring is deleting ours).
+            let Some(server) = server_addr else {
+                anyhow::bail!("--default-route needs the server's address: it could not be found for this transport");
+            };
+            self.net
+                .pin_route(IpNet::from(server), server)
+                .await
+                .context("keeping the path to the server outside the tunnel")?;
+            // Excluded networks keep the path they have now (either family).
+            for net in self.accept.excludes.clone() {
+                if let Err(e) = self.net.pin_route(net, net.addr()).await {
+                    tracing::warn!("cannot keep {net} outside the tunnel: {e}");
+                }
+            }
+            for net in &accepted.unreachable {
+                self.net
+                    .add_unreachable_route(*net)
+                    .await
+                    .context("blocking a family the server gives no address for")?;
+            }
+        }
+        for r in &accepted.routes {
+            self.net.add_route(name, *r).await.context("installing routes")?;
+        }
+        Ok(())
+    }
+
     /// Removes the routes and addresses this client added.
     async fn clear(&mut self) {
         self.net.undo().await;
-        if let Some((addresses, _, _)) = self.applied.take() {
+        if let Some(accepted) = self.applied.take() {
             let name = self.name().to_string();
-            for a in addresses {
+            for a in accepted.addresses {
                 let _ = self.net.remove_address(&name, a).await;
             }
         }

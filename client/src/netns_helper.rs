@@ -96,30 +96,42 @@ fn read_config(sock: &mut UnixStream) -> anyhow::Result<Option<TunnelConfig>> {
 }
 
 fn write_resolv_conf(config: &TunnelConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     if config.dns.is_empty() {
         return Ok(());
     }
-    let mut text = String::from("# written by sshvpn exec for this namespace only\n");
-    for d in &config.dns {
-        text.push_str(&format!("nameserver {d}\n"));
-    }
-    if !config.search.is_empty() {
-        text.push_str(&format!("search {}\n", config.search.join(" ")));
-    }
-    // A file that exists only as long as the mount: created, bind-mounted, unlinked.
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").unwrap_or_else(|| "/tmp".into());
-    let path = std::path::Path::new(&dir).join(format!(".sshvpn-resolv-{}", std::process::id()));
-    std::fs::write(&path, text).context("writing the namespace's resolv.conf")?;
-    let mounted = nix::mount::mount(
-        Some(&path),
-        "/etc/resolv.conf",
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
+    let text = crate::host_settings::resolv_conf_text(
+        &config.dns,
+        &config.search,
+        "written by sshvpn exec for this namespace only",
     );
+    // A file that exists only as long as the mount: created in a private directory of our own
+    // (mkdtemp: mode 0700, unpredictable name), never following a link nor reusing a file,
+    // bind-mounted, then removed with its directory.
+    let base = std::env::var_os("XDG_RUNTIME_DIR").unwrap_or_else(|| "/tmp".into());
+    let dir = nix::unistd::mkdtemp(&std::path::Path::new(&base).join(".sshvpn-XXXXXX"))
+        .context("creating a private directory for the namespace's resolv.conf")?;
+    let path = dir.join("resolv.conf");
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(&path)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    let mounted = written.context("writing the namespace's resolv.conf").and_then(|()| {
+        nix::mount::mount(
+            Some(&path),
+            "/etc/resolv.conf",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the namespace's resolv.conf")
+    });
     let _ = std::fs::remove_file(&path);
-    mounted.context("bind-mounting the namespace's resolv.conf")?;
-    Ok(())
+    let _ = std::fs::remove_dir(&dir);
+    mounted
 }
 
 async fn apply(config: &TunnelConfig) -> anyhow::Result<()> {

@@ -1,8 +1,9 @@
-//! `sshvpn status`: what a running client is doing, asked over a local control socket (an
-//! abstract Unix socket `sshvpn-<interface>`, private to the network namespace; root only).
+//! `sshvpn status`: what a running client is doing, asked over a local control socket: a path
+//! socket `/run/sshvpn/client-<interface>-<netns>.sock` (mode 0600) in a directory only root can
+//! write, so no other local user can take its name (an abstract socket name can be bound first
+//! by anyone), and `status` talks only to a listener running as root or as itself.
 
 use std::io::Read;
-use std::os::linux::net::SocketAddrExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,8 +31,39 @@ pub struct SessionInfo {
     pub stats: Arc<TunnelStats>,
 }
 
-fn socket_name(tun: &str) -> String {
-    format!("sshvpn-{tun}")
+/// Where the status sockets live; also the daemon's and the restore files' directory.
+const RUN_DIR: &str = "/run/sshvpn";
+
+/// The socket of the client on `tun` in this network namespace (the same interface name may be
+/// used in many namespaces).
+fn socket_path(tun: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
+    std::path::Path::new(RUN_DIR).join(format!("client-{tun}-{netns}.sock"))
+}
+
+/// Creates the run directory if needed and checks that nobody but root (or this user) can
+/// replace what is in it.
+fn trusted_run_dir() -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true).mode(0o755);
+    b.create(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let m = std::fs::symlink_metadata(RUN_DIR).with_context(|| format!("reading {RUN_DIR}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if !m.is_dir() || (m.uid() != 0 && m.uid() != me) || m.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "{RUN_DIR} is not a directory owned by root and writable only by its owner (owner uid {}, mode {:o}):              refusing to put the status socket there",
+            m.uid(),
+            m.mode() & 0o7777
+        );
+    }
+    Ok(())
+}
+
+/// Whether the peer of a status connection runs as root or as this user.
+fn trusted_peer(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -65,17 +97,35 @@ async fn report(status: &ClientStatus) -> String {
     serde_json::to_string(&r).unwrap_or_default() + "\n"
 }
 
-/// Serves status requests for the client of interface `tun` until the process ends.
+/// Serves status requests for the client of interface `tun` until the process ends; fails if
+/// another client runs on `tun` in this network namespace.
 pub fn serve(status: Arc<ClientStatus>, tun: &str) -> anyhow::Result<()> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name(tun).as_bytes())?;
-    let std_listener = std::os::unix::net::UnixListener::bind_addr(&addr)
-        .with_context(|| format!("another sshvpn is already running on {tun}"))?;
+    use std::os::unix::fs::PermissionsExt;
+    trusted_run_dir()?;
+    let path = socket_path(tun);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        anyhow::bail!("another sshvpn is already running on {tun} in this network namespace");
+    }
+    // Left by a killed run (the directory is ours, so nobody else put it there).
+    let _ = std::fs::remove_file(&path);
+    let std_listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the status socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     std_listener.set_nonblocking(true)?;
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            // Root only: the abstract socket has no file permissions of its own.
-            if !s.peer_cred().is_ok_and(|c| c.uid() == 0) {
+        let _remove = RemoveOnDrop(path);
+        loop {
+            let mut s = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of descriptors, for instance: wait, and keep serving.
+                    tracing::debug!("status socket: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if !s.peer_cred().is_ok_and(|c| trusted_peer(c.uid())) {
                 continue;
             }
             let status = status.clone();
@@ -88,11 +138,29 @@ pub fn serve(status: Arc<ClientStatus>, tun: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Removes the socket file when the serving task ends (at exit, the runtime drops it).
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// `sshvpn status`: asks the client running on `tun`.
 pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(socket_name(tun).as_bytes())?;
-    let mut s = std::os::unix::net::UnixStream::connect_addr(&addr)
+    let path = socket_path(tun);
+    let mut s = std::os::unix::net::UnixStream::connect(&path)
         .map_err(|e| anyhow!("no sshvpn client running on {tun} in this network namespace ({e})"))?;
+    let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+        .context("reading the status socket's owner")?;
+    if !trusted_peer(cred.uid()) {
+        anyhow::bail!(
+            "the status socket {} is served by uid {}, not root: refusing to trust it",
+            path.display(),
+            cred.uid()
+        );
+    }
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     if json {

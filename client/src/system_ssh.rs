@@ -63,8 +63,85 @@ pub fn spawn(args: &ConnectArgs) -> anyhow::Result<SshChild> {
     })
 }
 
+/// The address the system `ssh` connects to for `--ssh` (from `ssh -G`: its `hostname`, or the
+/// first ProxyJump hop's), so that the same rules apply as with the built-in transport (no route
+/// may cover it; the full tunnel pins it). Unknown for `--ssh-command` and ProxyCommand.
+pub async fn server_address(args: &ConnectArgs) -> Option<std::net::IpAddr> {
+    if args.ssh_command.is_some() {
+        return None;
+    }
+    let target = args.target.clone()?;
+    let mut settings = ssh_g(&target, args.port).await?;
+    if settings.proxy_command {
+        tracing::debug!("ProxyCommand in use: the server's address is not known");
+        return None;
+    }
+    if let Some(jump) = settings.proxy_jump.take() {
+        let first = jump.split(',').next().unwrap_or_default().to_string();
+        settings = ssh_g(&first, None).await?;
+    }
+    let addr = tokio::net::lookup_host((settings.hostname.as_str(), settings.port))
+        .await
+        .ok()?
+        .next()?;
+    Some(addr.ip())
+}
+
+/// What `ssh -G` says about a destination.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct SshSettings {
+    hostname: String,
+    port: u16,
+    proxy_jump: Option<String>,
+    proxy_command: bool,
+}
+
+fn parse_ssh_g(text: &str) -> SshSettings {
+    let mut s = SshSettings {
+        port: 22,
+        ..Default::default()
+    };
+    for line in text.lines() {
+        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "hostname" => s.hostname = value.to_string(),
+            "port" => s.port = value.parse().unwrap_or(22),
+            "proxyjump" if value != "none" => s.proxy_jump = Some(value.to_string()),
+            "proxycommand" if value != "none" => s.proxy_command = true,
+            _ => {}
+        }
+    }
+    s
+}
+
+async fn ssh_g(target: &str, port: Option<u16>) -> Option<SshSettings> {
+    let mut cmd = Command::new("ssh");
+    cmd.arg("-G");
+    if let Some(p) = port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    // `ssh -G` evaluates the configuration only; it does not connect.
+    let out = cmd.arg("--").arg(target).stdin(Stdio::null()).output().await.ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = parse_ssh_g(&String::from_utf8_lossy(&out.stdout));
+    (!s.hostname.is_empty()).then_some(s)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reads_ssh_g_output() {
+        let s = super::parse_ssh_g("user alice\nhostname 10.0.0.1\nport 2222\nproxyjump none\nproxycommand none\n");
+        assert_eq!(
+            (s.hostname.as_str(), s.port, s.proxy_jump, s.proxy_command),
+            ("10.0.0.1", 2222, None, false)
+        );
+        let s = super::parse_ssh_g("hostname gw\nproxyjump bastion,other\n");
+        assert_eq!(s.proxy_jump.as_deref(), Some("bastion,other"));
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod accept_policy;
 pub mod allowed_ips;
 pub mod cli_docs;
 pub mod keys;

@@ -12,6 +12,12 @@ pub enum PoolError {
     Exhausted(IpNet),
     #[error("pool {0} is too small: it needs room for the server and at least one client")]
     TooSmall(IpNet),
+    #[error("{0} is outside the pool {1}")]
+    Outside(IpAddr, IpNet),
+    #[error("{0} is the network, server or broadcast address of the pool {1}")]
+    Reserved(IpAddr, IpNet),
+    #[error("{0} is leased to another identity already")]
+    Taken(IpAddr),
 }
 
 #[derive(Debug, Clone)]
@@ -105,14 +111,23 @@ impl AddressPool {
         Err(PoolError::Exhausted(self.net))
     }
 
-    /// Records a lease made earlier (e.g. loaded from disk or configured statically).
-    pub fn reserve(&mut self, identity: &str, addr: IpAddr) -> bool {
-        if !self.net.contains(&addr) || self.taken.contains(&addr) {
-            return false;
+    /// Records a lease made earlier (e.g. loaded from disk or configured statically). Only
+    /// addresses a lease could hand out are taken: never the network address, the server's
+    /// or the IPv4 broadcast address.
+    pub fn reserve(&mut self, identity: &str, addr: IpAddr) -> Result<(), PoolError> {
+        if !self.net.contains(&addr) || addr.is_ipv4() != self.net.addr().is_ipv4() {
+            return Err(PoolError::Outside(addr, self.net));
+        }
+        let offset = to_u128(addr) - to_u128(self.net.network());
+        if offset < 2 || offset >= self.size() {
+            return Err(PoolError::Reserved(addr, self.net));
+        }
+        if self.taken.contains(&addr) {
+            return Err(PoolError::Taken(addr));
         }
         self.taken.insert(addr);
         self.leases.insert(identity.to_string(), addr);
-        true
+        Ok(())
     }
 
     /// Forgets a lease so its address can go to someone else.
@@ -162,9 +177,29 @@ mod tests {
     #[test]
     fn reserve_respects_pool_and_conflicts() {
         let mut p = AddressPool::new("10.9.0.0/24".parse().unwrap()).unwrap();
-        assert!(p.reserve("a", "10.9.0.50".parse().unwrap()));
-        assert!(!p.reserve("b", "10.9.0.50".parse().unwrap()));
-        assert!(!p.reserve("b", "10.10.0.50".parse().unwrap()));
+        assert!(p.reserve("a", "10.9.0.50".parse().unwrap()).is_ok());
+        assert!(matches!(
+            p.reserve("b", "10.9.0.50".parse().unwrap()),
+            Err(PoolError::Taken(_))
+        ));
+        assert!(matches!(
+            p.reserve("b", "10.10.0.50".parse().unwrap()),
+            Err(PoolError::Outside(..))
+        ));
+        // A stale lease file must not hand out the network, server or broadcast address.
+        for reserved in ["10.9.0.0", "10.9.0.1", "10.9.0.255"] {
+            assert!(
+                matches!(p.reserve("c", reserved.parse().unwrap()), Err(PoolError::Reserved(..))),
+                "{reserved}"
+            );
+        }
+        assert!(p.reserve("d", "10.9.0.254".parse().unwrap()).is_ok());
+        let mut p6 = AddressPool::new("fd00:9::/120".parse().unwrap()).unwrap();
+        assert!(matches!(
+            p6.reserve("e", "fd00:9::1".parse().unwrap()),
+            Err(PoolError::Reserved(..))
+        ));
+        assert!(p6.reserve("e", "fd00:9::ff".parse().unwrap()).is_ok());
         assert_eq!(p.lease("a").unwrap(), "10.9.0.50".parse::<IpAddr>().unwrap());
     }
 }

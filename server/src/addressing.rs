@@ -58,9 +58,9 @@ impl Addressing {
                     pools.1.as_mut()
                 };
                 if let Some(p) = pool
-                    && !p.reserve(identity, *a)
+                    && let Err(e) = p.reserve(identity, *a)
                 {
-                    tracing::warn!("static address {a} of {identity} is not available");
+                    tracing::warn!("static address of {identity} is not available: {e}");
                 }
             }
         }
@@ -76,10 +76,13 @@ impl Addressing {
                 } else {
                     pools.1.as_mut()
                 };
-                if let Some(p) = pool
-                    && !p.reserve(&identity, a)
-                {
-                    tracing::warn!("ignoring stored lease {a} of {identity}: outside the pool or taken");
+                match pool {
+                    Some(p) => {
+                        if let Err(e) = p.reserve(&identity, a) {
+                            tracing::warn!("ignoring stored lease of {identity}: {e}");
+                        }
+                    }
+                    None => tracing::warn!("ignoring stored lease {a} of {identity}: no IPv6 pool"),
                 }
             }
         }
@@ -97,6 +100,14 @@ impl Addressing {
             v.push(p6.with_prefix(p6.server_addr()));
         }
         v
+    }
+
+    /// The pools' prefixes (pushed to clients as routes).
+    pub fn pool_networks(&self) -> Vec<IpNet> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        std::iter::once(pools.0.net())
+            .chain(pools.1.as_ref().map(AddressPool::net))
+            .collect()
     }
 
     pub fn server_addr(&self, v6: bool) -> Option<IpAddr> {

@@ -161,6 +161,10 @@ pub struct Args {
     /// A client silent for this many seconds is disconnected.
     #[arg(long, default_value_t = 15, value_name = "SECONDS", help_heading = "Limits")]
     pub dead_peer_timeout: u64,
+    /// Concurrent sessions one identity (key, certificate or Unix user) may hold; each `sshvpn
+    /// exec` run is one.
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024), value_name = "N", help_heading = "Limits")]
+    pub max_sessions_per_identity: usize,
     /// Re-key each SSH connection after this many MiB in either direction (at most 1024).
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1024), value_name = "MIB", help_heading = "Limits")]
     pub rekey_limit_mib: u64,

@@ -42,16 +42,46 @@ pub async fn serve_channel(daemon: Arc<Daemon>, channel: Channel<Msg>, key: Publ
     .await;
 }
 
+/// Why a new session cannot be taken now (the server is full), if it cannot.
+pub fn capacity_refusal(daemon: &Daemon) -> Option<(CloseCode, String)> {
+    let n = daemon.clients.load(Relaxed);
+    (n >= daemon.max_clients).then(|| {
+        (
+            CloseCode::PoolExhausted,
+            format!("server full: {n} clients connected, the maximum"),
+        )
+    })
+}
+
+/// Whether a client-chosen instance tag is acceptable: it becomes part of an identity that is
+/// logged and leased, so only a short word of safe characters.
+fn valid_instance(tag: &str) -> bool {
+    (1..=64).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Sessions of `base` other than `identity` (the same identity is replaced, not added).
+fn concurrent_sessions(daemon: &Daemon, base: &str, identity: &str) -> usize {
+    daemon
+        .switch
+        .ports()
+        .iter()
+        .filter(|p| p.identity != identity && p.identity.split('#').next() == Some(base))
+        .count()
+}
+
 /// Runs one client's tunnel over any transport until it ends, and logs the outcome. `identity`
 /// keys the address lease (a key fingerprint, or `user:NAME`); with a `refusal`, the client is
-/// told why and the session ends after the hello.
+/// told why (close code and reason) and the session ends after the hello.
 pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     daemon: Arc<Daemon>,
     rx: Rx,
     tx: Tx,
     identity: String,
     peer: String,
-    refusal: Option<String>,
+    refusal: Option<(CloseCode, String)>,
 ) {
     daemon.clients.fetch_add(1, Relaxed);
     let _slot = ClientSlot(daemon.clone());
@@ -75,11 +105,25 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let mut subnets = Vec::new();
     let handshake = tunnel
         .handshake(|negotiated| {
-            if let Some(why) = &refusal {
-                return Err((CloseCode::NotAuthorized, why.clone()));
+            if let Some(refused) = &refusal {
+                return Err(refused.clone());
             }
             if let Some(instance) = &negotiated.peer_instance {
+                if !valid_instance(instance) {
+                    return Err((
+                        CloseCode::ProtocolError,
+                        "instance tag must be 1 to 64 letters, digits, '.', '_' or '-'".to_string(),
+                    ));
+                }
                 identity = format!("{base_identity}#{instance}");
+            }
+            // Client-chosen instance tags must not let one identity take the whole pool.
+            let max = daemon.max_sessions_per_identity;
+            if concurrent_sessions(&daemon, &base_identity, &identity) >= max {
+                return Err((
+                    CloseCode::PoolExhausted,
+                    format!("{max} sessions of this identity are connected already (--max-sessions-per-identity)"),
+                ));
             }
             let a = daemon
                 .addressing
@@ -87,7 +131,10 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 .map_err(|e| (CloseCode::PoolExhausted, e.to_string()))?;
             // A configured peer: the subnets behind it, and its extra pushed routes.
             let configured = daemon.peers.get(&base_identity);
-            let mut routes = daemon.push_routes.clone();
+            // The pools are pushed like any route: the client installs them only if it accepts
+            // routes (its addresses are host addresses, with no prefix route of their own).
+            let mut routes = daemon.addressing.pool_networks();
+            routes.extend(daemon.push_routes.iter().copied());
             if let Some(p) = configured {
                 routes.extend(p.routes.iter().copied());
                 if p.push_other_subnets {
@@ -154,7 +201,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         "off"
     };
     tracing::info!(
-        "client connected: peer {peer} key {identity} addresses {addresses} ({}, offload {offload})",
+        "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, offload {offload})",
         established.negotiated.peer_software
     );
     // Its own addresses and subnets: what it may send from (anti-spoofing) and what it receives.

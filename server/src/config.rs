@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use russh::keys::PublicKey;
 use serde::Deserialize;
 use sshvpn_common::keys::fingerprint;
+use sshvpn_common::pool::{AddressPool, PoolError};
 use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,32 +147,32 @@ pub fn validate(
             err(format!("{name}: duplicate key (already used by {})", other.name));
             continue;
         }
-        if let Some(a) = entry.address {
-            match pool {
-                Some(p)
-                    if p.contains(&IpAddr::V4(a)) && p.network() != IpAddr::V4(a) && p.broadcast() != IpAddr::V4(a) =>
-                {
-                    if let Some(nth) = p.hosts().next()
-                        && nth == IpAddr::V4(a)
-                    {
-                        err(format!("{name}: address {a} is the server's own address"));
+        // A static address must be one a lease could hand out (not the pool's network, server
+        // or broadcast address), in either family.
+        let statics_of = [
+            ("address", entry.address.map(IpAddr::V4), pool, "no IPv4 pool"),
+            ("address6", entry.address6.map(IpAddr::V6), pool6, "no pool6"),
+        ];
+        for (field, addr, pool, missing) in statics_of {
+            let Some(a) = addr else { continue };
+            match pool.map(AddressPool::new) {
+                Some(Ok(mut p)) => {
+                    if let Err(e) = p.reserve(&name, a) {
+                        let why = match e {
+                            PoolError::Reserved(..) if a == p.server_addr() => {
+                                "is the server's own address".to_string()
+                            }
+                            PoolError::Outside(_, net) => format!("is outside the pool {net}"),
+                            other => format!("cannot be used: {other}"),
+                        };
+                        err(format!("{name}: {field} {a} {why}"));
                     }
                 }
-                Some(p) => err(format!("{name}: address {a} is outside the pool {p}")),
-                None => err(format!("{name}: address {a} given but no IPv4 pool")),
+                Some(Err(e)) => err(format!("{name}: {field} {a}: {e}")),
+                None => err(format!("{name}: {field} {a} given but {missing}")),
             }
-            if let Some(other) = statics.insert(IpAddr::V4(a), name.clone()) {
-                err(format!("{name}: address {a} is also {other}'s"));
-            }
-        }
-        if let Some(a) = entry.address6 {
-            match pool6 {
-                Some(p) if p.contains(&IpAddr::V6(a)) => {}
-                Some(p) => err(format!("{name}: address6 {a} is outside the pool {p}")),
-                None => err(format!("{name}: address6 {a} given but no pool6")),
-            }
-            if let Some(other) = statics.insert(IpAddr::V6(a), name.clone()) {
-                err(format!("{name}: address6 {a} is also {other}'s"));
+            if let Some(other) = statics.insert(a, name.clone()) {
+                err(format!("{name}: {field} {a} is also {other}'s"));
             }
         }
         for s in &entry.subnets {
@@ -286,6 +287,26 @@ mod tests {
         assert!(
             msgs.iter()
                 .any(|m| m.contains("c: subnet 10.9.0.128/25 overlaps the pool")),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn static_addresses_must_be_leasable() {
+        let text = format!(
+            "pool = \"10.9.0.0/24\"\npool6 = \"fd00:9::/64\"\n[[peer]]\nname=\"a\"\nkey=\"{}\"\naddress6=\"fd00:9::1\"\n[[peer]]\nname=\"b\"\nkey=\"{}\"\naddress=\"10.9.0.255\"\n",
+            key(),
+            key()
+        );
+        let msgs: Vec<String> = check(&text).unwrap_err().into_iter().map(|e| e.message).collect();
+        assert!(
+            msgs.iter()
+                .any(|m| m == "a: address6 fd00:9::1 is the server's own address"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs.iter()
+                .any(|m| m.starts_with("b: address 10.9.0.255 cannot be used")),
             "{msgs:?}"
         );
     }

@@ -5,9 +5,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
 
 use anyhow::Context;
 use nix::unistd::{Gid, Group, Uid, User};
+use sshvpn_common::proto::CloseCode;
 use sshvpn_common::tunnel::{StreamRx, StreamTx};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
@@ -66,14 +69,73 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// How long a connection has to send its request line.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+/// Connections that have not sent their request yet, at most; more are closed at once.
+const MAX_PENDING: usize = 64;
+
+/// Serves the control socket until the daemon stops. Errors of `accept` (out of descriptors,
+/// for instance) are logged and retried with backoff: no local user can end the daemon's loop.
 pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Result<()> {
+    let pending = Arc::new(AtomicUsize::new(0));
+    let mut backoff = Duration::from_millis(10);
     loop {
-        let (stream, _) = listener.accept().await.context("accepting on the control socket")?;
-        tokio::spawn(handle(daemon.clone(), stream));
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = Duration::from_millis(10);
+                stream
+            }
+            Err(e) => {
+                if let Some(n) = daemon.limit_log.check(std::time::Instant::now()) {
+                    tracing::warn!(
+                        "control socket: accept failed: {e}; retrying in {backoff:?} ({n} more limit hits since last report)"
+                    );
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        if pending.load(Relaxed) >= MAX_PENDING {
+            if let Some(n) = daemon.limit_log.check(std::time::Instant::now()) {
+                tracing::warn!(
+                    "control socket: {MAX_PENDING} connections have not sent a request yet; closing new ones \
+                     ({n} more limit hits since last report)"
+                );
+            }
+            continue;
+        }
+        pending.fetch_add(1, Relaxed);
+        tokio::spawn(handle(daemon.clone(), stream, PendingSlot(pending.clone())));
     }
 }
 
-async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
+/// Counts a connection as pending until its request has been read.
+struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// One request line, read byte by byte so nothing after it is consumed.
+async fn read_request(stream: &mut UnixStream) -> Option<Vec<u8>> {
+    let mut line = Vec::new();
+    while line.len() < 32 {
+        match stream.read_u8().await {
+            Ok(b'\n') => {
+                line.push(b'\n');
+                break;
+            }
+            Ok(b) => line.push(b),
+            Err(_) => return None,
+        }
+    }
+    Some(line)
+}
+
+async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, pending: PendingSlot) {
     let Ok(cred) = stream.peer_cred() else { return };
     let uid = Uid::from_raw(cred.uid());
     let user = match User::from_uid(uid) {
@@ -88,18 +150,15 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
             shell: Default::default(),
         },
     };
-    // One request line, read byte by byte so nothing after it is consumed.
-    let mut line = Vec::new();
-    while line.len() < 32 {
-        match stream.read_u8().await {
-            Ok(b'\n') => {
-                line.push(b'\n');
-                break;
-            }
-            Ok(b) => line.push(b),
-            Err(_) => return,
+    let line = match tokio::time::timeout(REQUEST_DEADLINE, read_request(&mut stream)).await {
+        Ok(Some(line)) => line,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::debug!("control socket: no request from uid {uid} within {REQUEST_DEADLINE:?}");
+            return;
         }
-    }
+    };
+    drop(pending);
     if line == crate::status::STATUS_REQUEST {
         // Anyone who can open the socket (root and the control group) may see the status.
         let report = crate::status::report(&daemon).await;
@@ -111,7 +170,15 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream) {
         return;
     }
     let peer = format!("unix:{}(uid {})", user.name, uid);
-    let refusal = (!daemon.attach_policy.allows(&user)).then(|| format!("user {} is not allowed to attach", user.name));
+    let refusal = if !daemon.attach_policy.allows(&user) {
+        Some((
+            CloseCode::NotAuthorized,
+            format!("user {} is not allowed to attach", user.name),
+        ))
+    } else {
+        // Attached sessions count against --max-clients like SSH ones.
+        crate::client_session::capacity_refusal(&daemon)
+    };
     let (r, w) = stream.into_split();
     crate::client_session::serve(
         daemon,

@@ -64,6 +64,8 @@ pub struct Daemon {
     pub peers_only: bool,
     /// Kernel routes for connected peers' subnets.
     pub peer_routes: PeerRoutes,
+    /// Concurrent sessions one identity may hold (instance-tagged `sshvpn exec` runs).
+    pub max_sessions_per_identity: usize,
 }
 
 impl Daemon {
@@ -281,6 +283,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             users: args.allow_users.clone(),
             groups: args.allow_groups.clone(),
         },
+        max_sessions_per_identity: args.max_sessions_per_identity,
     });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {

@@ -4,13 +4,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod fake_peer;
 pub mod net;
 pub mod proc;
 pub mod sshd;
 pub mod topo;
 pub mod traffic;
 
-pub use net::Netns;
+pub use net::{Netns, NetnsEtc};
 pub use proc::{Bin, Process};
 pub use topo::{Keys, Topology};
 

@@ -125,3 +125,27 @@ impl Drop for Netns {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
+
+/// A per-namespace /etc (`ip netns exec` shows /etc/netns/NAME/resolv.conf as /etc/resolv.conf,
+/// so the host's file is never touched); removed on drop.
+pub struct NetnsEtc(pub std::path::PathBuf);
+
+impl NetnsEtc {
+    /// Creates /etc/netns/NAME with a resolv.conf holding `resolv`.
+    pub fn with_resolv_conf(ns: &Netns, resolv: &str) -> NetnsEtc {
+        let dir = std::path::Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).expect("mkdir /etc/netns/NAME");
+        std::fs::write(dir.join("resolv.conf"), resolv).expect("write resolv.conf");
+        NetnsEtc(dir)
+    }
+
+    pub fn resolv_conf(&self) -> String {
+        std::fs::read_to_string(self.0.join("resolv.conf")).unwrap_or_default()
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

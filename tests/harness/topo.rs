@@ -81,6 +81,10 @@ pub struct Topology {
     pub host_key: PathBuf,
     /// Client key `i` (index into `clients`) is `client_keys[i]`.
     pub client_keys: Vec<PathBuf>,
+    /// Give the server an IPv6 pool (the default).
+    pub ipv6: bool,
+    /// A command the server runs under (e.g. `prlimit --nofile=40:40`).
+    pub server_wrapper: Vec<String>,
 }
 
 impl Topology {
@@ -127,6 +131,8 @@ impl Topology {
             authorized_keys,
             host_key,
             client_keys,
+            ipv6: true,
+            server_wrapper: Vec::new(),
         }
     }
 
@@ -169,19 +175,21 @@ impl Topology {
                 self.authorized_keys.to_str().unwrap(),
             ]);
         }
-        args.extend_from_slice(&[
-            "--pool",
-            POOL4,
-            "--pool6",
-            POOL6,
-            "--push-route",
-            "10.202.0.0/24",
-            "--push-route",
-            "fd00:202::/64",
-        ]);
+        args.extend_from_slice(&["--pool", POOL4, "--push-route", "10.202.0.0/24"]);
+        if self.ipv6 {
+            args.extend_from_slice(&["--pool6", POOL6, "--push-route", "fd00:202::/64"]);
+        }
         args.extend_from_slice(extra);
         let log = self.log(&format!("server-{}.log", self.processes.len()));
-        let mut p = Process::spawn(&self.server, "sshvpnd", &args, log);
+        let mut p = if self.server_wrapper.is_empty() {
+            Process::spawn(&self.server, "sshvpnd", &args, log)
+        } else {
+            let bin = crate::Bin::path("sshvpnd");
+            let mut full: Vec<&str> = self.server_wrapper[1..].iter().map(String::as_str).collect();
+            full.push(bin.to_str().unwrap());
+            full.extend_from_slice(&args);
+            Process::spawn_cmd(&self.server, &self.server_wrapper[0], &full, &[], log)
+        };
         p.wait_for_log("control socket", 20.0);
         self.processes.push(p);
         self.processes.len() - 1

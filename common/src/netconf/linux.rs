@@ -16,8 +16,42 @@ const EADDRNOTAVAIL: i32 = 99;
 pub struct LinuxNetSetup {
     handle: Handle,
     connection: tokio::task::JoinHandle<()>,
-    /// (interface index, route, gateway) of the routes this setup added.
-    added: Vec<(u32, IpNet, Option<IpAddr>)>,
+    /// The routes this setup added, newest last.
+    added: Vec<AddedRoute>,
+}
+
+/// One route this setup added, as needed to delete it again.
+#[derive(Debug, Clone, Copy)]
+struct AddedRoute {
+    /// Output interface (none for unreachable routes).
+    index: Option<u32>,
+    net: IpNet,
+    via: Option<IpAddr>,
+    unreachable: bool,
+}
+
+impl AddedRoute {
+    fn message(&self) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+        let b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(self.net.network(), self.net.prefix_len())
+            .map_err(|e| failed(format!("route {}", self.net), e))?;
+        let b = match self.index {
+            Some(i) => b.output_interface(i),
+            None => b,
+        };
+        let b = match self.via {
+            Some(gw) => b
+                .gateway(gw)
+                .map_err(|e| failed(format!("route {} via {gw}", self.net), e))?,
+            None => b,
+        };
+        let b = if self.unreachable {
+            b.kind(netlink_packet_route::route::RouteType::Unreachable)
+        } else {
+            b
+        };
+        Ok(b.build())
+    }
 }
 
 impl Drop for LinuxNetSetup {
@@ -85,26 +119,6 @@ impl LinuxNetSetup {
         out
     }
 
-    fn route_message(index: u32, net: IpNet) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
-        Self::route_message_via(index, net, None)
-    }
-
-    fn route_message_via(
-        index: u32,
-        net: IpNet,
-        via: Option<IpAddr>,
-    ) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
-        let b = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(net.network(), net.prefix_len())
-            .map_err(|e| failed(format!("route {net}"), e))?
-            .output_interface(index);
-        let b = match via {
-            Some(gw) => b.gateway(gw).map_err(|e| failed(format!("route {net} via {gw}"), e))?,
-            None => b,
-        };
-        Ok(b.build())
-    }
-
     /// How the kernel reaches `addr` now: (gateway, output interface index).
     pub async fn route_to(&self, addr: IpAddr) -> Result<(Option<IpAddr>, u32), NetSetupError> {
         let host = IpNet::from(addr);
@@ -144,14 +158,38 @@ impl LinuxNetSetup {
     pub async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
         let net = net.trunc();
         let (via, index) = self.route_to(addr).await?;
-        let msg = Self::route_message_via(index, net, via)?;
-        match self.handle.route().add(msg).execute().await {
+        let route = AddedRoute {
+            index: Some(index),
+            net,
+            via,
+            unreachable: false,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
             Ok(()) => {
-                self.added.push((index, net, via));
+                self.added.push(route);
                 Ok(())
             }
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(failed(format!("add route {net}"), e)),
+        }
+    }
+
+    /// Makes `net` unreachable (applications get an immediate error instead of their packets
+    /// taking another path); recorded for undo like every other route.
+    pub async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {
+        let route = AddedRoute {
+            index: None,
+            net: net.trunc(),
+            via: None,
+            unreachable: true,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
+            Ok(()) => {
+                self.added.push(route);
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add unreachable route {net}"), e)),
         }
     }
 }
@@ -188,10 +226,15 @@ impl NetSetup for LinuxNetSetup {
     async fn add_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
         let net = net.trunc();
         let index = self.link_index(ifname).await?;
-        let msg = Self::route_message(index, net)?;
-        match self.handle.route().add(msg).execute().await {
+        let route = AddedRoute {
+            index: Some(index),
+            net,
+            via: None,
+            unreachable: false,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
             Ok(()) => {
-                self.added.push((index, net, None));
+                self.added.push(route);
                 Ok(())
             }
             Err(e) if errno(&e) == Some(EEXIST) => {
@@ -204,12 +247,11 @@ impl NetSetup for LinuxNetSetup {
 
     async fn remove_route(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError> {
         let net = net.trunc();
-        let Some(pos) = self.added.iter().position(|(_, n, _)| *n == net) else {
+        let Some(pos) = self.added.iter().position(|r| r.net == net) else {
             return Ok(());
         };
-        let (index, _, via) = self.added.remove(pos);
-        let msg = Self::route_message_via(index, net, via)?;
-        match self.handle.route().del(msg).execute().await {
+        let route = self.added.remove(pos);
+        match self.handle.route().del(route.message()?).execute().await {
             Ok(()) => Ok(()),
             // Gone already (e.g. the interface went away and took its routes).
             Err(e) if errno(&e) == Some(ESRCH) => Ok(()),
@@ -240,17 +282,17 @@ impl NetSetup for LinuxNetSetup {
     }
 
     async fn undo(&mut self) {
-        while let Some((index, net, via)) = self.added.pop() {
-            if let Ok(msg) = Self::route_message_via(index, net, via)
+        while let Some(route) = self.added.pop() {
+            if let Ok(msg) = route.message()
                 && let Err(e) = self.handle.route().del(msg).execute().await
                 && errno(&e) != Some(ESRCH)
             {
-                tracing::warn!("could not remove route {net}: {e}");
+                tracing::warn!("could not remove route {}: {e}", route.net);
             }
         }
     }
 
     fn routes(&self) -> Vec<IpNet> {
-        self.added.iter().map(|(_, n, _)| *n).collect()
+        self.added.iter().map(|r| r.net).collect()
     }
 }

@@ -202,7 +202,9 @@ impl Session {
             }
             (Control::Config(_), _) => Err(SessionError::Unexpected("config")),
             (Control::Keepalive(token), _) => {
-                self.transmits.push_back(Control::KeepaliveAck(token));
+                // Only the latest keepalive is answered: a peer flooding keepalives (and perhaps not
+                // reading) can make this queue hold at most one answer.
+                self.queue_transmit(Control::KeepaliveAck(token));
                 Ok(())
             }
             (Control::KeepaliveAck(token), _) => {
@@ -270,7 +272,7 @@ impl Session {
                     let token = self.next_token;
                     self.next_token += 1;
                     self.pending_ping = Some((token, now));
-                    self.transmits.push_back(Control::Keepalive(token));
+                    self.queue_transmit(Control::Keepalive(token));
                     self.next_keepalive = now + self.timers.keepalive_interval;
                 }
                 Ok(())
@@ -281,6 +283,27 @@ impl Session {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Queues a control message. Keepalives and their answers replace one of the same kind that
+    /// is still waiting, so the queue holds at most one of each whatever the peer sends (bounded
+    /// state: hello, config, keepalive, keepalive answer, close).
+    fn queue_transmit(&mut self, msg: Control) {
+        let same_kind = |m: &Control| {
+            matches!(
+                (m, &msg),
+                (Control::Keepalive(_), Control::Keepalive(_)) | (Control::KeepaliveAck(_), Control::KeepaliveAck(_))
+            )
+        };
+        match self.transmits.iter_mut().find(|m| same_kind(m)) {
+            Some(waiting) => *waiting = msg,
+            None => self.transmits.push_back(msg),
+        }
+    }
+
+    /// Control messages waiting to be sent (at most one of each kind).
+    pub fn pending_transmits(&self) -> usize {
+        self.transmits.len()
     }
 
     pub fn poll_transmit(&mut self) -> Option<Control> {
@@ -409,6 +432,28 @@ mod tests {
             }
         }
         assert_eq!(t, later + Timers::default().dead_peer_timeout);
+    }
+
+    #[test]
+    fn a_keepalive_flood_leaves_one_answer_queued() {
+        let (mut c, mut s, mut now) = pair(Features::default(), Features::default());
+        pump(&mut c, &mut s, now).unwrap();
+        s.accept(config()).unwrap();
+        pump(&mut s, &mut c, now).unwrap();
+        while s.poll_transmit().is_some() {}
+        // A peer that floods keepalives and never reads what we send: whatever it sends, the
+        // queue holds one answer (to the latest) and one keepalive of our own at most.
+        for token in 0..100_000u64 {
+            s.handle_control(now, Control::Keepalive(token)).unwrap();
+            if token % 1000 == 0 {
+                now += Duration::from_secs(1);
+                s.handle_timeout(now).unwrap();
+            }
+        }
+        assert!(s.pending_transmits() <= 2, "{} queued", s.pending_transmits());
+        let queued: Vec<Control> = std::iter::from_fn(|| s.poll_transmit()).collect();
+        assert!(queued.contains(&Control::KeepaliveAck(99_999)), "{queued:?}");
+        assert!(queued.iter().any(|m| matches!(m, Control::Keepalive(_))), "{queued:?}");
     }
 
     #[test]

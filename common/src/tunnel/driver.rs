@@ -54,6 +54,8 @@ pub enum TunnelError {
     Refused { code: CloseCode, reason: String },
     #[error("connection closed by peer")]
     Eof,
+    #[error("peer stopped reading: nothing could be sent for {0:?}")]
+    Stalled(Duration),
     #[error("data frame before the handshake completed")]
     EarlyData,
     #[error("internal error: {0}")]
@@ -67,6 +69,7 @@ impl TunnelError {
             TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData => Some(CloseCode::ProtocolError),
             TunnelError::Session(e) => Some(e.close_code()),
             TunnelError::Internal(_) => Some(CloseCode::Internal),
+            TunnelError::Stalled(_) => Some(CloseCode::Timeout),
             _ => None,
         }
     }
@@ -113,6 +116,26 @@ pub struct Tunnel<Rx, Tx> {
     rbuf: BytesMut,
     decoder: FrameDecoder,
     session: Session,
+    timers: Timers,
+}
+
+/// Largest piece handed to the transport at once: the stall deadline applies per piece, so a
+/// slow but live peer (a 256 KiB batch over a slow link) is not mistaken for one that stopped
+/// reading.
+const SEND_PIECE: usize = 64 * 1024;
+
+/// Sends `data` in pieces, each of which must be accepted by the transport within `stall`: a peer
+/// that stops reading (its SSH window or socket buffer stays full) ends the session instead of
+/// blocking the writer for ever.
+async fn send_bounded<Tx: TransportTx>(tx: &mut Tx, mut data: Bytes, stall: Duration) -> Result<(), TunnelError> {
+    while !data.is_empty() {
+        let piece = data.split_to(data.len().min(SEND_PIECE));
+        match tokio::time::timeout(stall, tx.send(piece)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(TunnelError::Stalled(stall)),
+        }
+    }
+    Ok(())
 }
 
 impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
@@ -124,6 +147,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             rbuf: BytesMut::with_capacity(INITIAL_BUFFER),
             decoder,
             session: Session::new(role, hello, timers, Instant::now()),
+            timers,
         }
     }
 
@@ -133,7 +157,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             c.encode_frame(&mut out);
         }
         if !out.is_empty() {
-            self.tx.send(out.freeze()).await?;
+            send_bounded(&mut self.tx, out.freeze(), self.timers.dead_peer_timeout).await?;
         }
         Ok(())
     }
@@ -141,6 +165,19 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
     /// Runs the hello exchange. On the server, `decide` turns the client's hello into its
     /// configuration, or refuses it with a close code and reason that are sent to the client.
     pub async fn handshake(
+        &mut self,
+        decide: impl FnMut(&Negotiated) -> Result<TunnelConfig, (CloseCode, String)>,
+    ) -> Result<Established, TunnelError> {
+        // The session's own handshake timer runs only between reads; this deadline also covers a
+        // peer that never reads our hello (a blocked write).
+        let limit = self.timers.handshake_timeout;
+        match tokio::time::timeout(limit, self.handshake_inner(decide)).await {
+            Ok(r) => r,
+            Err(_) => Err(TunnelError::Session(SessionError::HandshakeTimeout(limit))),
+        }
+    }
+
+    async fn handshake_inner(
         &mut self,
         mut decide: impl FnMut(&Negotiated) -> Result<TunnelConfig, (CloseCode, String)>,
     ) -> Result<Established, TunnelError> {
@@ -203,6 +240,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             rbuf,
             decoder,
             session,
+            timers,
         } = self;
         let negotiated = session
             .negotiated()
@@ -245,11 +283,15 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             tun: tun.clone(),
             icmp_sources,
             replies: Vec::new(),
+            stall: timers.dead_peer_timeout,
         };
         let writer = writer.run(shutdown);
         tokio::pin!(writer);
         tokio::select! {
             r = &mut writer => r,
+            // Keepalives and the dead-peer check run here, apart from the writer, so that they
+            // fire even while a write is blocked on a peer that stopped reading.
+            e = run_timers(&shared) => Err(e),
             r = &mut reader.0 => {
                 let err = match r {
                     Ok(Err(e)) => e,
@@ -264,6 +306,21 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
                 }
                 Err(err)
             }
+        }
+    }
+}
+
+/// Drives the session's timers until one of them ends the session.
+async fn run_timers(shared: &Shared) -> TunnelError {
+    loop {
+        let deadline = tokio::time::Instant::from_std(shared.session().poll_timeout());
+        tokio::time::sleep_until(deadline).await;
+        let mut session = shared.session();
+        if let Err(e) = session.handle_timeout(Instant::now()) {
+            return e.into();
+        }
+        if session.pending_transmits() > 0 {
+            shared.transmit.notify_one();
         }
     }
 }
@@ -399,6 +456,8 @@ struct Writer<Tx> {
     icmp_sources: Vec<IpAddr>,
     /// ICMP errors to write back to the TUN after this batch (rare).
     replies: Vec<Vec<u8>>,
+    /// A write the peer does not take within this long ends the session (it stopped reading).
+    stall: Duration,
 }
 
 impl<Tx: TransportTx> Writer<Tx> {
@@ -410,7 +469,6 @@ impl<Tx: TransportTx> Writer<Tx> {
         let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH_PACKETS);
         let mut queue_open = true;
         loop {
-            let deadline = tokio::time::Instant::from_std(self.shared.session().poll_timeout());
             tokio::select! {
                 biased;
                 (code, reason) = &mut shutdown => {
@@ -423,9 +481,6 @@ impl<Tx: TransportTx> Writer<Tx> {
                         self.shared.session().close(CloseCode::Normal, "tunnel interface closed");
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.shared.session().handle_timeout(Instant::now())?;
-                }
             }
             let closed = {
                 let mut session = self.shared.session();
@@ -437,11 +492,11 @@ impl<Tx: TransportTx> Writer<Tx> {
             for pkt in batch.drain(..) {
                 self.encode_packet(&pkt);
                 if self.out.len() >= FLUSH_BYTES {
-                    self.tx.send(self.out.split().freeze()).await?;
+                    send_bounded(&mut self.tx, self.out.split().freeze(), self.stall).await?;
                 }
             }
             if !self.out.is_empty() {
-                self.tx.send(self.out.split().freeze()).await?;
+                send_bounded(&mut self.tx, self.out.split().freeze(), self.stall).await?;
             }
             for reply in self.replies.drain(..) {
                 if self.tun.send_ip(&reply).await.is_err() {

@@ -1,0 +1,374 @@
+//! Hostile peers, both ways: a server that lies to the client (addresses with wide prefixes,
+//! routes over the client's LAN, bad MTUs, search domains with control characters, injected
+//! packets from foreign sources), and an authenticated client that tries to exhaust the server
+//! (keepalive floods while never reading, idle control connections, many instances of one
+//! identity). Each rule is checked with a fake peer that speaks the protocol.
+
+use std::time::{Duration, Instant};
+
+use sshvpn_common::proto::{CloseCode, Control};
+use sshvpn_tests::fake_peer::{FakeClient, rss_kib};
+use sshvpn_tests::topo::LAN6;
+use sshvpn_tests::{Bin, NetnsEtc, Process, Topology, wait_until};
+
+/// `sshvpn connect` in client namespace 0 against the fake server with these arguments.
+fn connect_to_liar(t: &Topology, lies: &[&str], report: &std::path::Path) -> Process {
+    let fake = Bin::path("sshvpn-fake-server");
+    let mut words = vec![fake.to_str().unwrap().to_string()];
+    words.extend(lies.iter().map(|w| format!("'{w}'")));
+    words.push("--report".into());
+    words.push(report.to_str().unwrap().into());
+    let cmd = words.join(" ");
+    let log = t.log(&format!("liar-client-{}.log", rand::random::<u32>()));
+    Process::spawn(&t.clients[0], "sshvpn", &["connect", "--ssh-command", &cmd], log)
+}
+
+fn report_count(report: &std::path::Path, source: &str) -> u64 {
+    std::fs::read_to_string(report)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(source)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_lying_server_cannot_take_over_routes_addresses_or_dns() {
+    let t = Topology::new(1);
+    let original = "nameserver 192.0.2.1\n";
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], original);
+    let report = t.log("replies");
+    // The client's LAN is 10.200.1.0/24 and fd00:200:1::/64.
+    let lies = [
+        "--addr4",
+        "10.203.0.130/1",
+        "--addr6",
+        "2001:db8::2/3",
+        "--peer4",
+        "10.203.0.1",
+        "--peer6",
+        "fd00:203::1",
+        "--route",
+        "10.200.1.128/25",
+        "--route",
+        "2000::/3",
+        "--route",
+        "0.0.0.0/0",
+        "--route",
+        "10.210.0.0/16",
+        "--dns",
+        "10.203.0.53",
+        "--search",
+        "evil.example\noptions ndots:15 trust-ad",
+        "--search",
+        "good.example",
+        "--ping-from",
+        "10.203.0.1",
+        "--ping-from",
+        "192.0.2.77",
+    ];
+    let mut client = connect_to_liar(&t, &lies, &report);
+    client.wait_for_log("tunnel up", 20.0);
+    let ns = &t.clients[0];
+
+    let addrs = ns.ip(&["addr", "show", "dev", "sshvpn0"]);
+    assert!(
+        addrs.contains("inet 10.203.0.130/32") && addrs.contains("inet6 2001:db8::2/128"),
+        "assigned addresses are host addresses whatever prefix the server sends:\n{addrs}"
+    );
+    let routes4 = ns.ip(&["-4", "route", "show"]);
+    let routes6 = ns.ip(&["-6", "route", "show"]);
+    for refused in ["0.0.0.0/1", "128.0.0.0/1", "10.200.1.128/25", "default dev sshvpn0"] {
+        assert!(!routes4.contains(refused), "{refused} must not be routed:\n{routes4}");
+    }
+    assert!(!routes6.contains("2000::/3"), "all global IPv6 taken over:\n{routes6}");
+    assert!(
+        routes4.contains("10.210.0.0/16 dev sshvpn0") && routes4.contains("10.203.0.1 dev sshvpn0"),
+        "the acceptable route and the server's tunnel address:\n{routes4}"
+    );
+    let log = client.log_text();
+    assert!(
+        log.contains("not installing pushed route 10.200.1.128/25: it overlaps the local network 10.200.1.0/24"),
+        "{log}"
+    );
+    assert!(log.contains("ignoring pushed search domain"), "{log}");
+
+    let resolv = etc.resolv_conf();
+    assert!(
+        resolv.contains("nameserver 10.203.0.53") && resolv.contains("search good.example\n"),
+        "{resolv}"
+    );
+    assert!(
+        !resolv.contains("options") && !resolv.contains("evil"),
+        "pushed text reached resolv.conf:\n{resolv}"
+    );
+
+    // Injected packets: from the server's tunnel address they are answered, from a source no
+    // route of the client points into the tunnel for they are dropped and counted.
+    assert!(
+        wait_until(10.0, || report_count(&report, "10.203.0.1") >= 5),
+        "echo requests from the server's tunnel address get replies"
+    );
+    assert_eq!(report_count(&report, "192.0.2.77"), 0, "a spoofed source got answers");
+    let status = ns.exec(&[Bin::path("sshvpn").to_str().unwrap(), "status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    let spoofed: u64 = text
+        .split("\"spoofed\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(spoofed >= 5, "spoofed packets counted in `sshvpn status`: {text}");
+
+    assert!(client.stop().success());
+    assert_eq!(etc.resolv_conf(), original, "resolv.conf restored");
+}
+
+#[test]
+fn a_configuration_the_client_cannot_accept_ends_the_client_with_the_reason() {
+    let t = Topology::new(1);
+    let report = t.log("unused");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--addr4", "10.203.0.2/24", "--mtu", "100"],
+            "pushed MTU 100 is outside",
+        ),
+        (
+            &["--addr4", "10.203.0.2/24", "--addr6", "fd00:203::2/64", "--mtu", "1000"],
+            "below IPv6's minimum",
+        ),
+        (
+            &["--addr4", "10.200.1.77/24"],
+            "lies inside the local network 10.200.1.0/24",
+        ),
+    ];
+    for (lies, reason) in cases {
+        let mut client = connect_to_liar(&t, lies, &report);
+        let status = client.wait_exit(15.0).expect("the client gives up");
+        assert!(!status.success(), "{lies:?}: exit status {status}");
+        let log = client.log_text();
+        assert!(
+            log.contains("the server's configuration is refused") && log.contains(reason),
+            "{lies:?}:\n{log}"
+        );
+        let addrs = t.clients[0].ip(&["addr", "show"]);
+        assert!(!addrs.contains("10.200.1.77/"), "nothing applied:\n{addrs}");
+    }
+}
+
+#[test]
+fn a_client_flooding_keepalives_without_reading_is_disconnected_with_bounded_memory() {
+    let mut t = Topology::new(1);
+    let s = t.start_daemon(&["--allow-user", "root", "--keepalive", "1", "--dead-peer-timeout", "3"]);
+    let pid = t.process(s).child.id();
+    let mut fake = FakeClient::attach(&t.control_socket(), None);
+    let answer = fake.handshake(10.0);
+    assert!(matches!(answer, Some(Control::Config(_))), "{answer:?}");
+    let before = rss_kib(pid);
+    // Flood: batches of 4096 keepalives (13 bytes each), never reading a byte.
+    let mut batch = bytes::BytesMut::new();
+    for token in 0..4096u64 {
+        Control::Keepalive(token).encode_frame(&mut batch);
+    }
+    fake.stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let started = Instant::now();
+    let mut peak = before;
+    let mut sent = 0u64;
+    let ended = loop {
+        if started.elapsed() > Duration::from_secs(40) {
+            break None;
+        }
+        match std::io::Write::write_all(&mut fake.stream, &batch) {
+            Ok(()) => sent += 4096,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break Some(started.elapsed()),
+        }
+        peak = peak.max(rss_kib(pid));
+    };
+    let took = ended.expect("the flooding client was never disconnected");
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "keepalive flood: {sent} keepalives in {:.1}s, disconnected after {:.1}s; server RSS {before} KiB -> peak {peak} KiB (+{growth} KiB)",
+        took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+    assert!(sent > 100_000, "the flood reached the server ({sent} keepalives)");
+    assert!(growth < 32 * 1024, "server memory grew by {growth} KiB under the flood");
+    t.process(s).wait_for_log("peer stopped reading", 5.0);
+    // The daemon still serves others.
+    let mut other = FakeClient::attach(&t.control_socket(), Some("other"));
+    assert!(matches!(other.handshake(10.0), Some(Control::Config(_))));
+}
+
+#[test]
+fn one_identity_gets_a_bounded_number_of_sessions_and_attach_respects_max_clients() {
+    let mut t = Topology::new(1);
+    t.start_daemon(&[
+        "--allow-user",
+        "root",
+        "--max-sessions-per-identity",
+        "3",
+        "--max-clients",
+        "5",
+    ]);
+    let control = t.control_socket();
+    let mut held = Vec::new();
+    for tag in ["a", "b", "c"] {
+        let mut c = FakeClient::attach(&control, Some(tag));
+        let answer = c.handshake(10.0);
+        assert!(matches!(answer, Some(Control::Config(_))), "instance {tag}: {answer:?}");
+        held.push(c);
+    }
+    let mut fourth = FakeClient::attach(&control, Some("d"));
+    match fourth.handshake(10.0) {
+        Some(Control::Close { code, reason }) => {
+            assert_eq!(code, CloseCode::PoolExhausted);
+            assert!(reason.contains("--max-sessions-per-identity"), "{reason}");
+        }
+        other => panic!("a fourth instance of one identity was not refused: {other:?}"),
+    }
+    // Reconnecting an instance that is connected replaces it rather than counting twice.
+    let mut again = FakeClient::attach(&control, Some("a"));
+    assert!(matches!(again.handshake(10.0), Some(Control::Config(_))));
+    held.push(again);
+    // An instance tag that is not a short word of safe characters is refused.
+    let mut bad = FakeClient::attach(&control, Some("x\ny"));
+    let answer = bad.handshake(10.0);
+    assert!(
+        matches!(
+            answer,
+            None | Some(Control::Close {
+                code: CloseCode::ProtocolError,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    // --max-clients counts attached sessions: the uid the tests run as is one identity, so
+    // fill the rest with sessions that stay in the handshake's accepted state.
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut all = Vec::new();
+    for tag in ["p", "q", "r"] {
+        let mut c = FakeClient::attach(&control, Some(tag));
+        let answer = c.handshake(10.0);
+        assert!(matches!(answer, Some(Control::Config(_))), "instance {tag}: {answer:?}");
+        all.push(c);
+    }
+    // Two more connections that never say hello hold client slots too (they count from the
+    // moment the tunnel protocol starts).
+    let _idle: Vec<_> = (0..2)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(&control).unwrap();
+            std::io::Write::write_all(&mut s, b"attach\n").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut full = FakeClient::attach(&control, Some("s"));
+    match full.handshake(10.0) {
+        Some(Control::Close { code, reason }) => {
+            assert_eq!(code, CloseCode::PoolExhausted);
+            assert!(reason.contains("server full"), "{reason}");
+        }
+        other => panic!("attach beyond --max-clients was not refused: {other:?}"),
+    }
+}
+
+#[test]
+fn the_control_socket_survives_a_flood_of_idle_connections() {
+    let mut t = Topology::new(1);
+    // Few descriptors, so that the flood exhausts them and accept() fails.
+    t.server_wrapper = vec!["prlimit".into(), "--nofile=48:48".into()];
+    let s = t.start_server(&[]);
+    let control = t.control_socket();
+    let flood = std::thread::spawn({
+        let control = control.clone();
+        move || {
+            (0..120)
+                .filter_map(|_| std::os::unix::net::UnixStream::connect(&control).ok())
+                .collect::<Vec<_>>()
+        }
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        t.process(s).child.try_wait().unwrap().is_none(),
+        "the daemon died under the flood:\n{}",
+        t.process(s).log_text()
+    );
+    // Idle connections are closed after the request deadline; then the daemon serves again.
+    let status = || {
+        let out = std::process::Command::new(Bin::path("sshvpnd"))
+            .args(["status", "--control", control.to_str().unwrap()])
+            .output()
+            .unwrap();
+        out.status.success()
+    };
+    assert!(wait_until(60.0, status), "status works again after the flood");
+    let held = flood.join().unwrap();
+    assert!(held.len() >= 60, "the flood opened {} connections", held.len());
+    let log = t.process(s).log_text();
+    assert!(
+        log.contains("control socket: accept failed"),
+        "the flood exhausted descriptors:\n{log}"
+    );
+    t.start_client(0, &[]);
+    assert!(t.clients[0].ping("10.203.0.1", 5), "a tunnel works after the flood");
+    drop(held);
+}
+
+#[test]
+fn full_tunnel_against_an_ipv4_only_server_does_not_leak_ipv6() {
+    let mut t = Topology::new(1);
+    let ns = &t.clients[0];
+    // The underlay routes IPv6 to the LAN host through the server namespace.
+    ns.ip(&["-6", "route", "add", "default", "via", "fd00:200:1::1"]);
+    assert!(ns.ping(LAN6, 5), "IPv6 reaches the LAN host over the underlay");
+    t.ipv6 = false;
+    t.start_server(&[]);
+    let c = t.start_client(0, &["--default-route", "--no-accept-routes"]);
+    let ns = &t.clients[0];
+    let out = ns.exec(&["ping", "-6", "-c", "1", "-W", "2", LAN6]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "IPv6 left past the tunnel: {said}");
+    let said_lc = said.to_lowercase();
+    assert!(
+        said_lc.contains("unreachable") || said_lc.contains("no route to host"),
+        "an immediate error, not a timeout: {said}"
+    );
+    let routes6 = ns.ip(&["-6", "route", "show", "table", "main"]);
+    assert!(
+        routes6.contains("unreachable ::/1") && routes6.contains("unreachable 8000::/1"),
+        "{routes6}"
+    );
+    assert!(ns.ping("10.202.0.2", 5), "IPv4 goes through the tunnel");
+    assert!(t.process(c).stop().success());
+    let ns = &t.clients[0];
+    let routes6 = ns.ip(&["-6", "route", "show"]);
+    assert!(!routes6.contains("unreachable"), "removed on exit:\n{routes6}");
+    assert!(ns.ping(LAN6, 5), "IPv6 works again after the tunnel");
+}
+
+#[test]
+fn a_squatted_status_socket_name_does_not_stop_connect() {
+    let mut t = Topology::new(1);
+    // Another local user binds the name the status socket used to have (an abstract socket
+    // anyone can take first).
+    let _squatter = t.clients[0].run(|| {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"sshvpn-sshvpn0").unwrap();
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("squat the abstract name")
+    });
+    t.start_server(&[]);
+    let c = t.start_client(0, &[]);
+    let out = t.clients[0].exec(&[Bin::path("sshvpn").to_str().unwrap(), "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("connected:   true"), "{text}");
+    // A second client on the same interface in the same namespace is still refused.
+    let second = t.spawn_client(0, &[]);
+    let status = t.process(second).wait_exit(15.0).expect("second client exits");
+    assert!(!status.success());
+    assert!(
+        t.process(c).child.try_wait().unwrap().is_none(),
+        "the first client keeps running"
+    );
+}

@@ -6,20 +6,16 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
-/// Where a running client keeps what it must restore, so that the next start can restore it if
-/// this one is killed with SIGKILL.
-const RESTORE_DIR: &str = "/run/sshvpn";
-
 /// Per interface and network namespace (the same interface name may exist in many namespaces).
-fn restore_file(kind: &str, link: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
-    Path::new(RESTORE_DIR).join(format!("{link}-{netns}.{kind}.restore"))
+fn restore_name(kind: &str, link: &str) -> String {
+    format!("{link}-{}.{kind}.restore", crate::run_dir::netns_id())
 }
 
 /// Restores what a killed previous run on `link` left changed (forwarding sysctls, resolv.conf).
 pub fn recover_after_crash(link: &str) {
-    let sysctls = restore_file("sysctl", link);
+    let Some(sysctls) = crate::run_dir::existing(&restore_name("sysctl", link)) else {
+        return;
+    };
     if let Ok(text) = std::fs::read_to_string(&sysctls) {
         for line in text.lines() {
             if let Some((key, value)) = line.split_once(' ') {
@@ -32,7 +28,9 @@ pub fn recover_after_crash(link: &str) {
         }
         let _ = std::fs::remove_file(&sysctls);
     }
-    let resolv = restore_file("resolv", link);
+    let Some(resolv) = crate::run_dir::existing(&restore_name("resolv", link)) else {
+        return;
+    };
     if let Ok(original) = std::fs::read(&resolv) {
         if std::fs::write(RESOLV_CONF, original).is_ok() {
             tracing::warn!("restored {RESOLV_CONF} left by a previous run");
@@ -42,9 +40,16 @@ pub fn recover_after_crash(link: &str) {
 }
 
 fn save_restore(kind: &str, link: &str, content: &[u8]) {
-    let _ = std::fs::create_dir_all(RESTORE_DIR);
-    if let Err(e) = std::fs::write(restore_file(kind, link), content) {
-        tracing::debug!("cannot save restore information: {e}");
+    let saved =
+        crate::run_dir::trusted().and_then(|dir| Ok(std::fs::write(dir.join(restore_name(kind, link)), content)?));
+    if let Err(e) = saved {
+        tracing::debug!("cannot save restore information: {e:#}");
+    }
+}
+
+fn remove_restore(kind: &str, link: &str) {
+    if let Some(path) = crate::run_dir::existing(&restore_name(kind, link)) {
+        let _ = std::fs::remove_file(path);
     }
 }
 
@@ -87,7 +92,7 @@ impl Drop for Forwarding {
                 tracing::warn!("cannot restore sysctl {}: {e}", key.replace('/', "."));
             }
         }
-        let _ = std::fs::remove_file(restore_file("sysctl", &self.link));
+        remove_restore("sysctl", &self.link);
     }
 }
 
@@ -187,7 +192,7 @@ impl Drop for Dns {
                 if let Err(e) = std::fs::write(RESOLV_CONF, &*original) {
                     tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
                 }
-                let _ = std::fs::remove_file(restore_file("resolv", link));
+                remove_restore("resolv", link);
             }
         }
     }

@@ -176,9 +176,14 @@ impl TunnelInterface {
                 .pin_route(IpNet::from(server), server)
                 .await
                 .context("keeping the path to the server outside the tunnel")?;
-            // Excluded networks keep the path they have now (either family).
+            // Excluded networks keep the path they have now (either family), or else take the
+            // path to the server.
             for net in self.accept.excludes.clone() {
-                if let Err(e) = self.net.pin_route(net, net.addr()).await {
+                let pinned = match self.net.pin_route(net, net.addr()).await {
+                    Err(_) if net.addr().is_ipv4() == server.is_ipv4() => self.net.pin_route(net, server).await,
+                    other => other,
+                };
+                if let Err(e) = pinned {
                     tracing::warn!("cannot keep {net} outside the tunnel: {e}");
                 }
             }

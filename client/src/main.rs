@@ -12,6 +12,7 @@ mod host_settings;
 mod interface;
 mod netns_helper;
 mod profile;
+mod run_dir;
 mod ssh_client;
 mod status;
 mod system_ssh;

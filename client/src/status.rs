@@ -1,5 +1,5 @@
 //! `sshvpn status`: what a running client is doing, asked over a local control socket: a path
-//! socket `/run/sshvpn/client-<interface>-<netns>.sock` (mode 0600) in a directory only root can
+//! socket `/run/sshvpn-client/<interface>-<netns>.sock` (mode 0600) in a directory only root can
 //! write, so no other local user can take its name (an abstract socket name can be bound first
 //! by anyone), and `status` talks only to a listener running as root or as itself.
 
@@ -31,34 +31,10 @@ pub struct SessionInfo {
     pub stats: Arc<TunnelStats>,
 }
 
-/// Where the status sockets live; also the daemon's and the restore files' directory.
-const RUN_DIR: &str = "/run/sshvpn";
-
 /// The socket of the client on `tun` in this network namespace (the same interface name may be
 /// used in many namespaces).
-fn socket_path(tun: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let netns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).unwrap_or(0);
-    std::path::Path::new(RUN_DIR).join(format!("client-{tun}-{netns}.sock"))
-}
-
-/// Creates the run directory if needed and checks that nobody but root (or this user) can
-/// replace what is in it.
-fn trusted_run_dir() -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true).mode(0o755);
-    b.create(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
-    let m = std::fs::symlink_metadata(RUN_DIR).with_context(|| format!("reading {RUN_DIR}"))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if !m.is_dir() || (m.uid() != 0 && m.uid() != me) || m.mode() & 0o022 != 0 {
-        anyhow::bail!(
-            "{RUN_DIR} is not a directory owned by root and writable only by its owner (owner uid {}, mode {:o}):              refusing to put the status socket there",
-            m.uid(),
-            m.mode() & 0o7777
-        );
-    }
-    Ok(())
+fn socket_name(tun: &str) -> String {
+    format!("{tun}-{}.sock", crate::run_dir::netns_id())
 }
 
 /// Whether the peer of a status connection runs as root or as this user.
@@ -101,8 +77,7 @@ async fn report(status: &ClientStatus) -> String {
 /// another client runs on `tun` in this network namespace.
 pub fn serve(status: Arc<ClientStatus>, tun: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    trusted_run_dir()?;
-    let path = socket_path(tun);
+    let path = crate::run_dir::trusted()?.join(socket_name(tun));
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
         anyhow::bail!("another sshvpn is already running on {tun} in this network namespace");
     }
@@ -149,7 +124,7 @@ impl Drop for RemoveOnDrop {
 
 /// `sshvpn status`: asks the client running on `tun`.
 pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
-    let path = socket_path(tun);
+    let path = std::path::Path::new(crate::run_dir::CLIENT_RUN_DIR).join(socket_name(tun));
     let mut s = std::os::unix::net::UnixStream::connect(&path)
         .map_err(|e| anyhow!("no sshvpn client running on {tun} in this network namespace ({e})"))?;
     let cred = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)

@@ -43,7 +43,9 @@ for f in "$assets"/man/* "$assets"/completions/*; do
 done
 
 step "building the package"
-cargo deb -p sshvpnd --no-build --locked "$@" || fail "cargo deb"
+# --strip: the workspace's release profile keeps line tables (for backtraces); the package ships
+# stripped binaries, as Debian packages do.
+cargo deb -p sshvpnd --no-build --locked --strip "$@" || fail "cargo deb"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 arch=$(dpkg --print-architecture)
 deb="${CARGO_TARGET_DIR:-target}/debian/sshvpn_${version}_${arch}.deb"

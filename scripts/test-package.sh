@@ -63,7 +63,7 @@ enabled_links() {
 for tool in dpkg dpkg-deb systemd-analyze ip ss adduser; do
   command -v "$tool" >/dev/null || fatal "$tool is not installed (.ci/run installs it)"
 done
-if dpkg-query -W -f='${Status}' sshvpn 2>/dev/null | grep -q 'installed\|config-files'; then
+if grep -q 'installed\|config-files' <<<"$(dpkg-query -W -f='${Status}' sshvpn 2>/dev/null)"; then
   fatal "the package sshvpn is already on this machine; this test would purge it"
 fi
 [ -e /etc/sshvpn ] && fatal "/etc/sshvpn exists; this test would delete it on purge"
@@ -98,21 +98,23 @@ step "control data"
 [ "$(dpkg-deb -f "$deb" Package)" = sshvpn ] || bad "Package is not sshvpn"
 [ "$(dpkg-deb -f "$deb" Version)" = "$version" ] || bad "Version is not $version"
 [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || bad "Architecture is not $arch"
-dpkg-deb -f "$deb" Depends | grep -qw adduser || bad "Depends lacks adduser"
+grep -qw adduser <<<"$(dpkg-deb -f "$deb" Depends)" || bad "Depends lacks adduser"
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles 2>/dev/null)
 for f in /etc/sshvpn/sshvpnd.toml /etc/sshvpn/authorized_keys; do
   grep -qx "$f" <<<"$conffiles" || bad "$f is not a conffile (conffiles: $conffiles)"
 done
+# (Lists are captured first: with pipefail, grep -q closing a pipe early would fail the check.)
+control_files=$(dpkg-deb --ctrl-tarfile "$deb" | tar -t)
 for s in postinst prerm postrm; do
-  dpkg-deb --ctrl-tarfile "$deb" | tar -t | grep -qx "./$s" || bad "no $s in the package"
+  grep -qx "./$s" <<<"$control_files" || bad "no $s in the package"
 done
 
 step "contents"
 deb_files=$(dpkg-deb --fsys-tarfile "$deb" | tar -t | sed 's#/$##')
 unpacked=$(mktemp -d)
 dpkg-deb -x "$deb" "$unpacked" || fatal "dpkg-deb -x failed"
-zcat "$unpacked"/usr/share/man/man1/sshvpn.1.gz | grep -q '^\.TH sshvpn 1' || bad "sshvpn.1.gz is not a section-1 man page"
-zcat "$unpacked"/usr/share/man/man8/sshvpnd.8.gz | grep -q '^\.TH sshvpnd 8' || bad "sshvpnd.8.gz is not a section-8 man page"
+grep -q '^\.TH sshvpn 1' <<<"$(zcat "$unpacked"/usr/share/man/man1/sshvpn.1.gz)" || bad "sshvpn.1.gz is not a section-1 man page"
+grep -q '^\.TH sshvpnd 8' <<<"$(zcat "$unpacked"/usr/share/man/man8/sshvpnd.8.gz)" || bad "sshvpnd.8.gz is not a section-8 man page"
 grep -q 'check-config' "$unpacked"/usr/share/bash-completion/completions/sshvpnd || bad "sshvpnd bash completion lacks check-config"
 grep -q 'connect' "$unpacked"/usr/share/fish/vendor_completions.d/sshvpn.fish || bad "sshvpn fish completion lacks connect"
 grep -q '#compdef sshvpn' "$unpacked"/usr/share/zsh/vendor-completions/_sshvpn || bad "_sshvpn is not a zsh completion"
@@ -140,8 +142,8 @@ done
 expect_stat /etc/sshvpn 755 root:root
 expect_stat /var/lib/sshvpn 750 sshvpn:sshvpn
 expect_stat /run/sshvpn 750 sshvpn:sshvpn
-/usr/bin/sshvpn --version | grep -qF "$version" || bad "sshvpn --version does not say $version"
-/usr/sbin/sshvpnd --version | grep -qF "$version" || bad "sshvpnd --version does not say $version"
+grep -qF "$version" <<<"$(/usr/bin/sshvpn --version)" || bad "sshvpn --version does not say $version"
+grep -qF "$version" <<<"$(/usr/sbin/sshvpnd --version)" || bad "sshvpnd --version does not say $version"
 
 step "system user"
 IFS=: read -r _ _ uid gid _ home shell < <(getent passwd sshvpn) || bad "no user sshvpn"
@@ -191,12 +193,15 @@ if [ -S /run/sshvpn/control.sock ]; then
   expect_stat /var/lib/sshvpn/host_key 600 root:root
   grep -q 'generated host key /var/lib/sshvpn/host_key (SHA256:' /tmp/"$ns".log \
     || bad "the log does not show the generated host key's fingerprint"
+  grep -o 'generated host key.*' /tmp/"$ns".log || true
   listening=$(ip netns exec "$ns" ss -H -ltnu)
   [ -z "$listening" ] || bad "the default configuration listens: $listening"
-  ip netns exec "$ns" ip -4 addr show dev sshvpn0 | grep -q 'inet 10\.99\.0\.1/24' \
+  echo "listening TCP/UDP sockets in the daemon's namespace: ${listening:-none}"
+  grep -q 'inet 10\.99\.0\.1/24' <<<"$(ip netns exec "$ns" ip -4 addr show dev sshvpn0)" \
     || bad "sshvpn0 does not have 10.99.0.1/24"
   user=$(ps -o user= -p "$daemon_pid")
   [ "$user" = sshvpn ] || bad "the daemon runs as '$user', not sshvpn"
+  echo "daemon pid $daemon_pid runs as $user; $(grep -o 'CapEff:.*' /proc/"$daemon_pid"/status)"
   /usr/sbin/sshvpnd status --control /run/sshvpn/control.sock >/dev/null 2>&1 || bad "sshvpnd status failed"
   kill -TERM "$daemon_pid"
   wait "$daemon_pid"
@@ -217,19 +222,18 @@ printf 'SHA256:test 10.99.0.7\n' >/var/lib/sshvpn/leases
 chown sshvpn:sshvpn /var/lib/sshvpn/leases
 before=$(sha256sum /etc/sshvpn/sshvpnd.toml /var/lib/sshvpn/leases /var/lib/sshvpn/host_key 2>&1)
 uid_before=$(id -u sshvpn)
-# A real version change when cargo-deb is at hand (same binaries, version +upgradetest);
-# otherwise the same package again, which runs the same maintainer-script paths.
-upgrade_deb=$deb
-upgrade_version=$version
-if [ -z "${SSHVPN_DEB:-}" ] && cargo deb --version >/dev/null 2>&1; then
-  upgrade_version="${version}+upgradetest"
-  upgrade_deb="${CARGO_TARGET_DIR:-target}/debian/sshvpn-upgrade-test.deb"
-  cargo deb -p sshvpnd --no-build --locked --deb-version "$upgrade_version" --output "$upgrade_deb" \
-    >/dev/null || bad "building the upgrade package failed"
-fi
+# A real version change: the same package repacked as version +upgradetest. (Not with cargo deb:
+# it deletes the other sshvpn_*.deb in target/debian.)
+upgrade_version="${version}+upgradetest"
+work=$(mktemp -d)
+upgrade_deb="$work/sshvpn_${upgrade_version}_${arch}.deb"
+dpkg-deb -R "$deb" "$work/tree" || fatal "dpkg-deb -R"
+sed -i "s/^Version: .*/Version: $upgrade_version/" "$work/tree/DEBIAN/control"
+dpkg-deb --root-owner-group -Zgzip -b "$work/tree" "$upgrade_deb" >/dev/null || fatal "repacking as $upgrade_version"
 dpkg -i "$upgrade_deb" </dev/null || bad "dpkg -i of $upgrade_deb over the installed package failed"
 [ "$(dpkg-query -W -f='${Version}' sshvpn)" = "$upgrade_version" ] \
   || bad "installed version is $(dpkg-query -W -f='${Version}' sshvpn), not $upgrade_version"
+rm -rf "$work"
 after=$(sha256sum /etc/sshvpn/sshvpnd.toml /var/lib/sshvpn/leases /var/lib/sshvpn/host_key 2>&1)
 [ "$before" = "$after" ] || bad "the upgrade changed kept files: $before / $after"
 [ "$(id -u sshvpn)" = "$uid_before" ] || bad "the upgrade changed the uid of sshvpn"

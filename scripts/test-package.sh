@@ -193,7 +193,14 @@ if [ -S /run/sshvpn/control.sock ]; then
   expect_stat /var/lib/sshvpn/host_key 600 root:root
   grep -q 'generated host key /var/lib/sshvpn/host_key (SHA256:' /tmp/"$ns".log \
     || bad "the log does not show the generated host key's fingerprint"
-  grep -o 'generated host key.*' /tmp/"$ns".log || true
+  logged=$(grep -o 'generated host key.*' /tmp/"$ns".log)
+  echo "$logged"
+  # The README's way to get the fingerprint to publish must give the logged one.
+  if command -v ssh-keygen >/dev/null; then
+    fp=$(ssh-keygen -lf /var/lib/sshvpn/host_key | awk '{print $2}')
+    [ -n "$fp" ] && grep -qF "($fp)" <<<"$logged" \
+      || bad "ssh-keygen -lf /var/lib/sshvpn/host_key gives '$fp', the log says: $logged"
+  fi
   listening=$(ip netns exec "$ns" ss -H -ltnu)
   [ -z "$listening" ] || bad "the default configuration listens: $listening"
   echo "listening TCP/UDP sockets in the daemon's namespace: ${listening:-none}"
@@ -216,7 +223,7 @@ daemon_pid=""
 ip netns del "$ns"
 rm -f /tmp/"$ns".log
 
-step "upgrade in place (dpkg -i again): conffile edits, leases, host key and user survive"
+step "upgrade (dpkg -i of version +upgradetest): conffile edits, leases, host key and user survive"
 echo '# edited by the admin' >>/etc/sshvpn/sshvpnd.toml
 printf 'SHA256:test 10.99.0.7\n' >/var/lib/sshvpn/leases
 chown sshvpn:sshvpn /var/lib/sshvpn/leases

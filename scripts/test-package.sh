@@ -160,6 +160,38 @@ links=$(enabled_links)
 [ -e /run/sshvpn/control.sock ] && bad "a control socket exists right after install"
 [ -e /var/lib/sshvpn/host_key ] && bad "a host key exists before the first start"
 
+step "maintainer scripts under a running systemd (systemctl replaced by a recorder)"
+# CI has no systemd as PID 1, so the scripts' systemctl branches are run here by hand: in a
+# private mount namespace with a tmpfs /run holding /run/systemd/system, and a stand-in
+# systemctl first on PATH that only records its arguments.
+shim=$(mktemp -d)
+cat >"$shim/systemctl" <<'EOS'
+#!/bin/sh
+echo "systemctl $*" >>"$SYSTEMCTL_LOG"
+EOS
+chmod +x "$shim/systemctl"
+# calls SCRIPT ARG...: the systemctl calls the script makes, one per line.
+calls() {
+  : >"$shim/log"
+  SYSTEMCTL_LOG="$shim/log" PATH="$shim:$PATH" unshare -m --propagation private \
+    sh -c 'mount -t tmpfs none /run && mkdir -p /run/systemd/system && exec "$@"' sh "$@" \
+    >/dev/null 2>&1 || echo "(exit status $?)"
+  cat "$shim/log"
+}
+# expect_calls WHAT EXPECTED GOT
+expect_calls() {
+  [ "$3" = "$2" ] || bad "$1: systemctl calls were [${3//$'\n'/; }], expected [${2//$'\n'/; }]"
+}
+info=/var/lib/dpkg/info/sshvpn
+expect_calls "postinst configure (install)" "systemctl --system daemon-reload" \
+  "$(calls "$info.postinst" configure)"
+expect_calls "postinst configure OLD (upgrade)" "systemctl --system daemon-reload
+systemctl try-restart sshvpnd.service sshvpn@*.service" "$(calls "$info.postinst" configure 0.0.9)"
+expect_calls "prerm upgrade" "" "$(calls "$info.prerm" upgrade "$version")"
+expect_calls "prerm remove" "systemctl stop sshvpnd.service sshvpn@*.service" "$(calls "$info.prerm" remove)"
+expect_calls "postrm remove" "systemctl --system daemon-reload" "$(calls "$info.postrm" remove)"
+rm -rf "$shim"
+
 step "systemd-analyze verify (installed units)"
 # sshvpn@.service is a template: verify an instance of it.
 # Documentation=man:... is checked too when man and the pages are there.

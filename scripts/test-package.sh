@@ -60,7 +60,7 @@ enabled_links() {
 }
 
 [ "$(id -u)" = 0 ] || fatal "needs root (dpkg -i, a system user, a network namespace)"
-for tool in dpkg dpkg-deb systemd-analyze ip ss adduser; do
+for tool in dpkg dpkg-deb systemd-analyze ip ss ps unshare adduser; do
   command -v "$tool" >/dev/null || fatal "$tool is not installed (.ci/run installs it)"
 done
 if grep -q 'installed\|config-files' <<<"$(dpkg-query -W -f='${Status}' sshvpn 2>/dev/null)"; then

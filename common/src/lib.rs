@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod allowed_ips;
+pub mod authorized_keys;
 pub mod cli_docs;
 pub mod keys;
 pub mod known_hosts;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use russh::keys::PrivateKey;
+use russh::keys::{Certificate, PrivateKey};
 
 use crate::cli::{ConnectArgs, split_target, ssh_dir_file};
 
@@ -28,6 +28,9 @@ pub struct Credentials {
     pub agent: bool,
     /// Key files, decrypted.
     pub keys: Vec<(PathBuf, PrivateKey)>,
+    /// User certificates, presented (before the plain key) with the key or agent key they certify:
+    /// `--certificate`, and `KEY-cert.pub` next to each key file, as ssh does.
+    pub certificates: Vec<(PathBuf, Certificate)>,
 }
 
 fn ssh_config_for(alias: &str) -> Option<russh_config::Config> {
@@ -117,7 +120,42 @@ pub fn load_credentials(args: &ConnectArgs, target: &Target) -> anyhow::Result<C
     if keys.is_empty() && !agent {
         bail!("no identity key: pass -i KEY, run ssh-agent, or create ~/.ssh/id_ed25519");
     }
-    Ok(Credentials { agent, keys })
+    let certificates = load_certificates(args.certificate.as_deref(), &keys)?;
+    Ok(Credentials {
+        agent,
+        keys,
+        certificates,
+    })
+}
+
+/// `--certificate FILE` (which must load), then `KEY-cert.pub` beside each key file (skipped
+/// with a warning when unreadable).
+fn load_certificates(
+    explicit: Option<&Path>,
+    keys: &[(PathBuf, PrivateKey)],
+) -> anyhow::Result<Vec<(PathBuf, Certificate)>> {
+    let mut certs = Vec::new();
+    if let Some(path) = explicit {
+        certs.push((path.to_path_buf(), load_certificate(path)?));
+    }
+    for (key_path, _) in keys {
+        let mut name = key_path.as_os_str().to_owned();
+        name.push("-cert.pub");
+        let path = PathBuf::from(name);
+        if !path.exists() || certs.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        match load_certificate(&path) {
+            Ok(c) => certs.push((path, c)),
+            Err(e) => tracing::warn!("skipping {}: {e:#}", path.display()),
+        }
+    }
+    Ok(certs)
+}
+
+fn load_certificate(path: &Path) -> anyhow::Result<Certificate> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read certificate {}", path.display()))?;
+    Certificate::from_openssh(text.trim()).map_err(|e| anyhow!("cannot load certificate {}: {e}", path.display()))
 }
 
 /// Loads a private key, asking for its passphrase if it is encrypted.

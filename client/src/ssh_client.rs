@@ -238,6 +238,21 @@ async fn authenticate(
                     } else {
                         None
                     };
+                    // Key management: certificates of this agent key first.
+                    for (path, cert) in creds
+                        .certificates
+                        .iter()
+                        .filter(|(_, c)| c.public_key() == key.key_data())
+                    {
+                        match handle
+                            .authenticate_certificate_with(user, cert.clone(), hash, &mut agent)
+                            .await
+                        {
+                            Ok(r) if r.success() => return Ok(true),
+                            Ok(_) => tracing::debug!("certificate {} refused", path.display()),
+                            Err(e) => tracing::debug!("agent signing failed: {e}"),
+                        }
+                    }
                     match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
                         Ok(r) if r.success() => return Ok(true),
                         Ok(_) => {}
@@ -249,6 +264,20 @@ async fn authenticate(
         }
     }
     for (path, key) in &creds.keys {
+        // Key management: the certificates of this key first, as ssh does.
+        for (cert_path, cert) in creds
+            .certificates
+            .iter()
+            .filter(|(_, c)| c.public_key() == key.public_key().key_data())
+        {
+            let r = handle
+                .authenticate_openssh_cert(user, Arc::new(key.clone()), cert.clone())
+                .await?;
+            if r.success() {
+                return Ok(true);
+            }
+            tracing::debug!("certificate {} refused", cert_path.display());
+        }
         let hash = if key.algorithm().is_rsa() {
             handle.best_supported_rsa_hash().await?.flatten()
         } else {

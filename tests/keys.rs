@@ -30,6 +30,13 @@ fn write(path: &Path, text: &str) {
 
 /// Starts `sshvpn connect` in client namespace `i` as `user` with `key`.
 fn spawn(t: &mut Topology, i: usize, key: &Path, user: &str, extra: &[&str]) -> usize {
+    let mut args = vec!["--accept-new-host-key"];
+    args.extend_from_slice(extra);
+    spawn_strict(t, i, key, user, &args)
+}
+
+/// Starts `sshvpn connect` without `--accept-new-host-key`.
+fn spawn_strict(t: &mut Topology, i: usize, key: &Path, user: &str, extra: &[&str]) -> usize {
     let target = format!("{user}@10.200.{}.1", i + 1);
     let kh = t.known_hosts(i);
     let mut args = vec![
@@ -41,7 +48,6 @@ fn spawn(t: &mut Topology, i: usize, key: &Path, user: &str, extra: &[&str]) -> 
         key.to_str().unwrap(),
         "--known-hosts",
         kh.to_str().unwrap(),
-        "--accept-new-host-key",
     ];
     args.extend_from_slice(extra);
     let log = t.log(&format!("client{i}-{}.log", t.processes.len()));
@@ -309,4 +315,105 @@ fn attach_without_the_daemon_tells_the_client_why() {
         c.wait_exit(5.0).is_some_and(|s| !s.success()),
         "client gives up:\n{text}"
     );
+}
+
+#[test]
+fn host_certificate_trusted_through_cert_authority_without_accept_new() {
+    let mut t = Topology::new(2);
+    let host_ca = t.keys.generate("host_ca");
+    let host_key = t.host_key.clone();
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", host_key.to_str().unwrap()]);
+    keygen(&[
+        "-q",
+        "-s",
+        host_ca.to_str().unwrap(),
+        "-h",
+        "-I",
+        "hub",
+        "-n",
+        "10.200.1.1,hub.example",
+        "-V",
+        "-5m:+1h",
+        host_key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let cert = t.log("host_key-cert.pub");
+    t.start_server(&["--host-certificate", cert.to_str().unwrap()]);
+    // A non-standard port: the name matched is [HOST]:PORT, as in OpenSSH.
+    let ca_line = format!("@cert-authority [10.200.*]:{SSH_PORT} {}", pubkey(&t, &host_ca));
+    for i in 0..2 {
+        std::fs::write(t.known_hosts(i), &ca_line).unwrap();
+    }
+    // Trusted through the CA: no trust-on-first-use, nothing recorded.
+    let k0 = t.client_keys[0].clone();
+    let c0 = spawn_strict(&mut t, 0, &k0, "root", &[]);
+    t.processes[c0].wait_for_log("tunnel up", 20.0);
+    assert!(t.clients[0].ping(LAN4, 5));
+    assert!(t.processes[c0].log_text().contains("host certificate \"hub\" accepted"));
+    assert_eq!(
+        std::fs::read_to_string(t.known_hosts(0)).unwrap(),
+        ca_line,
+        "known_hosts untouched"
+    );
+    // The same daemon reached as 10.200.2.1: the certificate is not for that name.
+    let k1 = t.client_keys[1].clone();
+    let c1 = spawn_strict(&mut t, 1, &k1, "root", &[]);
+    assert!(t.processes[c1].wait_exit(20.0).is_some_and(|s| !s.success()));
+    let log = t.processes[c1].log_text();
+    assert!(
+        log.contains("its host certificate was refused: it is for 10.200.1.1,hub.example, not for"),
+        "{log}"
+    );
+}
+
+/// Removes a Unix user created by a test.
+struct TempUser(String);
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("userdel").arg(&self.0).output();
+    }
+}
+
+/// A Unix user who may log in through sshd but cannot open the daemon's control socket
+/// (mode 0660, root's group): the client is told that, not "connection closed".
+#[test]
+fn attach_as_a_user_outside_the_control_group_tells_the_client_why() {
+    let mut t = Topology::new(1);
+    let name = format!("svk{}", std::process::id() % 100_000);
+    let _ = std::process::Command::new("userdel").arg(&name).output();
+    run_ok(
+        "useradd",
+        &["-M", "-N", "-d", "/nonexistent", "-s", "/bin/sh", "-p", "*", &name],
+    );
+    let _user = TempUser(name.clone());
+    t.start_daemon(&["--allow-user", "root"]);
+    let control = t.control_socket();
+    let p = sshd::start(&t.server, &t.keys.dir.0, 2222, &t.authorized_keys, Some(&control));
+    t.processes.push(p);
+    let opt = |k: &str, v: String| (k.to_string(), v);
+    let host = vec![
+        opt("HostName", "10.200.1.1".into()),
+        opt("Port", "2222".into()),
+        opt("User", name.clone()),
+        opt("IdentityFile", t.client_keys[0].display().to_string()),
+        opt("IdentitiesOnly", "yes".into()),
+        opt("StrictHostKeyChecking", "accept-new".into()),
+        opt("UserKnownHostsFile", t.log("ssh_known_hosts").display().to_string()),
+        opt("BatchMode", "yes".into()),
+    ];
+    let cfg = sshd::client_config(&t.log("ssh_config"), &[("vpnhost", host)]);
+    let cmd = format!("ssh -F {} vpnhost", cfg.display());
+    let bin = Bin::path("sshvpn");
+    let mut c = Process::spawn_cmd(
+        &t.clients[0],
+        bin.to_str().unwrap(),
+        &["connect", "--ssh-command", &cmd],
+        &[],
+        t.log("client-attach-user.log"),
+    );
+    let expected = format!(
+        "server refused the tunnel: sshvpn daemon not reachable at {} (permission denied: is this user in the control group?)",
+        control.display()
+    );
+    c.wait_for_log(&expected, 20.0);
 }

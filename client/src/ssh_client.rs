@@ -228,6 +228,12 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
             .iter()
             .map(|(p, k)| format!("{} ({})", p.display(), fingerprint(k.public_key())))
             .chain(creds.agent.then(|| "ssh-agent keys".to_string()))
+            .chain(
+                creds
+                    .certificates
+                    .iter()
+                    .map(|(p, c)| format!("certificate {} ({:?})", p.display(), c.key_id())),
+            )
             .collect();
         bail!(fatal, "server refused key {} for user {user}", tried.join(", "));
     }

@@ -52,6 +52,15 @@ pub struct Grant {
     pub identity: String,
     /// For log lines: which key or certificate.
     pub label: String,
+    /// When it stops being valid by itself (certificate validity, `expiry-time=`), if ever.
+    pub deadline: Option<SystemTime>,
+}
+
+/// A live session in the registry, and the key-set generation it was last checked against.
+#[derive(Debug)]
+struct Tracked {
+    grant: Grant,
+    checked: std::sync::atomic::AtomicU64,
 }
 
 /// Identity of a file version: a change of any of these means "re-read it".
@@ -81,6 +90,10 @@ pub struct KeySets {
     pub authorized: AuthorizedKeysFile,
     pub cas: Vec<PublicKey>,
     pub revoked: Vec<PublicKey>,
+    /// Fingerprints of the `[[peer]]` keys the configuration file lists now (None: no file).
+    /// A peer removed from the file is refused and its sessions closed; a peer added needs a
+    /// restart (its addresses and subnets are set up at start).
+    pub config_peers: Option<std::collections::HashSet<String>>,
 }
 
 impl KeySets {
@@ -94,6 +107,8 @@ enum Kind {
     AuthorizedKeys,
     TrustedCas,
     Revoked,
+    /// The configuration file (its peers), validated against these pools.
+    Config(Option<ipnet::IpNet>, Option<ipnet::IpNet>),
 }
 
 #[derive(Debug)]
@@ -107,6 +122,7 @@ struct Watched {
 enum Content {
     Authorized(AuthorizedKeysFile),
     Keys(Vec<PublicKey>),
+    Peers(std::collections::HashSet<String>),
 }
 
 fn describe(errors: &[LineError], path: &Path) -> String {
@@ -122,6 +138,16 @@ fn describe(errors: &[LineError], path: &Path) -> String {
 /// (trusted CAs, revoked keys) must be entirely readable: a revocation list that is only
 /// partly understood must not be taken for a complete one.
 fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
+    if let Kind::Config(pool, pool6) = kind {
+        let (file, text) = crate::config::load(path)?;
+        let peers = crate::config::validate(&text, &file, pool, pool6).map_err(|errs| {
+            errs.iter()
+                .map(|e| crate::config::format_error(path, e))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        return Ok(Content::Peers(peers.0.into_keys().collect()));
+    }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     if bytes.starts_with(KRL_MAGIC) {
         return Err(format!(
@@ -144,7 +170,7 @@ fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
             }
             Ok(Content::Authorized(file))
         }
-        Kind::TrustedCas | Kind::Revoked => {
+        Kind::TrustedCas | Kind::Revoked | Kind::Config(..) => {
             let (keys, errors) = authorized_keys::parse_key_list(&text);
             if !errors.is_empty() {
                 return Err(describe(&errors, path));
@@ -160,19 +186,37 @@ pub struct KeyStore {
     files: Mutex<Vec<Watched>>,
     current: RwLock<Arc<KeySets>>,
     /// Live tunnel sessions of SSH logins, by the client's socket address (as in `PeerPort::peer`).
-    sessions: Mutex<HashMap<String, Arc<Grant>>>,
+    sessions: Mutex<HashMap<String, Arc<Tracked>>>,
+    /// Counts replacements of `current`: sessions are re-checked once per generation.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl KeyStore {
     /// Loads the files given (a missing or unreadable one is an error at startup).
+    #[cfg(test)]
     pub fn load(authorized: Option<&Path>, cas: Option<&Path>, revoked: Option<&Path>) -> anyhow::Result<KeyStore> {
+        Self::load_with_config(authorized, cas, revoked, None)
+    }
+
+    /// Loads the files given; `config` also watches the configuration file's peers (its path
+    /// and the pools in force).
+    pub fn load_with_config(
+        authorized: Option<&Path>,
+        cas: Option<&Path>,
+        revoked: Option<&Path>,
+        config: Option<(&Path, Option<ipnet::IpNet>, Option<ipnet::IpNet>)>,
+    ) -> anyhow::Result<KeyStore> {
         let mut sets = KeySets::default();
         let mut files = Vec::new();
+        let config = config.map(|(path, p4, p6)| (Kind::Config(p4, p6), Some(path)));
         for (kind, path) in [
             (Kind::AuthorizedKeys, authorized),
             (Kind::TrustedCas, cas),
             (Kind::Revoked, revoked),
-        ] {
+        ]
+        .into_iter()
+        .chain(config)
+        {
             let Some(path) = path else { continue };
             let st = stamp(path);
             let content = read(kind, path, true).map_err(anyhow::Error::msg)?;
@@ -187,6 +231,7 @@ impl KeyStore {
             files: Mutex::new(files),
             current: RwLock::new(Arc::new(sets)),
             sessions: Mutex::default(),
+            generation: Default::default(),
         })
     }
 
@@ -213,6 +258,7 @@ impl KeyStore {
                             authorized: cur.authorized.clone(),
                             cas: cur.cas.clone(),
                             revoked: cur.revoked.clone(),
+                            config_peers: cur.config_peers.clone(),
                         }
                     });
                     let n = install(sets, w.kind, content);
@@ -223,6 +269,7 @@ impl KeyStore {
         }
         if let Some(sets) = next {
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sets);
+            self.generation.fetch_add(1, Relaxed);
         }
     }
 
@@ -248,12 +295,22 @@ impl KeyStore {
             source,
             now: SystemTime::now(),
         };
-        let grant = |identity: String, label: String| Grant {
+        let grant = |identity: String, label: String, deadline: Option<SystemTime>| Grant {
             credential: credential.clone(),
             user: user.to_string(),
             source,
             identity,
             label,
+            deadline,
+        };
+        // Earliest of a certificate's end of validity and its line's expiry-time.
+        let line_expiry = |line: Option<usize>| {
+            line.and_then(|l| sets.authorized.entries.iter().find(|e| e.line == l))
+                .and_then(|e| e.options.expiry)
+        };
+        let earliest = |a: Option<SystemTime>, b: Option<SystemTime>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         match credential {
             Credential::Key(key) => {
@@ -262,13 +319,19 @@ impl KeyStore {
                     return Err(format!("{label} is revoked"));
                 }
                 if peers.contains_key(key) {
-                    return Ok(grant(fingerprint(key), label));
+                    let fp = fingerprint(key);
+                    match &sets.config_peers {
+                        // Removed from the configuration file since the start: it may still be
+                        // an ordinary authorized key.
+                        Some(now) if !now.contains(&fp) => {}
+                        _ => return Ok(grant(fp, label, None)),
+                    }
                 }
                 if peers_only {
                     return Err(format!("{label} is not a configured peer (peers_only)"));
                 }
                 match sets.authorized.authorize_key(key.key_data(), &req) {
-                    Ok(_) => Ok(grant(fingerprint(key), label)),
+                    Ok(line) => Ok(grant(fingerprint(key), label, line_expiry(Some(line)))),
                     Err(why) => Err(format!("{label}: {why}")),
                 }
             }
@@ -286,12 +349,18 @@ impl KeyStore {
                 let mut refusal = None;
                 if let Some(ca) = sets.cas.iter().find(|ca| ca.key_data() == cert.signature_key()) {
                     match authorized_keys::check_user_cert(cert, ca.key_data(), None, &req) {
-                        Ok(principal) => return Ok(grant(cert_identity(cert, &principal), label)),
+                        Ok(principal) => {
+                            let until = cert.valid_before_time();
+                            return Ok(grant(cert_identity(cert, &principal), label, until));
+                        }
                         Err(why) => refusal = Some(why),
                     }
                 }
                 match sets.authorized.authorize_cert(cert, &req) {
-                    Ok(g) => Ok(grant(cert_identity(cert, &g.principal), label)),
+                    Ok(g) => {
+                        let until = earliest(cert.valid_before_time(), line_expiry(g.line));
+                        Ok(grant(cert_identity(cert, &g.principal), label, until))
+                    }
                     Err(_) if refusal.is_none() && !sets.authorized.has_cert_authorities() => Err(format!(
                         "{label}: its CA {} is not trusted",
                         cert.signature_key().fingerprint(HashAlg::Sha256)
@@ -302,30 +371,43 @@ impl KeyStore {
         }
     }
 
-    fn register(&self, peer: String, grant: Arc<Grant>) {
+    fn register(&self, peer: String, grant: Grant) {
+        let tracked = Tracked {
+            grant,
+            // Checked once against the sets in force when its tunnel is up, whatever happened since the login.
+            checked: u64::MAX.into(),
+        };
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, grant);
+            .insert(peer, Arc::new(tracked));
     }
 
     fn unregister(&self, peer: &str) {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
     }
 
-    /// Re-evaluates every live SSH session; those no longer authorized are told to close with
-    /// CLOSE "not authorized". Returns how many were closed.
+    /// Re-evaluates the live SSH sessions not yet checked against the key sets in force, or
+    /// whose credential's validity has run out; those no longer authorized are told to close
+    /// with CLOSE "not authorized". Returns how many were closed.
     pub fn recheck(&self, daemon: &Daemon) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if sessions.is_empty() {
             return 0;
         }
+        let generation = self.generation.load(Relaxed);
+        let now = SystemTime::now();
         let mut closed = 0;
         for port in daemon.switch.ports() {
             if port.not_authorized.load(Relaxed) {
                 continue;
             }
-            let Some(g) = sessions.get(&port.peer) else { continue };
+            let Some(t) = sessions.get(&port.peer) else { continue };
+            let g = &t.grant;
+            let stale = t.checked.swap(generation, Relaxed) != generation;
+            if !stale && g.deadline.is_none_or(|d| now <= d) {
+                continue;
+            }
             if let Err(why) = self.authorize(&daemon.peers, daemon.peers_only, &g.credential, &g.user, g.source) {
                 tracing::warn!(
                     "closing session {} of {} (peer {}, user {:?}): no longer authorized: {why}",
@@ -359,6 +441,11 @@ fn install(sets: &mut KeySets, kind: Kind, content: Content) -> usize {
         (Kind::Revoked, Content::Keys(k)) => {
             let n = k.len();
             sets.revoked = k;
+            n
+        }
+        (Kind::Config(..), Content::Peers(p)) => {
+            let n = p.len();
+            sets.config_peers = Some(p);
             n
         }
         _ => 0,
@@ -409,7 +496,7 @@ impl Drop for Registered<'_> {
 pub async fn serve_authenticated(daemon: Arc<Daemon>, channel: Channel<Msg>, grant: Grant, peer: SocketAddr) {
     let key = peer.to_string();
     let identity = grant.identity.clone();
-    daemon.key_store.register(key.clone(), Arc::new(grant));
+    daemon.key_store.register(key.clone(), grant);
     let _registered = Registered(&daemon.key_store, key.clone());
     let (rx, tx) = channel.split();
     crate::client_session::serve(daemon.clone(), ChannelRx(rx), ChannelTx(tx), identity, key, None).await;
@@ -545,6 +632,47 @@ mod tests {
         assert!(allowed(&store, &a).is_err(), "a KRL edit keeps the previous list");
         let err = KeyStore::load(Some(&ak), None, Some(&rk)).unwrap_err().to_string();
         assert!(err.contains("OpenSSH KRL"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_peer_removed_from_the_configuration_file_is_refused() {
+        let d = dir();
+        let cfg = d.join("sshvpnd.toml");
+        let (a, b) = (key(), key());
+        let peer = |k: &PrivateKey, name: &str| {
+            format!(
+                "[[peer]]\nname = \"{name}\"\nkey = \"{}\"\n",
+                k.public_key().to_openssh().unwrap()
+            )
+        };
+        let pool = Some("10.9.0.0/24".parse().unwrap());
+        let head = "pool = \"10.9.0.0/24\"\n";
+        std::fs::write(&cfg, format!("{head}{}{}", peer(&a, "a"), peer(&b, "b"))).unwrap();
+        let store = KeyStore::load_with_config(None, None, None, Some((&cfg, pool, None))).unwrap();
+        let (text, file) = {
+            let (file, text) = crate::config::load(&cfg).unwrap();
+            (text, file)
+        };
+        let peers = crate::config::validate(&text, &file, pool, None).unwrap();
+        let as_peer = |k: &PrivateKey| {
+            store.authorize(
+                &peers,
+                true,
+                &Credential::Key(k.public_key().clone()),
+                "root",
+                "10.0.0.1".parse().unwrap(),
+            )
+        };
+        assert!(as_peer(&a).is_ok() && as_peer(&b).is_ok());
+        std::fs::write(&cfg, format!("{head}{}", peer(&a, "a"))).unwrap();
+        store.refresh(false);
+        assert!(as_peer(&a).is_ok());
+        assert!(as_peer(&b).is_err(), "removed peer refused");
+        // A broken configuration keeps the previous peers.
+        std::fs::write(&cfg, format!("{head}[[peer]]\nname = 1\n")).unwrap();
+        store.refresh(false);
+        assert!(as_peer(&a).is_ok());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -235,10 +235,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     }
 
     // Key management (issue 13): the key files, watched while the daemon runs.
-    let key_store = crate::credentials::KeyStore::load(
+    let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),
         args.trusted_user_ca_keys.as_deref(),
         args.revoked_keys.as_deref(),
+        args.config.as_deref().map(|c| (c, args.pool, args.pool6)),
     )
     .context("loading key files")?;
     if host_key.is_some() && args.listen.is_some() && {

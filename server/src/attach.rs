@@ -17,9 +17,12 @@ pub fn run(control: &Path) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             // sshd discards a subsystem's stderr: tell the client in the tunnel protocol.
-            let reason = unreachable_reason(control, &e);
-            let _ = refuse_in_band(&mut std::io::stdout().lock(), &reason);
-            return Err(anyhow!("{reason}"));
+            let _ = refuse_in_band(&mut std::io::stdout().lock(), &unreachable_reason(control, &e));
+            return Err(anyhow!(
+                "cannot reach the sshvpn daemon at {} ({})",
+                control.display(),
+                unreachable_hint(&e)
+            ));
         }
     };
     sock.write_all(ATTACH_REQUEST)?;
@@ -42,13 +45,16 @@ pub fn run(control: &Path) -> anyhow::Result<()> {
 
 /// Why the daemon cannot be reached, as the client will show it.
 pub fn unreachable_reason(control: &Path, e: &std::io::Error) -> String {
+    format!("sshvpn daemon not reachable at {} ({})", control.display(), unreachable_hint(e))
+}
+
+fn unreachable_hint(e: &std::io::Error) -> String {
     use std::io::ErrorKind;
-    let hint = match e.kind() {
+    match e.kind() {
         ErrorKind::PermissionDenied => "permission denied: is this user in the control group?".to_string(),
         ErrorKind::NotFound | ErrorKind::ConnectionRefused => format!("{e}: is sshvpnd running?"),
         _ => e.to_string(),
-    };
-    format!("sshvpn daemon not reachable at {} ({hint})", control.display())
+    }
 }
 
 /// Writes a HELLO and a CLOSE "not authorized" with `reason`: the client's handshake then

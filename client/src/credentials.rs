@@ -195,3 +195,45 @@ fn ask_passphrase(prompt: &str) -> anyhow::Result<String> {
     }
     rpassword::prompt_password(prompt).context("reading the passphrase")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::Algorithm;
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+
+    #[test]
+    fn certificates_next_to_keys_and_given_explicitly() {
+        let dir = std::env::temp_dir().join(format!("sshvpn-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let mut b = Builder::new(vec![5u8; 32], key.public_key().key_data().clone(), 0, u64::MAX).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.key_id("carol-laptop").unwrap();
+        b.valid_principal("carol").unwrap();
+        let cert = b.sign(&ca).unwrap();
+        let key_path = dir.join("id_ed25519");
+        let keys = vec![(key_path.clone(), key)];
+        assert!(load_certificates(None, &keys).unwrap().is_empty(), "no certificate yet");
+        std::fs::write(dir.join("id_ed25519-cert.pub"), cert.to_openssh().unwrap()).unwrap();
+        let found = load_certificates(None, &keys).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, dir.join("id_ed25519-cert.pub"));
+        assert_eq!(found[0].1.key_id(), "carol-laptop");
+        // An explicit one is used too, and must load.
+        let elsewhere = dir.join("other.cert");
+        std::fs::write(&elsewhere, cert.to_openssh().unwrap()).unwrap();
+        assert_eq!(load_certificates(Some(&elsewhere), &keys).unwrap().len(), 2);
+        assert!(load_certificates(Some(&dir.join("missing")), &keys).is_err());
+        // A broken certificate next to a key is skipped.
+        std::fs::write(
+            dir.join("id_ed25519-cert.pub"),
+            "ssh-ed25519-cert-v01@openssh.com garbage",
+        )
+        .unwrap();
+        assert!(load_certificates(None, &keys).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -45,7 +45,11 @@ pub fn run(control: &Path) -> anyhow::Result<()> {
 
 /// Why the daemon cannot be reached, as the client will show it.
 pub fn unreachable_reason(control: &Path, e: &std::io::Error) -> String {
-    format!("sshvpn daemon not reachable at {} ({})", control.display(), unreachable_hint(e))
+    format!(
+        "sshvpn daemon not reachable at {} ({})",
+        control.display(),
+        unreachable_hint(e)
+    )
 }
 
 fn unreachable_hint(e: &std::io::Error) -> String {

@@ -120,7 +120,18 @@ pub fn load_credentials(args: &ConnectArgs, target: &Target) -> anyhow::Result<C
     if keys.is_empty() && !agent {
         bail!("no identity key: pass -i KEY, run ssh-agent, or create ~/.ssh/id_ed25519");
     }
-    let certificates = load_certificates(args.certificate.as_deref(), &keys)?;
+    let configured = ssh_dir_file("config")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|text| certificate_files(&text, &target.alias))
+        .unwrap_or_default();
+    let mut certificates = load_certificates(args.certificate.as_deref(), &keys)?;
+    for path in configured.iter().map(|p| expand_home(p)) {
+        match load_certificate(&path) {
+            Ok(c) if !certificates.iter().any(|(p, _)| *p == path) => certificates.push((path, c)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("skipping CertificateFile {}: {e:#}", path.display()),
+        }
+    }
     Ok(Credentials {
         agent,
         keys,
@@ -151,6 +162,43 @@ fn load_certificates(
         }
     }
     Ok(certs)
+}
+
+/// The `CertificateFile` values of the `Host` blocks of an ssh_config text that match `alias`
+/// (russh-config does not read that keyword). `Match` blocks are skipped.
+fn certificate_files(text: &str, alias: &str) -> Vec<PathBuf> {
+    let mut applies = true;
+    let mut files = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+            Some((k, v)) => (k, v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim()),
+            None => (line, ""),
+        };
+        if key.eq_ignore_ascii_case("host") {
+            let mut positive = false;
+            applies = true;
+            for pat in value.split_whitespace() {
+                match pat.strip_prefix('!') {
+                    Some(neg) if sshvpn_common::known_hosts::glob(neg, alias) => {
+                        applies = false;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => positive |= sshvpn_common::known_hosts::glob(pat, alias),
+                }
+            }
+            applies &= positive;
+        } else if key.eq_ignore_ascii_case("match") {
+            applies = false;
+        } else if applies && key.eq_ignore_ascii_case("certificatefile") && !value.is_empty() {
+            files.push(PathBuf::from(value.trim_matches('"')));
+        }
+    }
+    files
 }
 
 fn load_certificate(path: &Path) -> anyhow::Result<Certificate> {
@@ -201,6 +249,26 @@ mod tests {
     use super::*;
     use russh::keys::Algorithm;
     use russh::keys::ssh_key::certificate::{Builder, CertType};
+
+    #[test]
+    fn certificate_files_from_matching_host_blocks() {
+        let text = "CertificateFile ~/.ssh/all-cert.pub\nHost vpn *.corp !bad.corp\n  CertificateFile=~/.ssh/vpn-cert.pub\n\
+                    Host other\n  CertificateFile /x\nMatch user root\n  CertificateFile /y\n";
+        let names = |a: &str| certificate_files(text, a);
+        assert_eq!(
+            names("vpn"),
+            vec![
+                PathBuf::from("~/.ssh/all-cert.pub"),
+                PathBuf::from("~/.ssh/vpn-cert.pub")
+            ]
+        );
+        assert_eq!(names("gw.corp").len(), 2);
+        assert_eq!(names("bad.corp"), vec![PathBuf::from("~/.ssh/all-cert.pub")]);
+        assert_eq!(
+            names("other"),
+            vec![PathBuf::from("~/.ssh/all-cert.pub"), PathBuf::from("/x")]
+        );
+    }
 
     #[test]
     fn certificates_next_to_keys_and_given_explicitly() {

@@ -35,7 +35,8 @@ pub fn host_entry_name(host: &str, port: u16) -> String {
     }
 }
 
-pub(crate) fn glob(pattern: &str, name: &str) -> bool {
+/// OpenSSH wildcard match (`*`, `?`), case-insensitive.
+pub fn glob(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut mark) = (None, 0);

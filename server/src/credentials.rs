@@ -235,6 +235,19 @@ impl KeyStore {
         })
     }
 
+    /// Logs the watched files this process cannot read (after dropping privileges): their
+    /// changes would not be picked up.
+    pub fn warn_unreadable(&self) {
+        for w in self.files.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            if let Err(e) = std::fs::File::open(&w.path) {
+                tracing::warn!(
+                    "{} cannot be re-read after dropping privileges ({e}): changes to it need a restart",
+                    w.path.display()
+                );
+            }
+        }
+    }
+
     pub fn current(&self) -> Arc<KeySets> {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

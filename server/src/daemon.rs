@@ -230,10 +230,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
-    if let Some(user) = &args.user {
-        crate::privileges::drop_to(user)?;
-    }
-
     // Key management (issue 13): the key files, watched while the daemon runs.
     let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),
@@ -252,6 +248,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         (Some(p), Some(k)) => vec![crate::credentials::load_host_certificate(p, k.public_key())?],
         _ => Vec::new(),
     };
+    if let Some(user) = &args.user {
+        crate::privileges::drop_to(user)?;
+    }
+    // Key management (issue 13): warn if the files cannot be re-read as that user.
+    key_store.warn_unreadable();
+
     let switch = Arc::new(Switch::default());
     let daemon = Arc::new(Daemon {
         addressing,

@@ -8,6 +8,7 @@ pub mod authorized_keys;
 pub mod cli_docs;
 pub mod keys;
 pub mod known_hosts;
+pub mod krl;
 pub mod logging;
 pub mod netconf;
 pub mod packet;

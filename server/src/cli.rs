@@ -174,8 +174,8 @@ pub struct Args {
     /// the login user name must be among a certificate's principals.
     #[arg(long, value_name = "PATH")]
     pub trusted_user_ca_keys: Option<PathBuf>,
-    /// Revoked public keys (and certificates), one per line (like sshd's RevokedKeys); OpenSSH
-    /// binary KRLs are not read. Re-read when it changes; live sessions of revoked keys end.
+    /// Revoked keys (like sshd's RevokedKeys): public keys one per line, or an OpenSSH KRL
+    /// (`ssh-keygen -k`). Re-read when it changes; live sessions of revoked keys end.
     #[arg(long, value_name = "PATH")]
     pub revoked_keys: Option<PathBuf>,
     /// Host certificate to serve with the host key (like sshd's HostCertificate), e.g. made by

@@ -32,9 +32,6 @@ use crate::daemon::Daemon;
 /// How often the key files are checked and the live sessions re-evaluated.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Magic of an OpenSSH key revocation list (binary).
-const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
-
 /// What a client proved it holds.
 #[derive(Debug, Clone)]
 pub enum Credential {
@@ -94,11 +91,17 @@ pub struct KeySets {
     /// A peer removed from the file is refused and its sessions closed; a peer added needs a
     /// restart (its addresses and subnets are set up at start).
     pub config_peers: Option<std::collections::HashSet<String>>,
+    /// `--revoked-keys` as an OpenSSH KRL (instead of a list of keys).
+    pub krl: Option<sshvpn_common::krl::Krl>,
 }
 
 impl KeySets {
     fn is_revoked(&self, key: &KeyData) -> bool {
-        self.revoked.iter().any(|r| r.key_data() == key)
+        self.revoked.iter().any(|r| r.key_data() == key) || self.krl.as_ref().is_some_and(|k| k.is_key_revoked(key))
+    }
+
+    fn is_cert_revoked(&self, cert: &Certificate) -> bool {
+        self.krl.as_ref().is_some_and(|k| k.is_cert_revoked(cert))
     }
 }
 
@@ -123,6 +126,7 @@ enum Content {
     Authorized(AuthorizedKeysFile),
     Keys(Vec<PublicKey>),
     Peers(std::collections::HashSet<String>),
+    Krl(sshvpn_common::krl::Krl),
 }
 
 fn describe(errors: &[LineError], path: &Path) -> String {
@@ -149,12 +153,16 @@ fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
         return Ok(Content::Peers(peers.0.into_keys().collect()));
     }
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.starts_with(KRL_MAGIC) {
-        return Err(format!(
-            "{} is an OpenSSH KRL (binary key revocation list), which sshvpnd does not read: \
-             list the revoked public keys (or certificates) one per line instead",
-            path.display()
-        ));
+    if bytes.starts_with(sshvpn_common::krl::MAGIC) {
+        if kind != Kind::Revoked {
+            return Err(format!(
+                "{} is a key revocation list, not a list of keys",
+                path.display()
+            ));
+        }
+        return sshvpn_common::krl::Krl::parse(&bytes)
+            .map(Content::Krl)
+            .map_err(|e| format!("{}: unreadable KRL: {e}", path.display()));
     }
     let text = String::from_utf8(bytes).map_err(|_| format!("{} is not a text file", path.display()))?;
     match kind {
@@ -272,6 +280,7 @@ impl KeyStore {
                             cas: cur.cas.clone(),
                             revoked: cur.revoked.clone(),
                             config_peers: cur.config_peers.clone(),
+                            krl: cur.krl.clone(),
                         }
                     });
                     let n = install(sets, w.kind, content);
@@ -355,6 +364,9 @@ impl KeyStore {
                 }
                 if sets.is_revoked(cert.signature_key()) {
                     return Err(format!("{label}: its CA is revoked"));
+                }
+                if sets.is_cert_revoked(cert) {
+                    return Err(format!("{label}: it is revoked (serial or key ID in the KRL)"));
                 }
                 if peers_only {
                     return Err(format!("{label}: only configured peers may connect (peers_only)"));
@@ -454,7 +466,13 @@ fn install(sets: &mut KeySets, kind: Kind, content: Content) -> usize {
         (Kind::Revoked, Content::Keys(k)) => {
             let n = k.len();
             sets.revoked = k;
+            sets.krl = None;
             n
+        }
+        (Kind::Revoked, Content::Krl(krl)) => {
+            sets.revoked.clear();
+            sets.krl = Some(krl);
+            1
         }
         (Kind::Config(..), Content::Peers(p)) => {
             let n = p.len();
@@ -640,11 +658,13 @@ mod tests {
         let why = allowed(&store, &a).unwrap_err();
         assert!(why.contains("revoked"), "{why}");
         assert!(allowed(&store, &b).is_ok());
+        // A truncated KRL is broken: the previous list stays, and it cannot start a daemon.
         std::fs::write(&rk, b"SSHKRL\n\0\x00\x00\x00\x01").unwrap();
         store.refresh(false);
-        assert!(allowed(&store, &a).is_err(), "a KRL edit keeps the previous list");
+        assert!(allowed(&store, &a).is_err(), "a broken edit keeps the previous list");
+        assert!(allowed(&store, &b).is_ok());
         let err = KeyStore::load(Some(&ak), None, Some(&rk)).unwrap_err().to_string();
-        assert!(err.contains("OpenSSH KRL"), "{err}");
+        assert!(err.contains("unreadable KRL"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -686,6 +706,76 @@ mod tests {
         std::fs::write(&cfg, format!("{head}[[peer]]\nname = 1\n")).unwrap();
         store.refresh(false);
         assert!(as_peer(&a).is_ok());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// KRLs as `ssh-keygen -k` writes them: a plain key, and certificates by serial and key ID.
+    #[test]
+    fn krl_from_ssh_keygen_revokes_keys_serials_and_key_ids() {
+        use russh::keys::ssh_key::certificate::Builder;
+        if std::process::Command::new("ssh-keygen").arg("-?").output().is_err() {
+            eprintln!("ssh-keygen missing: skipped");
+            return;
+        }
+        let d = dir();
+        let (a, b, ca, user) = (key(), key(), key(), key());
+        let (ak, krl, ca_pub, a_pub, spec) = (
+            d.join("ak"),
+            d.join("krl"),
+            d.join("ca.pub"),
+            d.join("a.pub"),
+            d.join("spec"),
+        );
+        std::fs::write(&ak, line(&a) + &line(&b)).unwrap();
+        std::fs::write(&ca_pub, line(&ca)).unwrap();
+        std::fs::write(&a_pub, line(&a)).unwrap();
+        std::fs::write(&spec, "serial: 5\nserial: 10-20\nid: lost-laptop\n").unwrap();
+        let keygen = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("ssh-keygen").args(args).output().unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        };
+        keygen(&[
+            "-q".as_ref(),
+            "-k".as_ref(),
+            "-f".as_ref(),
+            krl.as_os_str(),
+            "-s".as_ref(),
+            ca_pub.as_os_str(),
+            spec.as_os_str(),
+        ]);
+        keygen(&[
+            "-q".as_ref(),
+            "-k".as_ref(),
+            "-u".as_ref(),
+            "-f".as_ref(),
+            krl.as_os_str(),
+            a_pub.as_os_str(),
+        ]);
+        let cas = d.join("cas");
+        std::fs::write(&cas, line(&ca)).unwrap();
+        let store = KeyStore::load(Some(&ak), Some(&cas), Some(&krl)).unwrap();
+        assert!(allowed(&store, &a).unwrap_err().contains("revoked"));
+        assert!(allowed(&store, &b).is_ok());
+        let cert = |serial: u64, id: &str| {
+            let mut bld = Builder::new(vec![2u8; 32], user.public_key().key_data().clone(), 0, u64::MAX).unwrap();
+            bld.cert_type(CertType::User).unwrap();
+            bld.serial(serial).unwrap();
+            bld.key_id(id).unwrap();
+            bld.valid_principal("root").unwrap();
+            let c = bld.sign(&ca).unwrap();
+            store.authorize(
+                &Peers::default(),
+                false,
+                &Credential::Cert(Box::new(c)),
+                "root",
+                "10.0.0.1".parse().unwrap(),
+            )
+        };
+        assert!(cert(4, "ok").is_ok());
+        assert!(cert(5, "ok").unwrap_err().contains("revoked"));
+        assert!(cert(15, "ok").is_err());
+        assert!(cert(21, "ok").is_ok());
+        assert!(cert(30, "lost-laptop").is_err());
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -272,6 +272,34 @@ fn user_certificates_principal_wrong_user_validity_and_revocation() {
         daemon_log(&t, d)
     );
     refused(&mut t, 0, &good, "root", &[], "server refused key");
+
+    // The same file turned into an OpenSSH KRL revoking a key ID: that certificate's session ends.
+    let erin = t.keys.generate("erin");
+    certify(&ca, &erin, "erin-laptop", "root", "-5m:+1h");
+    // (From client 0: client 1's source is penalized for its failed logins by now.)
+    let ce = admitted(&mut t, 0, &erin, "root", &[]);
+    let spec = t.log("krl-spec");
+    std::fs::write(&spec, "id: erin-laptop\n").unwrap();
+    let krl = t.log("revoked.krl");
+    let ca_pub = ca.with_extension("pub");
+    keygen(&[
+        "-q",
+        "-k",
+        "-f",
+        krl.to_str().unwrap(),
+        "-s",
+        ca_pub.to_str().unwrap(),
+        spec.to_str().unwrap(),
+    ]);
+    std::fs::rename(&krl, &revoked).unwrap();
+    closed_within(&mut t, ce, 5.0);
+    assert!(
+        daemon_log(&t, d).contains("serial or key ID in the KRL"),
+        "{}",
+        daemon_log(&t, d)
+    );
+    // The KRL no longer lists carol's key: the plain list it replaced is gone.
+    admitted(&mut t, 0, &good, "root", &[]);
 }
 
 /// `sshvpnd attach` behind a stock sshd, with no daemon listening on the control socket: the

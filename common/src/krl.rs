@@ -127,7 +127,7 @@ impl Krl {
     /// Whether a plain key (or a certificate's key) is revoked.
     pub fn is_key_revoked(&self, key: &KeyData) -> bool {
         let Some(b) = blob(key) else { return false };
-        self.keys.iter().any(|k| *k == b)
+        self.keys.contains(&b)
             || self.sha1.iter().any(|h| h[..] == sha1::Sha1::digest(&b)[..])
             || self.sha256.iter().any(|h| h[..] == sha2::Sha256::digest(&b)[..])
     }

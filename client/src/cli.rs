@@ -133,6 +133,11 @@ pub struct ConnectArgs {
     /// Seconds to wait for the TCP connection and SSH handshake.
     #[arg(long, default_value_t = 15, value_name = "SECONDS")]
     pub connect_timeout: u64,
+    // Key management (issue 13).
+    /// OpenSSH user certificate to present with the key (default: KEY-cert.pub next to each key,
+    /// when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
 }
 
 impl ConnectArgs {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use russh::keys::PrivateKey;
+use russh::keys::{Certificate, PrivateKey};
 
 use crate::cli::{ConnectArgs, split_target, ssh_dir_file};
 
@@ -28,6 +28,9 @@ pub struct Credentials {
     pub agent: bool,
     /// Key files, decrypted.
     pub keys: Vec<(PathBuf, PrivateKey)>,
+    /// User certificates, presented (before the plain key) with the key or agent key they certify:
+    /// `--certificate`, and `KEY-cert.pub` next to each key file, as ssh does.
+    pub certificates: Vec<(PathBuf, Certificate)>,
 }
 
 fn ssh_config_for(alias: &str) -> Option<russh_config::Config> {
@@ -117,7 +120,90 @@ pub fn load_credentials(args: &ConnectArgs, target: &Target) -> anyhow::Result<C
     if keys.is_empty() && !agent {
         bail!("no identity key: pass -i KEY, run ssh-agent, or create ~/.ssh/id_ed25519");
     }
-    Ok(Credentials { agent, keys })
+    let configured = ssh_dir_file("config")
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|text| certificate_files(&text, &target.alias))
+        .unwrap_or_default();
+    let mut certificates = load_certificates(args.certificate.as_deref(), &keys)?;
+    for path in configured.iter().map(|p| expand_home(p)) {
+        match load_certificate(&path) {
+            Ok(c) if !certificates.iter().any(|(p, _)| *p == path) => certificates.push((path, c)),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("skipping CertificateFile {}: {e:#}", path.display()),
+        }
+    }
+    Ok(Credentials {
+        agent,
+        keys,
+        certificates,
+    })
+}
+
+/// `--certificate FILE` (which must load), then `KEY-cert.pub` beside each key file (skipped
+/// with a warning when unreadable).
+fn load_certificates(
+    explicit: Option<&Path>,
+    keys: &[(PathBuf, PrivateKey)],
+) -> anyhow::Result<Vec<(PathBuf, Certificate)>> {
+    let mut certs = Vec::new();
+    if let Some(path) = explicit {
+        certs.push((path.to_path_buf(), load_certificate(path)?));
+    }
+    for (key_path, _) in keys {
+        let mut name = key_path.as_os_str().to_owned();
+        name.push("-cert.pub");
+        let path = PathBuf::from(name);
+        if !path.exists() || certs.iter().any(|(p, _)| *p == path) {
+            continue;
+        }
+        match load_certificate(&path) {
+            Ok(c) => certs.push((path, c)),
+            Err(e) => tracing::warn!("skipping {}: {e:#}", path.display()),
+        }
+    }
+    Ok(certs)
+}
+
+/// The `CertificateFile` values of the `Host` blocks of an ssh_config text that match `alias`
+/// (russh-config does not read that keyword). `Match` blocks are skipped.
+fn certificate_files(text: &str, alias: &str) -> Vec<PathBuf> {
+    let mut applies = true;
+    let mut files = Vec::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once(|c: char| c.is_whitespace() || c == '=') {
+            Some((k, v)) => (k, v.trim_start_matches(|c: char| c.is_whitespace() || c == '=').trim()),
+            None => (line, ""),
+        };
+        if key.eq_ignore_ascii_case("host") {
+            let mut positive = false;
+            applies = true;
+            for pat in value.split_whitespace() {
+                match pat.strip_prefix('!') {
+                    Some(neg) if sshvpn_common::known_hosts::glob(neg, alias) => {
+                        applies = false;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => positive |= sshvpn_common::known_hosts::glob(pat, alias),
+                }
+            }
+            applies &= positive;
+        } else if key.eq_ignore_ascii_case("match") {
+            applies = false;
+        } else if applies && key.eq_ignore_ascii_case("certificatefile") && !value.is_empty() {
+            files.push(PathBuf::from(value.trim_matches('"')));
+        }
+    }
+    files
+}
+
+fn load_certificate(path: &Path) -> anyhow::Result<Certificate> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read certificate {}", path.display()))?;
+    Certificate::from_openssh(text.trim()).map_err(|e| anyhow!("cannot load certificate {}: {e}", path.display()))
 }
 
 /// Loads a private key, asking for its passphrase if it is encrypted.
@@ -156,4 +242,66 @@ fn ask_passphrase(prompt: &str) -> anyhow::Result<String> {
         );
     }
     rpassword::prompt_password(prompt).context("reading the passphrase")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::Algorithm;
+    use russh::keys::ssh_key::certificate::{Builder, CertType};
+
+    #[test]
+    fn certificate_files_from_matching_host_blocks() {
+        let text = "CertificateFile ~/.ssh/all-cert.pub\nHost vpn *.corp !bad.corp\n  CertificateFile=~/.ssh/vpn-cert.pub\n\
+                    Host other\n  CertificateFile /x\nMatch user root\n  CertificateFile /y\n";
+        let names = |a: &str| certificate_files(text, a);
+        assert_eq!(
+            names("vpn"),
+            vec![
+                PathBuf::from("~/.ssh/all-cert.pub"),
+                PathBuf::from("~/.ssh/vpn-cert.pub")
+            ]
+        );
+        assert_eq!(names("gw.corp").len(), 2);
+        assert_eq!(names("bad.corp"), vec![PathBuf::from("~/.ssh/all-cert.pub")]);
+        assert_eq!(
+            names("other"),
+            vec![PathBuf::from("~/.ssh/all-cert.pub"), PathBuf::from("/x")]
+        );
+    }
+
+    #[test]
+    fn certificates_next_to_keys_and_given_explicitly() {
+        let dir = std::env::temp_dir().join(format!("sshvpn-certs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let mut b = Builder::new(vec![5u8; 32], key.public_key().key_data().clone(), 0, u64::MAX).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.key_id("carol-laptop").unwrap();
+        b.valid_principal("carol").unwrap();
+        let cert = b.sign(&ca).unwrap();
+        let key_path = dir.join("id_ed25519");
+        let keys = vec![(key_path.clone(), key)];
+        assert!(load_certificates(None, &keys).unwrap().is_empty(), "no certificate yet");
+        std::fs::write(dir.join("id_ed25519-cert.pub"), cert.to_openssh().unwrap()).unwrap();
+        let found = load_certificates(None, &keys).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, dir.join("id_ed25519-cert.pub"));
+        assert_eq!(found[0].1.key_id(), "carol-laptop");
+        // An explicit one is used too, and must load.
+        let elsewhere = dir.join("other.cert");
+        std::fs::write(&elsewhere, cert.to_openssh().unwrap()).unwrap();
+        assert_eq!(load_certificates(Some(&elsewhere), &keys).unwrap().len(), 2);
+        assert!(load_certificates(Some(&dir.join("missing")), &keys).is_err());
+        // A broken certificate next to a key is skipped.
+        std::fs::write(
+            dir.join("id_ed25519-cert.pub"),
+            "ssh-ed25519-cert-v01@openssh.com garbage",
+        )
+        .unwrap();
+        assert!(load_certificates(None, &keys).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

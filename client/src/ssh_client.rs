@@ -11,7 +11,7 @@ use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use sshvpn_common::keys::fingerprint;
-use sshvpn_common::known_hosts::{self, HostKeyStatus};
+use sshvpn_common::known_hosts::{self, HostCertStatus, HostKeyStatus};
 use sshvpn_common::ssh::SUBSYSTEM;
 
 use crate::credentials::{Credentials, Target};
@@ -22,7 +22,6 @@ enum HostKeyProblem {
     Unknown { fingerprint: String },
     Changed { fingerprint: String, line: usize },
     Revoked { line: usize },
-    Certificate,
     Io(String),
 }
 
@@ -32,6 +31,10 @@ pub struct HostKeyChecker {
     known_hosts: PathBuf,
     accept_new: bool,
     problem: Arc<Mutex<Option<HostKeyProblem>>>,
+    /// Key management: names a host certificate may be for (alias, HostName, address), and
+    /// why a presented host certificate was not accepted (then its plain key is checked).
+    cert_names: Vec<String>,
+    cert_note: Arc<Mutex<Option<String>>>,
 }
 
 impl HostKeyChecker {
@@ -45,10 +48,39 @@ impl client::Handler for HostKeyChecker {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, server_key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+        let cert_key;
         let key = match server_key {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
-            PublicKeyOrCertificate::Certificate(_) => {
-                return Ok(self.refuse(HostKeyProblem::Certificate));
+            PublicKeyOrCertificate::Certificate(cert) => {
+                // As ssh does: a certificate from a CA trusted for this host is enough; otherwise
+                // its plain key is checked against known_hosts.
+                let text = match std::fs::read_to_string(&self.known_hosts) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => {
+                        let kh = self.known_hosts.display();
+                        return Ok(self.refuse(HostKeyProblem::Io(format!("cannot read {kh}: {e}"))));
+                    }
+                };
+                let now = std::time::SystemTime::now();
+                match known_hosts::check_cert_text(&text, &self.host, self.port, &self.cert_names, cert, now) {
+                    HostCertStatus::Trusted { line } => {
+                        tracing::info!(
+                            "host certificate {:?} accepted (CA at {}:{line})",
+                            cert.key_id(),
+                            self.known_hosts.display()
+                        );
+                        return Ok(true);
+                    }
+                    HostCertStatus::Revoked { line } => return Ok(self.refuse(HostKeyProblem::Revoked { line })),
+                    HostCertStatus::Invalid(why) => {
+                        tracing::warn!("host certificate refused: {why}; checking its key as a plain host key");
+                        *self.cert_note.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+                    }
+                    HostCertStatus::NoAuthority => {}
+                }
+                cert_key = russh::keys::PublicKey::new(cert.public_key().clone(), "");
+                &cert_key
             }
         };
         let fp = fingerprint(key);
@@ -124,12 +156,15 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
     } = target;
     let (host, port, known_hosts) = (host.clone(), *port, known_hosts.clone());
     let problem = Arc::new(Mutex::new(None));
-    let checker = HostKeyChecker {
+    let cert_note = Arc::new(Mutex::new(None));
+    let mut checker = HostKeyChecker {
         host: alias.clone(),
         port,
         known_hosts: known_hosts.clone(),
         accept_new: *accept_new,
         problem: problem.clone(),
+        cert_names: vec![alias.clone(), host.clone()],
+        cert_note: cert_note.clone(),
     };
     let config = Arc::new(sshvpn_common::ssh::client_config());
     let addr = (host.as_str(), port);
@@ -148,6 +183,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         Ok(a) => a.ip(),
         Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", port),
     };
+    checker.cert_names.push(server_addr.to_string());
     tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
     let handshake = tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
@@ -158,9 +194,15 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
             let entry = known_hosts::host_entry_name(alias, port);
             let kh = known_hosts.display();
             let retryable = problem.is_none();
+            let cert_note = cert_note
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .map(|why| format!(" (its host certificate was refused: {why})"))
+                .unwrap_or_default();
             let error = match problem {
                 Some(HostKeyProblem::Unknown { fingerprint }) => anyhow!(
-                    "host key for {entry} is not known ({fingerprint}); verify it, then connect once with \
+                    "host key for {entry} is not known ({fingerprint}){cert_note}; verify it, then connect once with \
                      --accept-new-host-key to record it in {kh}"
                 ),
                 Some(HostKeyProblem::Changed { fingerprint, line }) => anyhow!(
@@ -170,9 +212,6 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
                 ),
                 Some(HostKeyProblem::Revoked { line }) => {
                     anyhow!("host key for {entry} is marked @revoked in {kh}:{line}; refusing to connect")
-                }
-                Some(HostKeyProblem::Certificate) => {
-                    anyhow!("{entry} presented a host certificate; not supported")
                 }
                 Some(HostKeyProblem::Io(msg)) => anyhow!(msg),
                 None => anyhow!("SSH handshake with {host}:{} failed: {e}", port),
@@ -189,6 +228,12 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
             .iter()
             .map(|(p, k)| format!("{} ({})", p.display(), fingerprint(k.public_key())))
             .chain(creds.agent.then(|| "ssh-agent keys".to_string()))
+            .chain(
+                creds
+                    .certificates
+                    .iter()
+                    .map(|(p, c)| format!("certificate {} ({:?})", p.display(), c.key_id())),
+            )
             .collect();
         bail!(fatal, "server refused key {} for user {user}", tried.join(", "));
     }
@@ -238,6 +283,21 @@ async fn authenticate(
                     } else {
                         None
                     };
+                    // Key management: certificates of this agent key first.
+                    for (path, cert) in creds
+                        .certificates
+                        .iter()
+                        .filter(|(_, c)| c.public_key() == key.key_data())
+                    {
+                        match handle
+                            .authenticate_certificate_with(user, cert.clone(), hash, &mut agent)
+                            .await
+                        {
+                            Ok(r) if r.success() => return Ok(true),
+                            Ok(_) => tracing::debug!("certificate {} refused", path.display()),
+                            Err(e) => tracing::debug!("agent signing failed: {e}"),
+                        }
+                    }
                     match handle.authenticate_publickey_with(user, key, hash, &mut agent).await {
                         Ok(r) if r.success() => return Ok(true),
                         Ok(_) => {}
@@ -249,6 +309,20 @@ async fn authenticate(
         }
     }
     for (path, key) in &creds.keys {
+        // Key management: the certificates of this key first, as ssh does.
+        for (cert_path, cert) in creds
+            .certificates
+            .iter()
+            .filter(|(_, c)| c.public_key() == key.public_key().key_data())
+        {
+            let r = handle
+                .authenticate_openssh_cert(user, Arc::new(key.clone()), cert.clone())
+                .await?;
+            if r.success() {
+                return Ok(true);
+            }
+            tracing::debug!("certificate {} refused", cert_path.display());
+        }
         let hash = if key.algorithm().is_rsa() {
             handle.best_supported_rsa_hash().await?.flatten()
         } else {

@@ -1,5 +1,6 @@
 //! Host key verification with OpenSSH `known_hosts` semantics: plain, wildcard, negated and
-//! hashed (`|1|salt|hash`) host patterns, `[host]:port` for non-standard ports, `@revoked`.
+//! hashed (`|1|salt|hash`) host patterns, `[host]:port` for non-standard ports, `@revoked`, and
+//! host certificates signed by an `@cert-authority`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -8,7 +9,9 @@ use std::path::Path;
 
 use hmac::{KeyInit, Mac};
 use russh::keys::PublicKey;
+use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::known_hosts::{Entry, HostPatterns, Marker};
+use russh::keys::ssh_key::{Certificate, HashAlg};
 
 /// What the file says about a host and the key it presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +35,8 @@ pub fn host_entry_name(host: &str, port: u16) -> String {
     }
 }
 
-fn glob(pattern: &str, name: &str) -> bool {
+/// OpenSSH wildcard match (`*`, `?`), case-insensitive.
+pub fn glob(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut mark) = (None, 0);
@@ -107,6 +111,95 @@ pub fn check_text(text: &str, host: &str, port: u16, key: &PublicKey) -> HostKey
         }
     }
     status
+}
+
+/// What the file says about a host certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCertStatus {
+    /// Signed by an `@cert-authority` of this host, valid now, for one of the names.
+    Trusted { line: usize },
+    /// The certificate's key or its CA is marked `@revoked`.
+    Revoked { line: usize },
+    /// Signed by a CA trusted for this host, but not acceptable (why).
+    Invalid(String),
+    /// No `@cert-authority` line for this host lists its CA.
+    NoAuthority,
+}
+
+/// Checks a host certificate for `host`:`port` against `@cert-authority` and `@revoked` lines:
+/// the CA must be listed for the host, the certificate must be a valid host certificate now
+/// and name one of `names` (the host name or address connected to) among its principals.
+pub fn check_cert_text(
+    text: &str,
+    host: &str,
+    port: u16,
+    names: &[String],
+    cert: &Certificate,
+    now: std::time::SystemTime,
+) -> HostCertStatus {
+    let entry_name = host_entry_name(host, port);
+    let mut ca_line = None;
+    for (idx, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Ok(entry) = line.parse::<Entry>() else {
+            continue;
+        };
+        if !patterns_match(entry.host_patterns(), &entry_name) {
+            continue;
+        }
+        let key = entry.public_key().key_data();
+        match entry.marker() {
+            Some(Marker::Revoked) if key == cert.public_key() || key == cert.signature_key() => {
+                return HostCertStatus::Revoked { line: idx + 1 };
+            }
+            Some(Marker::CertAuthority) if key == cert.signature_key() && ca_line.is_none() => {
+                ca_line = Some(idx + 1);
+            }
+            _ => {}
+        }
+    }
+    let Some(line) = ca_line else {
+        return HostCertStatus::NoAuthority;
+    };
+    if cert.cert_type() != CertType::Host {
+        return HostCertStatus::Invalid("it is a user certificate".into());
+    }
+    let secs = now
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let fp = cert.signature_key().fingerprint(HashAlg::Sha256);
+    if cert.validate_at(secs, [&fp]).is_err() {
+        return HostCertStatus::Invalid(if cert.verify_signature().is_err() {
+            "its signature is invalid".into()
+        } else if secs < cert.valid_after() {
+            "it is not valid yet".into()
+        } else {
+            "it has expired".into()
+        });
+    }
+    let principals = cert.valid_principals();
+    if !principals
+        .iter()
+        .any(|p| names.iter().any(|n| n.eq_ignore_ascii_case(p)))
+    {
+        return HostCertStatus::Invalid(format!(
+            "it is for {}, not for {}",
+            if principals.is_empty() {
+                "no names".to_string()
+            } else {
+                principals.join(",")
+            },
+            names.join(" or ")
+        ));
+    }
+    if let Some(name) = cert.critical_options().keys().next() {
+        return HostCertStatus::Invalid(format!("unknown critical option {name:?}"));
+    }
+    HostCertStatus::Trusted { line }
 }
 
 /// Checks `key` against the file at `path`; a missing file knows no hosts.
@@ -192,6 +285,61 @@ mod tests {
         let k = key();
         let text = line("host", &k) + &format!("@revoked * {}\n", k.to_openssh().unwrap());
         assert_eq!(check_text(&text, "host", 22, &k), HostKeyStatus::Revoked { line: 2 });
+    }
+
+    #[test]
+    fn host_certificates_through_cert_authority_lines() {
+        use russh::keys::ssh_key::certificate::Builder;
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let host = key();
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let make = |names: &[&str], after: u64, before: u64, kind: CertType| {
+            let mut b = Builder::new(vec![3u8; 32], host.key_data().clone(), after, before).unwrap();
+            b.cert_type(kind).unwrap();
+            for n in names {
+                b.valid_principal(*n).unwrap();
+            }
+            b.sign(&ca).unwrap()
+        };
+        let good = make(&["hub.example", "10.0.0.1"], secs - 60, secs + 60, CertType::Host);
+        let text = format!(
+            "@cert-authority *.example,10.0.0.* {}\n",
+            ca.public_key().to_openssh().unwrap()
+        );
+        let names = |n: &str| vec![n.to_string()];
+        assert_eq!(
+            check_cert_text(&text, "hub.example", 22, &names("hub.example"), &good, now),
+            HostCertStatus::Trusted { line: 1 }
+        );
+        assert_eq!(
+            check_cert_text(&text, "10.0.0.1", 4022, &names("10.0.0.1"), &good, now),
+            HostCertStatus::NoAuthority,
+            "[10.0.0.1]:4022 does not match 10.0.0.*"
+        );
+        assert!(matches!(
+            check_cert_text(&text, "other.example", 22, &names("other.example"), &good, now),
+            HostCertStatus::Invalid(why) if why.contains("not for other.example")
+        ));
+        assert_eq!(
+            check_cert_text(&text, "elsewhere.org", 22, &names("elsewhere.org"), &good, now),
+            HostCertStatus::NoAuthority
+        );
+        let expired = make(&["hub.example"], secs - 120, secs - 60, CertType::Host);
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names("hub.example"), &expired, now),
+            HostCertStatus::Invalid(_)
+        ));
+        let user = make(&["hub.example"], secs - 60, secs + 60, CertType::User);
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names("hub.example"), &user, now),
+            HostCertStatus::Invalid(_)
+        ));
+        let revoked = text.clone() + &format!("@revoked * {}\n", host.to_openssh().unwrap());
+        assert_eq!(
+            check_cert_text(&revoked, "hub.example", 22, &names("hub.example"), &good, now),
+            HostCertStatus::Revoked { line: 2 }
+        );
     }
 
     #[test]

@@ -5,9 +5,11 @@
 
 pub mod accept_policy;
 pub mod allowed_ips;
+pub mod authorized_keys;
 pub mod cli_docs;
 pub mod keys;
 pub mod known_hosts;
+pub mod krl;
 pub mod logging;
 pub mod netconf;
 pub mod packet;

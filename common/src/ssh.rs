@@ -74,8 +74,12 @@ pub const MAX_PACKET_SIZE: u32 = 65535;
 /// The built-in client's SSH settings: the algorithm policy above, a large channel window,
 /// no Nagle delay; dead peers are found by the tunnel's own keepalives.
 pub fn client_config() -> russh::client::Config {
+    // Host certificates are asked for first: accepted through known_hosts `@cert-authority`
+    // lines, otherwise their plain key is checked like any host key.
+    let mut preferred = preferred();
+    preferred.host_key_certificates = preferred.key.clone();
     russh::client::Config {
-        preferred: preferred(),
+        preferred,
         window_size: WINDOW_SIZE,
         maximum_packet_size: MAX_PACKET_SIZE,
         channel_buffer_size: 256,

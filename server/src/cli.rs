@@ -172,6 +172,20 @@ pub struct Args {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    // Key management (issue 13).
+    /// CA keys trusted to sign user certificates, one per line (like sshd's TrustedUserCAKeys);
+    /// the login user name must be among a certificate's principals.
+    #[arg(long, value_name = "PATH")]
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    /// Revoked keys (like sshd's RevokedKeys): public keys one per line, or an OpenSSH KRL
+    /// (`ssh-keygen -k`). Re-read when it changes; live sessions of revoked keys end.
+    #[arg(long, value_name = "PATH")]
+    pub revoked_keys: Option<PathBuf>,
+    /// Host certificate to serve with the host key (like sshd's HostCertificate), e.g. made by
+    /// `ssh-keygen -s CA -h -I NAME -n HOST host_key.pub`.
+    #[arg(long, value_name = "PATH")]
+    pub host_certificate: Option<PathBuf>,
 }
 
 impl Args {

@@ -1,20 +1,13 @@
 //! One client's tunnel, from hello to goodbye: address assignment, registration in the switch,
 //! the data path with anti-spoofing, and the connect/disconnect log lines.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use russh::Channel;
-use russh::keys::PublicKey;
-use russh::server::Msg;
-use sshvpn_common::keys::fingerprint;
 use sshvpn_common::proto::frame;
 use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
-use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue,
-};
+use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue};
 
 use crate::daemon::Daemon;
 use crate::switch::PeerPort;
@@ -26,20 +19,6 @@ impl Drop for ClientSlot {
     fn drop(&mut self) {
         self.0.clients.fetch_sub(1, Relaxed);
     }
-}
-
-/// Runs the tunnel of a client that authenticated with `key` on its SSH channel.
-pub async fn serve_channel(daemon: Arc<Daemon>, channel: Channel<Msg>, key: PublicKey, peer: SocketAddr) {
-    let (rx, tx) = channel.split();
-    serve(
-        daemon,
-        ChannelRx(rx),
-        ChannelTx(tx),
-        fingerprint(&key),
-        peer.to_string(),
-        None,
-    )
-    .await;
 }
 
 /// Why a new session cannot be taken now (the server is full), if it cannot.
@@ -169,6 +148,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 peer: peer.clone(),
                 since: std::time::SystemTime::now(),
                 evict: Default::default(),
+                not_authorized: Default::default(),
             });
             daemon.switch.attach(p.clone());
             port = Some(p);
@@ -224,6 +204,10 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         let port = port.clone();
         async move {
             port.evict.notified().await;
+            // Key management: a credential that is no longer authorized.
+            if port.not_authorized.load(Relaxed) {
+                return (CloseCode::NotAuthorized, "not authorized".to_string());
+            }
             (
                 CloseCode::Replaced,
                 "replaced by a newer session of the same key".to_string(),

@@ -35,6 +35,10 @@ pub struct FileConfig {
     pub masquerade: Option<String>,
     #[serde(default, rename = "peer")]
     pub peers: Vec<Spanned<PeerEntry>>,
+    // Key management (issue 13): as the command-line options of the same names.
+    pub trusted_user_ca_keys: Option<PathBuf>,
+    pub revoked_keys: Option<PathBuf>,
+    pub host_certificate: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use ipnet::IpNet;
-use russh::keys::PublicKey;
 use russh::{MethodKind, MethodSet};
-use sshvpn_common::keys::{self, AuthorizedKeys, fingerprint};
+use sshvpn_common::keys::{self, fingerprint};
 use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
@@ -29,7 +28,6 @@ use crate::switch::Switch;
 
 /// State shared by every connection.
 pub struct Daemon {
-    pub authorized: AuthorizedKeys,
     pub addressing: Addressing,
     pub push_routes: Vec<IpNet>,
     pub push_dns: Vec<std::net::IpAddr>,
@@ -66,6 +64,8 @@ pub struct Daemon {
     pub peer_routes: PeerRoutes,
     /// Concurrent sessions one identity may hold (instance-tagged `sshvpn exec` runs).
     pub max_sessions_per_identity: usize,
+    // Key management (issue 13): live key files, login decisions, re-checks of live sessions.
+    pub key_store: crate::credentials::KeyStore,
 }
 
 impl Daemon {
@@ -77,10 +77,6 @@ impl Daemon {
         }
         h.1 += secs;
         h.2 += 1;
-    }
-
-    pub fn is_authorized(&self, key: &PublicKey) -> bool {
-        self.peers.contains_key(key) || (!self.peers_only && self.authorized.contains(key))
     }
 }
 
@@ -133,6 +129,10 @@ fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
     args.push_routes.extend(file.push_routes.iter().copied());
     args.push_dns.extend(file.dns.iter().copied());
     args.push_search.extend(file.search.iter().cloned());
+    // Key management (issue 13).
+    args.trusted_user_ca_keys = args.trusted_user_ca_keys.take().or(file.trusted_user_ca_keys.clone());
+    args.revoked_keys = args.revoked_keys.take().or(file.revoked_keys.clone());
+    args.host_certificate = args.host_certificate.take().or(file.host_certificate.clone());
     let peers = config::validate(&text, &file, args.pool, args.pool6).map_err(|errs| {
         anyhow::anyhow!(
             "configuration rejected:\n{}",
@@ -162,8 +162,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     args.validate().map_err(anyhow::Error::msg)?;
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
     let mut host_key = None;
-    let mut authorized = AuthorizedKeys::default();
-    if let (Some(key_path), Some(ak_path)) = (&args.host_key, &args.authorized_keys) {
+    if let (Some(key_path), Some(_)) = (&args.host_key, &args.authorized_keys) {
         let (key, generated) = keys::load_or_generate_host_key(key_path)?;
         if generated {
             tracing::info!(
@@ -172,13 +171,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
                 fingerprint(key.public_key())
             );
         }
-        authorized = AuthorizedKeys::load(ak_path).context("loading authorized keys")?;
-        if authorized.is_empty() && args.listen.is_some() {
-            tracing::warn!(
-                "{} lists no usable keys: nobody can connect over SSH",
-                ak_path.display()
-            );
-        }
+        // Key management (issue 13): authorized_keys is loaded (and watched) by the key store.
         host_key = Some(key);
     }
     let pool4 = AddressPool::new(args.pool.context("--pool is required")?)?;
@@ -239,13 +232,32 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
+    // Key management (issue 13): the key files, watched while the daemon runs.
+    let key_store = crate::credentials::KeyStore::load_with_config(
+        args.authorized_keys.as_deref().filter(|_| host_key.is_some()),
+        args.trusted_user_ca_keys.as_deref(),
+        args.revoked_keys.as_deref(),
+        args.config.as_deref().map(|c| (c, args.pool, args.pool6)),
+    )
+    .context("loading key files")?;
+    if host_key.is_some() && args.listen.is_some() && {
+        let sets = key_store.current();
+        sets.authorized.entries.is_empty() && sets.cas.is_empty()
+    } {
+        tracing::warn!("no usable authorized keys or user CAs: nobody can connect over SSH");
+    }
+    let host_certificates = match (&args.host_certificate, &host_key) {
+        (Some(p), Some(k)) => vec![crate::credentials::load_host_certificate(p, k.public_key())?],
+        _ => Vec::new(),
+    };
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;
     }
+    // Key management (issue 13): warn if the files cannot be re-read as that user.
+    key_store.warn_unreadable();
 
     let switch = Arc::new(Switch::default());
     let daemon = Arc::new(Daemon {
-        authorized,
         addressing,
         push_routes: args.push_routes.clone(),
         push_dns: args.push_dns.clone(),
@@ -284,6 +296,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             groups: args.allow_groups.clone(),
         },
         max_sessions_per_identity: args.max_sessions_per_identity,
+        key_store,
     });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
@@ -304,7 +317,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ssh_listener = async {
         match (listener, host_key) {
-            (Some(l), Some(k)) => listener::serve(daemon.clone(), l, Arc::new(ssh_config(k, &args))).await,
+            (Some(l), Some(k)) => {
+                let config = russh::server::Config {
+                    certificates: host_certificates,
+                    ..ssh_config(k, &args)
+                };
+                listener::serve(daemon.clone(), l, Arc::new(config)).await
+            }
             _ => std::future::pending().await,
         }
     };
@@ -318,6 +337,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         r = metrics_server => r,
         r = ssh_listener => r,
         r = control::serve(daemon.clone(), control) => r,
+        r = crate::credentials::watch(daemon.clone()) => r,
         r = &mut tun_reader => {
             let why = match r { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "closed".into(), Err(e) => e.to_string() };
             Err(anyhow::anyhow!("tunnel interface failed: {why}"))

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
-use sshvpn_common::keys::fingerprint;
 use sshvpn_common::ssh::SUBSYSTEM;
 
+use crate::credentials::{Credential, Grant};
 use crate::daemon::Daemon;
 use crate::listener::ConnectionState;
 
@@ -23,6 +23,8 @@ pub struct ConnectionHandler {
     /// The session channel opened by the client, until it asks for the subsystem.
     channel: Option<Channel<Msg>>,
     tunnel_started: bool,
+    /// Key management: the accepted login (key or certificate, user, source).
+    grant: Option<Grant>,
 }
 
 impl ConnectionHandler {
@@ -34,6 +36,37 @@ impl ConnectionHandler {
             key: None,
             channel: None,
             tunnel_started: false,
+            grant: None,
+        }
+    }
+}
+
+// Key management (issue 13): login decisions through the live key store.
+impl ConnectionHandler {
+    fn authorize(&self, credential: &Credential, user: &str) -> Result<Grant, String> {
+        let d = &self.daemon;
+        d.key_store
+            .authorize(&d.peers, d.peers_only, credential, user, self.peer.ip())
+    }
+
+    fn refused(&self, user: &str, why: &str) {
+        self.state.auth_failures.fetch_add(1, Relaxed);
+        self.daemon.auth_failures.fetch_add(1, Relaxed);
+        tracing::info!("{}: refused user {user:?}: {why}", self.peer);
+    }
+
+    fn accept(&mut self, user: &str, credential: &Credential, key: PublicKey) -> Result<Auth, russh::Error> {
+        match self.authorize(credential, user) {
+            Ok(grant) => {
+                tracing::debug!("{}: user {user:?} authenticated with {}", self.peer, grant.label);
+                self.key = Some(key);
+                self.grant = Some(grant);
+                Ok(Auth::Accept)
+            }
+            Err(why) => {
+                self.refused(user, &why);
+                Ok(Auth::reject())
+            }
         }
     }
 }
@@ -42,31 +75,33 @@ impl russh::server::Handler for ConnectionHandler {
     type Error = russh::Error;
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        if self.daemon.is_authorized(offer.public_key) {
-            return Ok(Auth::Accept);
+        // Key files changed since the last login are re-read first (a stat per file).
+        self.daemon.key_store.refresh(false);
+        let credential = Credential::Key(offer.public_key.clone());
+        match self.authorize(&credential, user) {
+            Ok(_) => return Ok(Auth::Accept),
+            // A certificate's key is offered here as a plain key: with a CA configured, the
+            // decision is taken once the certificate is seen (auth_openssh_certificate).
+            Err(_) if self.daemon.key_store.accepts_certificates() => return Ok(Auth::Accept),
+            Err(why) => self.refused(user, &why),
         }
-        self.state.auth_failures.fetch_add(1, Relaxed);
-        self.daemon.auth_failures.fetch_add(1, Relaxed);
-        tracing::info!(
-            "{}: refused key {} for user {user:?} (not in authorized keys)",
-            self.peer,
-            fingerprint(offer.public_key)
-        );
         Ok(Auth::reject())
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
-        if !self.daemon.is_authorized(key.public_key) {
-            self.state.auth_failures.fetch_add(1, Relaxed);
-            return Ok(Auth::reject());
-        }
-        tracing::debug!(
-            "{}: user {user:?} authenticated with {}",
-            self.peer,
-            fingerprint(key.public_key)
-        );
-        self.key = Some(key.public_key.clone());
-        Ok(Auth::Accept)
+        let credential = Credential::Key(key.public_key.clone());
+        self.accept(user, &credential, key.public_key.clone())
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        user: &str,
+        certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        self.daemon.key_store.refresh(false);
+        let key = PublicKey::new(certificate.public_key().clone(), "");
+        let credential = Credential::Cert(Box::new(certificate.clone()));
+        self.accept(user, &credential, key)
     }
 
     async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
@@ -114,7 +149,7 @@ impl russh::server::Handler for ConnectionHandler {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        let (Some(chan), Some(key)) = (self.channel.take(), self.key.clone()) else {
+        let (Some(chan), Some(grant)) = (self.channel.take(), self.grant.clone()) else {
             session.channel_failure(channel)?;
             return Ok(());
         };
@@ -126,7 +161,7 @@ impl russh::server::Handler for ConnectionHandler {
         let peer = self.peer;
         let handle = session.handle();
         tokio::spawn(async move {
-            crate::client_session::serve_channel(daemon, chan, key, peer).await;
+            crate::credentials::serve_authenticated(daemon, chan, grant, peer).await;
             // The tunnel is over: end the SSH connection too.
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "tunnel closed".into(), "en".into())

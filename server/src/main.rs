@@ -8,6 +8,7 @@ mod cli;
 mod client_session;
 mod config;
 mod control;
+mod credentials;
 mod daemon;
 mod handler;
 mod leases;

@@ -26,6 +26,9 @@ pub struct PeerPort {
     pub since: std::time::SystemTime,
     /// Notified when this session must end (e.g. replaced by a newer one of the same identity).
     pub evict: Notify,
+    /// Key management: set when this session's credential is no longer authorized (removed,
+    /// revoked, expired); the eviction then closes it with CLOSE "not authorized".
+    pub not_authorized: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]

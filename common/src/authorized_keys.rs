@@ -1,0 +1,858 @@
+//! OpenSSH `authorized_keys` with key options, read as sshd(8) reads it (AUTHORIZED_KEYS FILE
+//! FORMAT), and the decisions that follow from it: may this key (or this user certificate)
+//! connect from this address now, and if not, why not.
+//!
+//! Honoured: `from="pattern-list"` (address / CIDR / wildcard patterns, `!` negation),
+//! `expiry-time="YYYYMMDD[HHMM[SS]][Z]"` (local time unless `Z`), `cert-authority` with
+//! `principals="..."`. Accepted and ignored (a VPN has nothing to forward): `restrict`, the
+//! `no-*` options and their positive forms, `permitopen`, `permitlisten`, `environment`, `tunnel`.
+//! A forced `command=` cannot be honoured by a tunnel, so such a line is skipped. An unknown or
+//! malformed option makes that line unusable, with a warning naming the line, as sshd does.
+//! Pure: no I/O, time is passed in.
+
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use russh::keys::PublicKey;
+use russh::keys::ssh_key::certificate::CertType;
+use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg, public::KeyData};
+
+/// Longest line considered (sshd's limit is 16 KiB per line too).
+pub const MAX_LINE: usize = 16 * 1024;
+/// Patterns in one `from=` / `principals=` list, at most.
+const MAX_LIST: usize = 256;
+
+/// The options column of one line, as far as it matters here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyOptions {
+    /// `from=`: the source address must match this pattern list.
+    pub from: Option<Vec<String>>,
+    /// `expiry-time=`: not accepted after this instant.
+    pub expiry: Option<SystemTime>,
+    /// `cert-authority`: the key is a CA for user certificates, not a user key.
+    pub cert_authority: bool,
+    /// `principals=`: with `cert-authority`, certificate principals accepted instead of the user name.
+    pub principals: Option<Vec<String>>,
+}
+
+/// One usable line.
+#[derive(Debug, Clone)]
+pub struct AuthorizedKey {
+    /// 1-based line number in its file.
+    pub line: usize,
+    pub options: KeyOptions,
+    pub key: PublicKey,
+}
+
+/// A line that was skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// A parsed `authorized_keys` file: the usable lines, and the ones skipped.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorizedKeysFile {
+    pub entries: Vec<AuthorizedKey>,
+    pub errors: Vec<LineError>,
+}
+
+/// Who is asking: the login user name, where the connection comes from, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub user: &'a str,
+    pub source: IpAddr,
+    pub now: SystemTime,
+}
+
+/// What allowed a certificate: the principal it was accepted for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertGrant {
+    pub principal: String,
+    /// The `authorized_keys` line of the CA (None for a CA from a trusted-CA file).
+    pub line: Option<usize>,
+}
+
+impl AuthorizedKeysFile {
+    /// Parses the whole text; every skipped line is in `errors`.
+    pub fn parse(text: &str) -> AuthorizedKeysFile {
+        let mut file = AuthorizedKeysFile::default();
+        for (idx, raw) in text.lines().enumerate() {
+            match parse_line(raw) {
+                Ok(Some((options, key))) => file.entries.push(AuthorizedKey {
+                    line: idx + 1,
+                    options,
+                    key,
+                }),
+                Ok(None) => {}
+                Err(message) => file.errors.push(LineError { line: idx + 1, message }),
+            }
+        }
+        file
+    }
+
+    /// Whether `key` is listed as a user key (whatever its options say).
+    pub fn lists_key(&self, key: &KeyData) -> bool {
+        self.entries
+            .iter()
+            .any(|e| !e.options.cert_authority && e.key.key_data() == key)
+    }
+
+    /// Whether some line is a `cert-authority` line.
+    pub fn has_cert_authorities(&self) -> bool {
+        self.entries.iter().any(|e| e.options.cert_authority)
+    }
+
+    /// sshd's decision for a plain key: the first line listing the key whose options allow the
+    /// request wins (Ok: its line number); otherwise the reason the first listing line refused.
+    /// `cert-authority` lines never match a plain key.
+    pub fn authorize_key(&self, key: &KeyData, req: &Request<'_>) -> Result<usize, String> {
+        let mut refusal = None;
+        for e in self.entries.iter().filter(|e| e.key.key_data() == key) {
+            if e.options.cert_authority {
+                refusal.get_or_insert_with(|| {
+                    format!(
+                        "line {} lists it as a cert-authority, which only signs certificates",
+                        e.line
+                    )
+                });
+                continue;
+            }
+            match e.options.check(req) {
+                Ok(()) => return Ok(e.line),
+                Err(why) => {
+                    refusal.get_or_insert_with(|| format!("line {}: {why}", e.line));
+                }
+            }
+        }
+        Err(refusal.unwrap_or_else(|| "not in authorized keys".to_string()))
+    }
+
+    /// sshd's decision for a user certificate against the `cert-authority` lines: the CA must be
+    /// listed, its line's options must allow the request, and the certificate must be valid for
+    /// the user (or, with `principals=`, for one of those principals).
+    pub fn authorize_cert(&self, cert: &Certificate, req: &Request<'_>) -> Result<CertGrant, String> {
+        let mut refusal = None;
+        for e in self
+            .entries
+            .iter()
+            .filter(|e| e.options.cert_authority && e.key.key_data() == cert.signature_key())
+        {
+            let r = e
+                .options
+                .check(req)
+                .and_then(|()| check_user_cert(cert, e.key.key_data(), e.options.principals.as_deref(), req));
+            match r {
+                Ok(principal) => {
+                    return Ok(CertGrant {
+                        principal,
+                        line: Some(e.line),
+                    });
+                }
+                Err(why) => {
+                    refusal.get_or_insert_with(|| format!("line {}: {why}", e.line));
+                }
+            }
+        }
+        Err(refusal.unwrap_or_else(|| "its CA is not a cert-authority in authorized keys".to_string()))
+    }
+}
+
+impl KeyOptions {
+    /// Whether the line's restrictions allow `req`.
+    pub fn check(&self, req: &Request<'_>) -> Result<(), String> {
+        if let Some(expiry) = self.expiry
+            && req.now > expiry
+        {
+            return Err(format!("expired (expiry-time {})", format_time(expiry)));
+        }
+        if let Some(from) = &self.from
+            && !match_source(from, req.source)
+        {
+            return Err(format!(
+                "source {} does not match from=\"{}\"",
+                req.source,
+                from.join(",")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a user certificate signed by `ca` (already known to be trusted) for `req`: type,
+/// signature, validity period, principals (the user name, or with `allowed` one of those),
+/// and critical options (`source-address` honoured; `force-command` cannot be; others unknown).
+/// Ok: the principal it is accepted for.
+pub fn check_user_cert(
+    cert: &Certificate,
+    ca: &KeyData,
+    allowed: Option<&[String]>,
+    req: &Request<'_>,
+) -> Result<String, String> {
+    if cert.cert_type() != CertType::User {
+        return Err("it is a host certificate, not a user certificate".into());
+    }
+    if cert.signature_key() != ca {
+        return Err("it is signed by another CA".into());
+    }
+    let now = unix_seconds(req.now);
+    let fp: Fingerprint = ca.fingerprint(HashAlg::Sha256);
+    if cert.validate_at(now, [&fp]).is_err() {
+        if cert.verify_signature().is_err() {
+            return Err("its signature is invalid".into());
+        }
+        return Err(if now < cert.valid_after() {
+            format!("not valid before {}", format_unix(cert.valid_after()))
+        } else {
+            format!("expired at {}", format_unix(cert.valid_before()))
+        });
+    }
+    let principals = cert.valid_principals();
+    if principals.is_empty() {
+        return Err("it names no principals".into());
+    }
+    let principal = match allowed {
+        Some(list) => principals
+            .iter()
+            .find(|p| list.iter().any(|a| a == *p))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "none of its principals ({}) is in principals=\"{}\"",
+                    principals.join(","),
+                    list.join(",")
+                )
+            })?,
+        None => principals
+            .iter()
+            .find(|p| p.as_str() == req.user)
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "user {:?} is not among its principals ({})",
+                    req.user,
+                    principals.join(",")
+                )
+            })?,
+    };
+    for (name, value) in cert.critical_options().iter() {
+        match name.as_str() {
+            "source-address" => {
+                let list: Vec<String> = value.split(',').map(|s| s.trim().to_string()).collect();
+                let mut ok = false;
+                for entry in &list {
+                    match parse_net(entry) {
+                        Some(net) => ok |= net.contains(&canonical(req.source)),
+                        None => return Err(format!("its source-address {value:?} is not a CIDR list")),
+                    }
+                }
+                if !ok {
+                    return Err(format!("source {} is not in its source-address {value}", req.source));
+                }
+            }
+            // A FIDO user-verification requirement: the signature was checked by the SSH layer.
+            "verify-required" => {}
+            "force-command" => return Err("it has a force-command, which a VPN tunnel cannot honour".into()),
+            other => return Err(format!("unknown critical option {other:?}")),
+        }
+    }
+    Ok(principal)
+}
+
+/// Parses one line: Ok(None) for blank and comment lines.
+pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, String> {
+    if raw.len() > MAX_LINE {
+        return Err(format!("line longer than {MAX_LINE} bytes"));
+    }
+    let line = raw.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let first = line.split_ascii_whitespace().next().unwrap_or_default();
+    let (options, rest) = if is_key_type(first) {
+        (KeyOptions::default(), line)
+    } else {
+        parse_options(line)?
+    };
+    let rest = rest.trim_start();
+    let kind = rest.split_ascii_whitespace().next().unwrap_or_default();
+    if kind.contains("-cert-v01@openssh.com") {
+        return Err("a certificate is not a key: list its CA with cert-authority instead".into());
+    }
+    if !is_key_type(kind) {
+        return Err(format!("unknown key type {kind:?}"));
+    }
+    let key = PublicKey::from_openssh(rest).map_err(|e| format!("unreadable key: {e}"))?;
+    Ok(Some((options, key)))
+}
+
+fn is_key_type(s: &str) -> bool {
+    s.starts_with("ssh-") || s.starts_with("ecdsa-sha2-") || s.starts_with("sk-")
+}
+
+/// Options sshd knows that mean nothing for a VPN tunnel: accepted and ignored.
+const IGNORED_FLAGS: &[&str] = &[
+    "restrict",
+    "no-agent-forwarding",
+    "no-port-forwarding",
+    "no-pty",
+    "no-user-rc",
+    "no-x11-forwarding",
+    "no-touch-required",
+    "verify-required",
+    "agent-forwarding",
+    "port-forwarding",
+    "pty",
+    "user-rc",
+    "x11-forwarding",
+];
+const IGNORED_VALUES: &[&str] = &["permitopen", "permitlisten", "environment", "tunnel"];
+
+/// Parses the options column at the start of `line`; returns the options and the rest.
+pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), String> {
+    let mut opts = KeyOptions::default();
+    let bytes = line.as_bytes();
+    let mut i = 0;
+    loop {
+        let start = i;
+        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-' || bytes[i] == b'_') {
+            i += 1;
+        }
+        let name = line[start..i].to_ascii_lowercase();
+        if name.is_empty() {
+            return Err(format!("bad options column near {:?}", snippet(&line[start..])));
+        }
+        let value = if bytes.get(i) == Some(&b'=') {
+            i += 1;
+            if bytes.get(i) != Some(&b'"') {
+                return Err(format!("option {name}= needs a double-quoted value"));
+            }
+            i += 1;
+            let mut v = String::new();
+            loop {
+                match bytes.get(i) {
+                    None => return Err(format!("option {name}= has no closing quote")),
+                    Some(b'\\') if bytes.get(i + 1) == Some(&b'"') => {
+                        v.push('"');
+                        i += 2;
+                    }
+                    Some(b'"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(_) => {
+                        // Copy one whole UTF-8 character.
+                        let ch = line[i..].chars().next().unwrap_or('\u{fffd}');
+                        v.push(ch);
+                        i += ch.len_utf8();
+                    }
+                }
+            }
+            Some(v)
+        } else {
+            None
+        };
+        apply_option(&mut opts, &name, value)?;
+        match bytes.get(i) {
+            Some(b',') => i += 1,
+            Some(b' ') | Some(b'\t') => break,
+            None => return Err("options but no key".into()),
+            Some(_) => return Err(format!("bad options column near {:?}", snippet(&line[i..]))),
+        }
+    }
+    if opts.principals.is_some() && !opts.cert_authority {
+        return Err("principals= is only allowed with cert-authority".into());
+    }
+    Ok((opts, &line[i..]))
+}
+
+fn snippet(s: &str) -> String {
+    s.chars().take(20).collect()
+}
+
+fn apply_option(opts: &mut KeyOptions, name: &str, value: Option<String>) -> Result<(), String> {
+    let needs_value = |v: Option<String>| v.ok_or_else(|| format!("option {name} needs a value"));
+    match name {
+        "cert-authority" => {
+            if value.is_some() {
+                return Err("option cert-authority takes no value".into());
+            }
+            opts.cert_authority = true;
+        }
+        "from" => {
+            if opts.from.is_some() {
+                return Err("from= given twice".into());
+            }
+            opts.from = Some(parse_from(&needs_value(value)?)?);
+        }
+        "expiry-time" => {
+            if opts.expiry.is_some() {
+                return Err("expiry-time= given twice".into());
+            }
+            let v = needs_value(value)?;
+            opts.expiry =
+                Some(parse_expiry(&v).ok_or_else(|| format!("expiry-time=\"{v}\" is not YYYYMMDD[HHMM[SS]][Z]"))?);
+        }
+        "principals" => {
+            if opts.principals.is_some() {
+                return Err("principals= given twice".into());
+            }
+            let v = needs_value(value)?;
+            let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+            if list.len() > MAX_LIST || list.iter().any(String::is_empty) {
+                return Err(format!("principals=\"{v}\" is not a list of names"));
+            }
+            opts.principals = Some(list);
+        }
+        "command" => {
+            needs_value(value)?;
+            return Err("command= (a forced command) cannot be honoured by a VPN tunnel: key not usable".into());
+        }
+        n if IGNORED_FLAGS.contains(&n) => {
+            if value.is_some() {
+                return Err(format!("option {n} takes no value"));
+            }
+        }
+        n if IGNORED_VALUES.contains(&n) => {
+            needs_value(value)?;
+        }
+        n => return Err(format!("unknown option {n:?}")),
+    }
+    Ok(())
+}
+
+/// A `from=` pattern list: comma-separated, `!` negates; CIDR entries must be valid networks.
+fn parse_from(v: &str) -> Result<Vec<String>, String> {
+    let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
+    if list.len() > MAX_LIST {
+        return Err(format!("from= lists more than {MAX_LIST} patterns"));
+    }
+    for p in &list {
+        let body = p.strip_prefix('!').unwrap_or(p);
+        if body.is_empty() {
+            return Err(format!("from=\"{v}\" has an empty pattern"));
+        }
+        if body.contains('/') && parse_net(body).is_none() {
+            return Err(format!(
+                "from= pattern {body:?} is not a valid network (address/prefix, no host bits)"
+            ));
+        }
+    }
+    Ok(list)
+}
+
+/// `ADDR/LEN` with no host bits set, or a bare address.
+fn parse_net(s: &str) -> Option<IpNet> {
+    if let Ok(net) = s.parse::<IpNet>() {
+        return (net.trunc() == net).then_some(net);
+    }
+    s.parse::<IpAddr>().ok().map(IpNet::from)
+}
+
+/// IPv4-mapped IPv6 sources are matched as the IPv4 address they are.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// sshd's `match_host_and_ip` with the address as the host name (UseDNS no): an entry matches
+/// as a network (CIDR or bare address) or as a `*`/`?` wildcard against the address text. Any
+/// negated match refuses, whatever else matches; otherwise a positive match accepts.
+pub fn match_source(patterns: &[String], source: IpAddr) -> bool {
+    let ip = canonical(source);
+    let text = ip.to_string();
+    let mut positive = false;
+    for p in patterns {
+        let (negated, body) = match p.strip_prefix('!') {
+            Some(b) => (true, b),
+            None => (false, p.as_str()),
+        };
+        let hit = match parse_net(body) {
+            Some(net) => net.contains(&ip),
+            None => crate::known_hosts::glob(body, &text),
+        };
+        if hit && negated {
+            return false;
+        }
+        positive |= hit;
+    }
+    positive
+}
+
+/// `YYYYMMDD[HHMM[SS]][Z]`: local time unless it ends in `Z` (UTC), as sshd reads it.
+pub fn parse_expiry(s: &str) -> Option<SystemTime> {
+    use chrono::{NaiveDate, TimeZone};
+    let (digits, utc) = match s.strip_suffix(['Z', 'z']) {
+        Some(d) => (d, true),
+        None => (s, false),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || ![8, 12, 14].contains(&digits.len()) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| digits.get(r).and_then(|d| d.parse::<u32>().ok());
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(4..6)?, num(6..8)?)?;
+    let (h, m, sec) = match digits.len() {
+        8 => (0, 0, 0),
+        12 => (num(8..10)?, num(10..12)?, 0),
+        _ => (num(8..10)?, num(10..12)?, num(12..14)?),
+    };
+    let naive = date.and_hms_opt(h, m, sec)?;
+    let ts = if utc {
+        naive.and_utc().timestamp()
+    } else {
+        chrono::Local.from_local_datetime(&naive).earliest()?.timestamp()
+    };
+    let secs = u64::try_from(ts).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+pub fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn format_unix(secs: u64) -> String {
+    if secs == u64::MAX {
+        return "forever".into();
+    }
+    match chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(i64::MAX), 0) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        None => secs.to_string(),
+    }
+}
+
+fn format_time(t: SystemTime) -> String {
+    format_unix(unix_seconds(t))
+}
+
+/// A plain list of public keys, one per line (TrustedUserCAKeys, or revoked keys), with
+/// comments and blank lines. Every line that is not a key is an error.
+pub fn parse_key_list(text: &str) -> (Vec<PublicKey>, Vec<LineError>) {
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for (idx, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if line.len() > MAX_LINE {
+            errors.push(LineError {
+                line: idx + 1,
+                message: format!("line longer than {MAX_LINE} bytes"),
+            });
+            continue;
+        }
+        // A certificate line lists its key (ssh-keygen -k would list the certificate itself).
+        if line
+            .split_ascii_whitespace()
+            .next()
+            .is_some_and(|k| k.contains("-cert-v01@openssh.com"))
+        {
+            match Certificate::from_openssh(line) {
+                Ok(c) => keys.push(PublicKey::new(c.public_key().clone(), "")),
+                Err(e) => errors.push(LineError {
+                    line: idx + 1,
+                    message: format!("unreadable certificate: {e}"),
+                }),
+            }
+            continue;
+        }
+        match PublicKey::from_openssh(line) {
+            Ok(k) => keys.push(k),
+            Err(e) => errors.push(LineError {
+                line: idx + 1,
+                message: format!("not a public key: {e}"),
+            }),
+        }
+    }
+    (keys, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::{Algorithm, PrivateKey};
+    use std::time::Duration;
+
+    fn key() -> PrivateKey {
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()
+    }
+
+    fn line(k: &PrivateKey) -> String {
+        k.public_key().to_openssh().unwrap()
+    }
+
+    fn req(source: &str) -> Request<'static> {
+        Request {
+            user: "carol",
+            source: source.parse().unwrap(),
+            now: SystemTime::now(),
+        }
+    }
+
+    fn pats(s: &str) -> Vec<String> {
+        s.split(',').map(String::from).collect()
+    }
+
+    #[test]
+    fn options_with_quotes_escapes_and_case() {
+        let k = key();
+        let text = format!(
+            "NO-PTY,from=\"10.0.0.0/8,!10.9.9.9\",environment=\"A=\\\"b c\\\"\",restrict {} c@x",
+            line(&k)
+        );
+        let (opts, key) = parse_line(&text).unwrap().unwrap();
+        assert_eq!(key.key_data(), k.public_key().key_data());
+        assert_eq!(opts.from, Some(pats("10.0.0.0/8,!10.9.9.9")));
+        assert!(!opts.cert_authority);
+        assert_eq!(parse_line("  # comment").unwrap(), None);
+        assert_eq!(parse_line("").unwrap(), None);
+    }
+
+    #[test]
+    fn malformed_and_unknown_options_reject_the_line() {
+        let l = line(&key());
+        for bad in [
+            format!("frobnicate {l}"),
+            format!("from=10.0.0.1 {l}"),
+            format!("from=\"10.0.0.1 {l}"),
+            format!("from=\"10.0.0.1/33\" {l}"),
+            format!("from=\"10.0.0.1/8\" {l}"),
+            format!("expiry-time=\"2026131\" {l}"),
+            format!("expiry-time=\"20261301\" {l}"),
+            format!("principals=\"carol\" {l}"),
+            format!("command=\"/bin/backup\" {l}"),
+            format!("no-pty=\"x\" {l}"),
+            format!("cert-authority,,no-pty {l}"),
+            "no-pty".to_string(),
+            "ssh-ed25519 AAAAnotbase64".to_string(),
+        ] {
+            assert!(parse_line(&bad).is_err(), "accepted: {bad}");
+        }
+        let text = format!("{l}\nfrobnicate {l}\n\n{l}\n");
+        let f = AuthorizedKeysFile::parse(&text);
+        assert_eq!(f.entries.iter().map(|e| e.line).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(f.errors.len(), 1);
+        assert_eq!(f.errors[0].line, 2);
+        assert!(
+            f.errors[0].to_string().contains("unknown option \"frobnicate\""),
+            "{}",
+            f.errors[0]
+        );
+    }
+
+    #[test]
+    fn from_patterns_negation_overrides_wherever_it_is() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p = pats("10.210.1.0/24");
+        assert!(match_source(&p, ip("10.210.1.7")));
+        assert!(!match_source(&p, ip("10.210.2.7")));
+        // Negation overrides, whatever the order.
+        for list in ["!10.210.1.5,10.210.1.0/24", "10.210.1.0/24,!10.210.1.5"] {
+            let p = pats(list);
+            assert!(!match_source(&p, ip("10.210.1.5")), "{list}");
+            assert!(match_source(&p, ip("10.210.1.6")), "{list}");
+        }
+        // Wildcards on the address text, bare addresses, IPv6, IPv4-mapped.
+        assert!(match_source(&pats("10.1.*"), ip("10.1.200.3")));
+        assert!(match_source(&pats("10.1.2.?"), ip("10.1.2.3")));
+        assert!(!match_source(&pats("10.1.2.?"), ip("10.1.2.33")));
+        assert!(match_source(&pats("192.0.2.1"), ip("192.0.2.1")));
+        assert!(match_source(&pats("fd00::/16"), ip("fd00:1::2")));
+        assert!(match_source(&pats("10.0.0.0/8"), ip("::ffff:10.1.1.1")));
+        // Only negative patterns: nothing is accepted.
+        assert!(!match_source(&pats("!10.0.0.1"), ip("10.0.0.2")));
+        assert!(!match_source(&pats("*,!10.0.0.1"), ip("10.0.0.1")));
+        assert!(match_source(&pats("*,!10.0.0.1"), ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn first_permitting_line_wins_and_cert_authority_lines_are_not_user_keys() {
+        let k = key();
+        let l = line(&k);
+        let text = format!(
+            "from=\"10.1.0.0/16\" {l}\nfrom=\"10.2.0.0/16\" {l}\ncert-authority {}\n",
+            line(&key())
+        );
+        let f = AuthorizedKeysFile::parse(&text);
+        assert_eq!(f.authorize_key(k.public_key().key_data(), &req("10.1.0.1")), Ok(1));
+        assert_eq!(f.authorize_key(k.public_key().key_data(), &req("10.2.0.1")), Ok(2));
+        let why = f
+            .authorize_key(k.public_key().key_data(), &req("10.3.0.1"))
+            .unwrap_err();
+        assert!(why.starts_with("line 1: source 10.3.0.1 does not match"), "{why}");
+        let ca = key();
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority {}\n", line(&ca)));
+        assert!(f.authorize_key(ca.public_key().key_data(), &req("10.1.0.1")).is_err());
+        assert!(f.has_cert_authorities());
+        assert!(!f.lists_key(ca.public_key().key_data()));
+        let other = key();
+        assert_eq!(
+            f.authorize_key(other.public_key().key_data(), &req("10.1.0.1")),
+            Err("not in authorized keys".to_string())
+        );
+    }
+
+    #[test]
+    fn expiry_time_utc_and_local() {
+        let t = parse_expiry("20300102Z").unwrap();
+        assert_eq!(unix_seconds(t), 1_893_542_400);
+        assert_eq!(
+            unix_seconds(parse_expiry("203001020304Z").unwrap()),
+            1_893_542_400 + 3 * 3600 + 4 * 60
+        );
+        assert_eq!(
+            unix_seconds(parse_expiry("20300102030405z").unwrap()),
+            1_893_542_400 + 3 * 3600 + 4 * 60 + 5
+        );
+        // Local time: equal to UTC shifted by the local offset on that date.
+        let local = unix_seconds(parse_expiry("20300102").unwrap()) as i64;
+        let offset = {
+            use chrono::{Offset, TimeZone};
+            let naive = chrono::NaiveDate::from_ymd_opt(2030, 1, 2)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap();
+            chrono::Local
+                .from_local_datetime(&naive)
+                .earliest()
+                .unwrap()
+                .offset()
+                .fix()
+                .local_minus_utc() as i64
+        };
+        assert_eq!(local, 1_893_542_400 - offset);
+        for bad in [
+            "2030010",
+            "203001021",
+            "20301302",
+            "20300230",
+            "2030010224",
+            "2030x102",
+            "",
+        ] {
+            assert_eq!(parse_expiry(bad), None, "{bad}");
+        }
+        let k = key();
+        let past = format!("expiry-time=\"20200101Z\" {}", line(&k));
+        let f = AuthorizedKeysFile::parse(&past);
+        let why = f
+            .authorize_key(k.public_key().key_data(), &req("10.0.0.1"))
+            .unwrap_err();
+        assert!(why.contains("expired"), "{why}");
+        let future = format!("expiry-time=\"20991231Z\" {}", line(&k));
+        let f = AuthorizedKeysFile::parse(&future);
+        assert_eq!(f.authorize_key(k.public_key().key_data(), &req("10.0.0.1")), Ok(1));
+        // An hour later the same line refuses.
+        let later = Request {
+            now: parse_expiry("20991231Z").unwrap() + Duration::from_secs(3600),
+            ..req("10.0.0.1")
+        };
+        assert!(f.authorize_key(k.public_key().key_data(), &later).is_err());
+    }
+
+    fn cert(ca: &PrivateKey, user: &PrivateKey, principals: &[&str], after: u64, before: u64) -> Certificate {
+        use russh::keys::ssh_key::certificate::Builder;
+        let mut b = Builder::new(vec![7u8; 32], user.public_key().key_data().clone(), after, before).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.key_id("laptop").unwrap();
+        for p in principals {
+            b.valid_principal(*p).unwrap();
+        }
+        if principals.is_empty() {
+            b.all_principals_valid().unwrap();
+        }
+        b.sign(ca).unwrap()
+    }
+
+    #[test]
+    fn user_certificates_against_cert_authority_lines() {
+        let (ca, user, other_ca) = (key(), key(), key());
+        let now = unix_seconds(SystemTime::now());
+        let good = cert(&ca, &user, &["carol", "ops"], now - 60, now + 3600);
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority {}\n", line(&ca)));
+        assert_eq!(f.authorize_cert(&good, &req("10.0.0.1")).unwrap().principal, "carol");
+        let dave = Request {
+            user: "dave",
+            ..req("10.0.0.1")
+        };
+        let why = f.authorize_cert(&good, &dave).unwrap_err();
+        assert!(why.contains("not among its principals"), "{why}");
+        let expired = cert(&ca, &user, &["carol"], now - 7200, now - 3600);
+        assert!(
+            f.authorize_cert(&expired, &req("10.0.0.1"))
+                .unwrap_err()
+                .contains("expired")
+        );
+        let early = cert(&ca, &user, &["carol"], now + 3600, now + 7200);
+        assert!(
+            f.authorize_cert(&early, &req("10.0.0.1"))
+                .unwrap_err()
+                .contains("not valid before")
+        );
+        let none = cert(&ca, &user, &[], now - 60, now + 3600);
+        assert!(
+            f.authorize_cert(&none, &req("10.0.0.1"))
+                .unwrap_err()
+                .contains("no principals")
+        );
+        let foreign = cert(&other_ca, &user, &["carol"], now - 60, now + 3600);
+        assert!(f.authorize_cert(&foreign, &req("10.0.0.1")).is_err());
+        // principals= replaces the user-name rule; from= applies to the CA line.
+        let f = AuthorizedKeysFile::parse(&format!(
+            "cert-authority,principals=\"ops,admins\",from=\"10.0.0.0/8\" {}\n",
+            line(&ca)
+        ));
+        assert_eq!(f.authorize_cert(&good, &dave).unwrap().principal, "ops");
+        assert!(
+            f.authorize_cert(&good, &req("192.168.0.1"))
+                .unwrap_err()
+                .contains("does not match")
+        );
+        // A plain user key line for the CA's key does not make it a CA.
+        let f = AuthorizedKeysFile::parse(&format!("{}\n", line(&ca)));
+        assert!(f.authorize_cert(&good, &req("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn certificate_critical_options() {
+        use russh::keys::ssh_key::certificate::Builder;
+        let (ca, user) = (key(), key());
+        let now = unix_seconds(SystemTime::now());
+        let with = |name: &str, value: &str| {
+            let mut b = Builder::new(vec![7u8; 32], user.public_key().key_data().clone(), now - 60, now + 60).unwrap();
+            b.cert_type(CertType::User).unwrap();
+            b.valid_principal("carol").unwrap();
+            b.critical_option(name, value).unwrap();
+            b.sign(&ca).unwrap()
+        };
+        let ca_data = ca.public_key().key_data();
+        let c = with("source-address", "10.0.0.0/8,192.0.2.7");
+        assert!(check_user_cert(&c, ca_data, None, &req("10.3.3.3")).is_ok());
+        assert!(check_user_cert(&c, ca_data, None, &req("192.0.2.7")).is_ok());
+        assert!(check_user_cert(&c, ca_data, None, &req("192.0.2.8")).is_err());
+        assert!(check_user_cert(&with("force-command", "/bin/true"), ca_data, None, &req("10.0.0.1")).is_err());
+        assert!(check_user_cert(&with("no-such-option", ""), ca_data, None, &req("10.0.0.1")).is_err());
+    }
+
+    #[test]
+    fn key_lists_report_bad_lines() {
+        let k = key();
+        let text = format!("# revoked\n{}\ngarbage\n", line(&k));
+        let (keys, errors) = parse_key_list(&text);
+        assert_eq!(keys.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 3);
+    }
+}

@@ -58,6 +58,15 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Show the access-control rules in force with their hit counters (from the running daemon).
+    Policy {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
+        control: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Running the daemon.
@@ -168,6 +177,12 @@ pub struct Args {
     /// More logging (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    // Access control and audit (issue 14).
+    /// Append an audit log (JSON lines: logins, sessions, denied traffic, reloads) to this file;
+    /// reopened on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Args {

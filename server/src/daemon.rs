@@ -64,6 +64,11 @@ pub struct Daemon {
     pub peers_only: bool,
     /// Kernel routes for connected peers' subnets.
     pub peer_routes: PeerRoutes,
+    // Access control and audit (issue 14).
+    /// The access-control policy in force and its firewall table.
+    pub policy: crate::policy_runtime::PolicyRuntime,
+    /// The audit log (disabled without --audit-log / audit_log).
+    pub audit: crate::audit::Audit,
 }
 
 impl Daemon {
@@ -113,7 +118,14 @@ pub fn check_config(path: &std::path::Path) -> Result<String, String> {
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    Ok(format!("{}: OK ({} peers)", path.display(), peers.0.len()))
+    // Access control (issue 14): the policy, checked against the peers.
+    let (policy, _) = crate::policy_runtime::load(path, &peers)?;
+    Ok(format!(
+        "{}: OK ({} peers); {}",
+        path.display(),
+        peers.0.len(),
+        crate::policy_runtime::summary(&policy)
+    ))
 }
 
 /// Fills unset command-line options from the configuration file and validates its peers.
@@ -237,6 +249,21 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
+    // Access control and audit (issue 14): policy table and audit log, before privileges go.
+    let (policy, audit_path) = match &args.config {
+        Some(path) => crate::policy_runtime::load(path, &peers).map_err(anyhow::Error::msg)?,
+        None => (Default::default(), None),
+    };
+    let pools: Vec<IpNet> = args.pool.into_iter().chain(args.pool6).map(|p| p.trunc()).collect();
+    let policy =
+        crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), peers.clone(), policy)
+            .await?;
+    let _policy_table = policy.firewall.guard();
+    let audit = match args.audit_log.clone().or(audit_path) {
+        Some(path) => crate::audit::Audit::open(&path)?,
+        None => crate::audit::Audit::default(),
+    };
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;
     }
@@ -281,7 +308,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             users: args.allow_users.clone(),
             groups: args.allow_groups.clone(),
         },
+        policy,
+        audit,
     });
+    tokio::spawn(crate::policy_runtime::background(daemon.clone(), hangup));
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
         (Some(l), Some(k)) => format!(
@@ -324,5 +354,6 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
+    daemon.audit.sync(Duration::from_secs(2));
     result
 }

@@ -4,17 +4,21 @@
 
 mod addressing;
 mod attach;
+mod audit;
 mod cli;
 mod client_session;
 mod config;
 mod control;
 mod daemon;
+mod firewall;
 mod handler;
 mod leases;
 mod limits;
 mod listener;
 mod masquerade;
 mod metrics;
+mod policy;
+mod policy_runtime;
 mod privileges;
 mod routes;
 mod status;
@@ -55,6 +59,18 @@ fn main() -> std::process::ExitCode {
             }
             Err(e) => {
                 eprintln!("sshvpnd status: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(cli::Command::Policy { control, json }) = &cli.command {
+        return match policy_runtime::query(control, *json) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sshvpnd policy: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

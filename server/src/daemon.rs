@@ -119,7 +119,7 @@ pub fn check_config(path: &std::path::Path) -> Result<String, String> {
             .join("\n")
     })?;
     // Access control (issue 14): the policy, checked against the peers.
-    let (policy, _) = crate::policy_runtime::load(path, &peers)?;
+    let (policy, _) = crate::policy_runtime::load(path, &peers, [None, None])?;
     Ok(format!(
         "{}: OK ({} peers); {}",
         path.display(),
@@ -250,11 +250,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
     // Access control and audit (issue 14): policy table and audit log, before privileges go.
+    let pools = [args.pool, args.pool6];
     let (policy, audit_path) = match &args.config {
-        Some(path) => crate::policy_runtime::load(path, &peers).map_err(anyhow::Error::msg)?,
+        Some(path) => crate::policy_runtime::load(path, &peers, pools).map_err(anyhow::Error::msg)?,
         None => (Default::default(), None),
     };
-    let pools: Vec<IpNet> = args.pool.into_iter().chain(args.pool6).map(|p| p.trunc()).collect();
     let policy =
         crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), peers.clone(), policy)
             .await?;

@@ -31,9 +31,9 @@ pub const DENIED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// Request line of `sshvpnd policy` on the control socket.
 pub const POLICY_REQUEST: &[u8] = b"policy\n";
 
-/// Reads the policy (and the audit log path) from the configuration file; errors are
-/// `PATH:LINE: reason`, one per line.
-pub fn load(path: &Path, peers: &Peers) -> Result<(Policy, Option<PathBuf>), String> {
+/// Reads the policy (and the audit log path) from the configuration file, with the pools in
+/// force; errors are `PATH:LINE: reason`, one per line.
+pub fn load(path: &Path, peers: &Peers, pools: [Option<IpNet>; 2]) -> Result<(Policy, Option<PathBuf>), String> {
     let (file, text) = config::load(path)?;
     let fmt = |errs: Vec<config::ConfigError>| {
         errs.iter()
@@ -42,7 +42,7 @@ pub fn load(path: &Path, peers: &Peers) -> Result<(Policy, Option<PathBuf>), Str
             .join("\n")
     };
     // The peers are checked too: a reload of a file with broken peers is refused whole.
-    config::validate(&text, &file, file.pool, file.pool6).map_err(fmt)?;
+    config::validate(&text, &file, pools[0].or(file.pool), pools[1].or(file.pool6)).map_err(fmt)?;
     let policy = policy::compile(&text, &file, peers).map_err(fmt)?;
     Ok((policy, file.audit_log.clone()))
 }
@@ -66,6 +66,8 @@ pub struct PolicyRuntime {
     pub firewall: Firewall,
     config: Option<PathBuf>,
     peers: Peers,
+    /// The pools in force (from the command line or the file at start).
+    pools: [Option<IpNet>; 2],
     /// Packet counts of denied flows at the last summary.
     denied_seen: tokio::sync::Mutex<HashMap<DeniedFlow, u64>>,
     /// Named counters as last read (for the metrics).
@@ -76,12 +78,12 @@ impl PolicyRuntime {
     /// Puts `policy` in force (replacing a table left by a killed run).
     pub async fn start(
         tun: &str,
-        pools: Vec<IpNet>,
+        pools: [Option<IpNet>; 2],
         config: Option<PathBuf>,
         peers: Peers,
         policy: Policy,
     ) -> anyhow::Result<PolicyRuntime> {
-        let firewall = Firewall::new(tun, pools);
+        let firewall = Firewall::new(tun, pools.iter().flatten().map(IpNet::trunc).collect());
         let (rules, noop) = (policy.rules.len(), policy.is_noop());
         let text = summary(&policy);
         firewall.apply(policy).await?;
@@ -95,6 +97,7 @@ impl PolicyRuntime {
             firewall,
             config,
             peers,
+            pools,
             denied_seen: Default::default(),
             counters: Default::default(),
         })
@@ -160,7 +163,7 @@ pub async fn reload(daemon: &Daemon) {
         tracing::info!("SIGHUP: audit log reopened (no configuration file to reload)");
         return;
     };
-    let result = match load(path, &daemon.policy.peers) {
+    let result = match load(path, &daemon.policy.peers, daemon.policy.pools) {
         Ok((policy, _)) => {
             let text = summary(&policy);
             daemon

@@ -425,8 +425,31 @@ fn no_policy_means_no_firewall_state_and_a_killed_run_leaves_nothing_behind() {
     assert!(tables(&t).contains("sshvpnd_policy_sshvpn0"));
     let s = t.start_server(&["--config", cfg.to_str().unwrap()]);
     assert_eq!(tables(&t).matches("sshvpnd_policy_sshvpn0").count(), 1);
-    t.start_client(0, &[]);
+    let c = t.start_client(0, &[]);
     assert!(!t.clients[0].ping(LAN, 1), "deny with no rules: nothing passes");
+    t.process(c).stop();
+    assert!(t.process(s).stop().success());
+    assert_eq!(
+        t.server.exec_ok(&["nft", "list", "ruleset"]),
+        before,
+        "ruleset restored"
+    );
+
+    // Unprivileged after setup (CAP_NET_ADMIN only): the sets still follow the sessions and
+    // the table still goes at exit.
+    let cfg = write_config(
+        &t,
+        "hub.toml",
+        "default_policy = \"deny\"\n[[policy]]\nfrom = [\"laptop\"]\nto = [\"10.202.0.0/24\"]\nports = [\"icmp\"]\n",
+    );
+    let s = t.start_server(&["--config", cfg.to_str().unwrap(), "--user", "nobody"]);
+    t.processes[s].wait_for_log("now running as nobody", 5.0);
+    t.start_client(0, &[]);
+    assert!(
+        t.clients[0].ping(LAN, 3),
+        "the laptop's address joined its set:\n{}",
+        t.processes[s].log_text()
+    );
     assert!(t.process(s).stop().success());
     assert_eq!(
         t.server.exec_ok(&["nft", "list", "ruleset"]),

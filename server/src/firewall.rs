@@ -8,13 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use ipnet::IpNet;
-use tokio::io::AsyncWriteExt;
 
 use crate::policy::{DefaultPolicy, Dest, Policy, PortSpec, Proto, SessionNames, Source};
 
@@ -251,29 +249,7 @@ pub fn element_changes(policy: &Policy, tun: &str, from: &[BTreeSet<IpNet>], to:
     o
 }
 
-async fn nft(args: &[&str], script: Option<&str>) -> anyhow::Result<String> {
-    let mut child = tokio::process::Command::new("nft")
-        .args(args)
-        .stdin(if script.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running nft (install nftables to use an access-control policy)")?;
-    if let Some(script) = script {
-        let mut stdin = child.stdin.take().context("nft stdin")?;
-        stdin.write_all(script.as_bytes()).await.context("writing to nft")?;
-    }
-    let out = child.wait_with_output().await.context("waiting for nft")?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
+use crate::firewall_runner::nft;
 
 struct SessionEntry {
     identity: String,
@@ -329,17 +305,10 @@ pub struct FirewallGuard {
 impl Drop for FirewallGuard {
     fn drop(&mut self) {
         if self.installed.swap(false, Relaxed) {
-            let out = std::process::Command::new("nft")
-                .args(["delete", "table", "inet", &self.table])
-                .stderr(Stdio::piped())
-                .output();
-            match out {
-                Ok(o) if o.status.success() => tracing::info!("removed the policy table inet {}", self.table),
-                Ok(o) => tracing::warn!(
-                    "removing the policy table: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => tracing::warn!("removing the policy table: {e}"),
+            let args = ["delete", "table", "inet", &self.table];
+            match crate::firewall_runner::nft_blocking(&args, std::time::Duration::from_secs(5)) {
+                Ok(_) => tracing::info!("removed the policy table inet {}", self.table),
+                Err(e) => tracing::warn!("removing the policy table: {e:#}"),
             }
         }
     }

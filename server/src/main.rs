@@ -11,6 +11,7 @@ mod config;
 mod control;
 mod daemon;
 mod firewall;
+mod firewall_runner;
 mod handler;
 mod leases;
 mod limits;

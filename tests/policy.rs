@@ -457,3 +457,58 @@ fn no_policy_means_no_firewall_state_and_a_killed_run_leaves_nothing_behind() {
         "ruleset restored"
     );
 }
+
+/// Data-path cost of a 10-rule policy: iperf3 (one TCP stream, client -> LAN host) with no
+/// policy and with one, alternating in the same run and the same session (switched by SIGHUP).
+/// `cargo test -p sshvpn-tests --test policy -- --ignored --nocapture policy_cost`
+#[test]
+#[ignore = "benchmark: run on demand"]
+fn policy_cost() {
+    let mut t = Topology::new(2);
+    let cfg = write_config(&t, "hub.toml", "");
+    let s = t.start_server(&["--config", cfg.to_str().unwrap()]);
+    t.start_client(0, &[]);
+    let mut ten = String::from("default_policy = \"deny\"\n");
+    for i in 0..9 {
+        ten.push_str(&format!(
+            "[[policy]]\nfrom = [\"runner\"]\nto = [\"10.{i}.0.0/16\", \"fd00:{i}::/64\"]\nports = [\"tcp/{}\", \"udp/53\"]\n",
+            1000 + i
+        ));
+    }
+    ten.push_str("[[policy]]\nfrom = [\"laptop\"]\nto = [\"10.202.0.0/24\"]\nports = [\"tcp/5201\", \"icmp\"]\n");
+    let secs = std::env::var("POLICY_BENCH_SECS").unwrap_or_else(|_| "5".into());
+    let mut results: Vec<(&str, f64)> = Vec::new();
+    for round in 0..4 {
+        let with = round % 2 == 1;
+        write_config(&t, "hub.toml", if with { &ten } else { "" });
+        t.process(s).signal(nix::sys::signal::Signal::SIGHUP);
+        let n = round + 1;
+        assert!(wait_until(5.0, || t.processes[s]
+            .log_text()
+            .matches("configuration reloaded")
+            .count()
+            == n));
+        assert_eq!(tables(&t).contains("sshvpnd_policy"), with);
+        let log = t.log(&format!("iperf-{round}.log"));
+        let mut server = sshvpn_tests::Process::spawn_cmd(&t.lan, "iperf3", &["-s", "-1", "-p", "5201"], &[], log);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = t.clients[0].exec_ok(&["iperf3", "-c", LAN, "-p", "5201", "-t", &secs, "-J"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .expect("bits_per_second");
+        server.wait_exit(5.0);
+        results.push((if with { "10-rule policy" } else { "no policy" }, bps / 1e6));
+    }
+    for (what, mbps) in &results {
+        println!("policy_cost: {what:>15}: {mbps:8.1} Mbit/s");
+    }
+    let avg = |w: &str| {
+        let v: Vec<f64> = results.iter().filter(|(x, _)| *x == w).map(|(_, m)| *m).collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "policy_cost: ratio with/without = {:.3}",
+        avg("10-rule policy") / avg("no policy")
+    );
+}

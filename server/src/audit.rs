@@ -3,7 +3,9 @@
 //! key_revoked, config_reloaded, audit_overflow). Events go through a bounded channel to one
 //! writer thread, so callers never wait on the disk: when the channel is full the event is
 //! counted as lost and the count is written in a later `audit_overflow` line. The file is opened
-//! for appending and reopened on request (SIGHUP, after logrotate moved it).
+//! for appending and reopened on request (SIGHUP, after logrotate moved it). Under systemd
+//! (`JOURNAL_STREAM` set) each event also goes to the journal with structured fields
+//! (`SSHVPN_EVENT`, `SSHVPN_IDENTITY`, ...), with or without a file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -19,8 +21,11 @@ use tokio::sync::mpsc;
 /// Events waiting for the writer at most.
 pub const QUEUE: usize = 4096;
 
+/// The journal's native socket.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
 enum Msg {
-    Line(String),
+    Line(Map<String, Value>),
     Reopen,
     Sync(std::sync::mpsc::Sender<()>),
 }
@@ -61,41 +66,134 @@ fn open_append(path: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).mode(0o640).open(path)
 }
 
-fn writer(path: PathBuf, mut file: File, mut rx: mpsc::Receiver<Msg>, lost: Arc<AtomicU64>) {
+/// One journal entry (native protocol, `KEY=value` lines) for an audit event. Values are kept
+/// on one line (control characters replaced) and bounded.
+pub fn journal_entry(event: &Map<String, Value>) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .take(1024)
+            .collect()
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => clean(s),
+        other => clean(&other.to_string()),
+    };
+    let name = event.get("event").map(text).unwrap_or_default();
+    let who = ["identity", "source"]
+        .iter()
+        .find_map(|k| event.get(*k).filter(|v| !v.is_null()).map(text))
+        .unwrap_or_default();
+    let mut o = format!("MESSAGE=audit: {name} {who}\nPRIORITY=5\nSYSLOG_IDENTIFIER=sshvpnd\n");
+    for (k, v) in event {
+        if k == "time" {
+            continue;
+        }
+        let key: String = k
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        o.push_str(&format!("SSHVPN_{key}={}\n", text(v)));
+    }
+    o
+}
+
+struct Sinks {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    journal: Option<(std::os::unix::net::UnixDatagram, PathBuf)>,
+}
+
+impl Sinks {
+    fn write(&mut self, obj: &Map<String, Value>) {
+        if let (Some(file), Some(path)) = (&mut self.file, &self.path) {
+            let line = Value::Object(obj.clone()).to_string() + "\n";
+            if let Err(e) = file.write_all(line.as_bytes()) {
+                tracing::warn!("audit log {}: {e}", path.display());
+            }
+        }
+        if let Some((sock, to)) = &self.journal {
+            let _ = sock.send_to(journal_entry(obj).as_bytes(), to);
+        }
+    }
+}
+
+fn writer(mut sinks: Sinks, mut rx: mpsc::Receiver<Msg>, lost: Arc<AtomicU64>) {
     while let Some(msg) = rx.blocking_recv() {
         match msg {
-            Msg::Line(line) => {
-                if let Err(e) = file.write_all(line.as_bytes()) {
-                    tracing::warn!("audit log {}: {e}", path.display());
+            Msg::Line(obj) => sinks.write(&obj),
+            Msg::Reopen => {
+                if let Some(path) = &sinks.path {
+                    match open_append(path) {
+                        Ok(f) => sinks.file = Some(f),
+                        Err(e) => tracing::warn!("reopening the audit log {}: {e}", path.display()),
+                    }
                 }
             }
-            Msg::Reopen => match open_append(&path) {
-                Ok(f) => file = f,
-                Err(e) => tracing::warn!("reopening the audit log {}: {e}", path.display()),
-            },
             Msg::Sync(done) => {
-                let _ = file.sync_data();
+                if let Some(f) = &sinks.file {
+                    let _ = f.sync_data();
+                }
                 let _ = done.send(());
             }
         }
         let n = lost.swap(0, Relaxed);
         if n > 0 {
-            let line = json!({"time": rfc3339(SystemTime::now()), "event": "audit_overflow", "lost": n});
-            let _ = file.write_all(format!("{line}\n").as_bytes());
+            let v = json!({"time": rfc3339(SystemTime::now()), "event": "audit_overflow", "lost": n});
+            if let Value::Object(obj) = v {
+                sinks.write(&obj);
+            }
         }
     }
 }
 
 impl Audit {
     /// Opens (creates, appends to) the log and starts its writer thread.
+    #[cfg(test)]
     pub fn open(path: &Path) -> anyhow::Result<Audit> {
-        let file = open_append(path).with_context(|| format!("opening the audit log {}", path.display()))?;
+        Self::start(Some(path), None)
+    }
+
+    /// The audit log of the daemon: the file if any, and the journal when running under
+    /// systemd (`JOURNAL_STREAM` set and its socket present). Disabled when neither.
+    pub fn for_daemon(path: Option<&Path>) -> anyhow::Result<Audit> {
+        let journal = (std::env::var_os("JOURNAL_STREAM").is_some() && Path::new(JOURNAL_SOCKET).exists())
+            .then(|| PathBuf::from(JOURNAL_SOCKET));
+        Self::start(path, journal)
+    }
+
+    /// Starts the writer for a file and/or a journal socket.
+    pub fn start(path: Option<&Path>, journal: Option<PathBuf>) -> anyhow::Result<Audit> {
+        if path.is_none() && journal.is_none() {
+            return Ok(Audit::default());
+        }
+        let file = path
+            .map(|p| open_append(p).with_context(|| format!("opening the audit log {}", p.display())))
+            .transpose()?;
+        let journal = match journal {
+            Some(to) => Some((
+                std::os::unix::net::UnixDatagram::unbound().context("journal socket")?,
+                to,
+            )),
+            None => None,
+        };
+        let sinks = Sinks {
+            path: path.map(Path::to_path_buf),
+            file,
+            journal,
+        };
         let (tx, rx) = mpsc::channel(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
-        let (p, l) = (path.to_path_buf(), lost.clone());
+        let l = lost.clone();
         std::thread::Builder::new()
             .name("audit-log".into())
-            .spawn(move || writer(p, file, rx, l))
+            .spawn(move || writer(sinks, rx, l))
             .context("starting the audit log writer")?;
         Ok(Audit { tx: Some(tx), lost })
     }
@@ -113,8 +211,7 @@ impl Audit {
         if let Value::Object(m) = fields {
             obj.extend(m);
         }
-        let line = Value::Object(obj).to_string() + "\n";
-        if tx.try_send(Msg::Line(line)).is_err() {
+        if tx.try_send(Msg::Line(obj)).is_err() {
             self.lost.fetch_add(1, Relaxed);
         }
     }
@@ -138,6 +235,8 @@ impl Audit {
 
     /// An authentication attempt was refused.
     pub fn auth_failed(&self, source: impl std::fmt::Display, user: &str, key: Option<&str>, reason: &str) {
+        // The user name comes from the peer: bounded.
+        let user: String = user.chars().take(256).collect();
         self.emit(
             "auth_failed",
             json!({"source": source.to_string(), "user": user, "key": key, "reason": reason}),
@@ -200,5 +299,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         // Disabled: nothing happens.
         Audit::default().key_revoked("x", "y");
+    }
+
+    #[test]
+    fn journal_entries_carry_structured_fields() {
+        let dir = std::env::temp_dir().join(format!("sshvpnd-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock_path = dir.join("journal.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let a = Audit::start(None, Some(sock_path)).unwrap();
+        a.auth_failed("10.0.0.1:5555", "evil\nMESSAGE=forged", None, "not in authorized keys");
+        let mut buf = vec![0u8; 4096];
+        let n = sock.recv(&mut buf).unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+        assert!(text.starts_with("MESSAGE=audit: auth_failed 10.0.0.1:5555\n"), "{text}");
+        assert!(text.contains("\nSSHVPN_EVENT=auth_failed\n"), "{text}");
+        assert!(text.contains("\nSSHVPN_USER=evil MESSAGE=forged\n"), "{text}");
+        assert!(text.contains("\nSSHVPN_KEY=null\n"), "{text}");
+        assert_eq!(text.matches("MESSAGE=").count(), 2, "no forged field line: {text}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

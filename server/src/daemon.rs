@@ -259,10 +259,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), peers.clone(), policy)
             .await?;
     let _policy_table = policy.firewall.guard();
-    let audit = match args.audit_log.clone().or(audit_path) {
-        Some(path) => crate::audit::Audit::open(&path)?,
-        None => crate::audit::Audit::default(),
-    };
+    let audit = crate::audit::Audit::for_daemon(args.audit_log.clone().or(audit_path).as_deref())?;
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;

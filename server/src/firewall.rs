@@ -357,8 +357,11 @@ impl Firewall {
         let mut st = self.state.lock().await;
         let members = Self::members(&policy, &st.sessions);
         if policy.is_noop() {
-            if st.active || !self.installed.load(Relaxed) {
-                // Also removes a table left by a killed run; an absent nft is no error here.
+            // Also removes a table left by a killed run (there is none unless nf_tables is
+            // loaded: nothing is run, nothing loaded, when no policy was ever used). An absent
+            // nft is no error here.
+            let maybe_left = !self.installed.load(Relaxed) && std::path::Path::new("/sys/module/nf_tables").exists();
+            if st.active || maybe_left {
                 let _ = nft(&["delete", "table", "inet", &self.table], None).await;
             }
             self.installed.store(false, Relaxed);

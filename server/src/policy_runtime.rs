@@ -123,7 +123,7 @@ pub async fn session_started(daemon: &Daemon, port: &PeerPort, base: &str, softw
             "peer": peer_name(daemon, base),
             "source": port.peer,
             "addresses": port.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "software": software,
+            "software": software.chars().take(256).collect::<String>(),
             "groups": groups,
         }),
     );

@@ -460,7 +460,8 @@ fn no_policy_means_no_firewall_state_and_a_killed_run_leaves_nothing_behind() {
 
 /// Data-path cost of a 10-rule policy: iperf3 (one TCP stream, client -> LAN host) with no
 /// policy and with one, alternating in the same run and the same session (switched by SIGHUP).
-/// `cargo test -p sshvpn-tests --test policy -- --ignored --nocapture policy_cost`
+/// `cargo build --release --workspace --bins && cargo test --release -p sshvpn-tests --test policy
+/// -- --ignored --nocapture policy_cost` (POLICY_BENCH_SECS, POLICY_BENCH_ROUNDS: 5 s, 4 rounds).
 #[test]
 #[ignore = "benchmark: run on demand"]
 fn policy_cost() {
@@ -478,7 +479,11 @@ fn policy_cost() {
     ten.push_str("[[policy]]\nfrom = [\"laptop\"]\nto = [\"10.202.0.0/24\"]\nports = [\"tcp/5201\", \"icmp\"]\n");
     let secs = std::env::var("POLICY_BENCH_SECS").unwrap_or_else(|_| "5".into());
     let mut results: Vec<(&str, f64)> = Vec::new();
-    for round in 0..4 {
+    let rounds: usize = std::env::var("POLICY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    for round in 0..rounds {
         let with = round % 2 == 1;
         write_config(&t, "hub.toml", if with { &ten } else { "" });
         t.process(s).signal(nix::sys::signal::Signal::SIGHUP);

@@ -369,6 +369,16 @@ fn sighup_swaps_the_policy_without_reconnecting_and_a_broken_edit_keeps_it() {
         .rfind("[[policy]]")
         .unwrap();
     let rule_line = broken[..header].lines().count() + 1;
+    let out = std::process::Command::new(Bin::path("sshvpnd"))
+        .args(["check-config", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("hub.toml:{rule_line}: policy: port \"tcp/80810\"")),
+        "{err}"
+    );
     t.process(s).signal(nix::sys::signal::Signal::SIGHUP);
     assert!(wait_until(5.0, || reloads(&t, "configuration reload failed") == 1));
     let log = t.process(s).log_text();

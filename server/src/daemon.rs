@@ -119,7 +119,7 @@ pub fn check_config(path: &std::path::Path) -> Result<String, String> {
             .join("\n")
     })?;
     // Access control (issue 14): the policy, checked against the peers.
-    let (policy, _) = crate::policy_runtime::load(path, &peers, [None, None])?;
+    let (policy, _) = crate::policy_runtime::load(path, [None, None])?;
     Ok(format!(
         "{}: OK ({} peers); {}",
         path.display(),
@@ -252,12 +252,11 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Access control and audit (issue 14): policy table and audit log, before privileges go.
     let pools = [args.pool, args.pool6];
     let (policy, audit_path) = match &args.config {
-        Some(path) => crate::policy_runtime::load(path, &peers, pools).map_err(anyhow::Error::msg)?,
+        Some(path) => crate::policy_runtime::load(path, pools).map_err(anyhow::Error::msg)?,
         None => (Default::default(), None),
     };
     let policy =
-        crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), peers.clone(), policy)
-            .await?;
+        crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), policy).await?;
     let _policy_table = policy.firewall.guard();
     let audit = crate::audit::Audit::for_daemon(args.audit_log.clone().or(audit_path).as_deref())?;
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -19,7 +19,7 @@ use sshvpn_common::report::Drops;
 use sshvpn_common::tunnel::StatsSnapshot;
 use tokio::signal::unix::Signal;
 
-use crate::config::{self, Peers};
+use crate::config;
 use crate::daemon::Daemon;
 use crate::firewall::{self, DeniedFlow, Firewall};
 use crate::policy::{self, DefaultPolicy, Policy};
@@ -33,7 +33,7 @@ pub const POLICY_REQUEST: &[u8] = b"policy\n";
 
 /// Reads the policy (and the audit log path) from the configuration file, with the pools in
 /// force; errors are `PATH:LINE: reason`, one per line.
-pub fn load(path: &Path, peers: &Peers, pools: [Option<IpNet>; 2]) -> Result<(Policy, Option<PathBuf>), String> {
+pub fn load(path: &Path, pools: [Option<IpNet>; 2]) -> Result<(Policy, Option<PathBuf>), String> {
     let (file, text) = config::load(path)?;
     let fmt = |errs: Vec<config::ConfigError>| {
         errs.iter()
@@ -41,9 +41,11 @@ pub fn load(path: &Path, peers: &Peers, pools: [Option<IpNet>; 2]) -> Result<(Po
             .collect::<Vec<_>>()
             .join("\n")
     };
-    // The peers are checked too: a reload of a file with broken peers is refused whole.
-    config::validate(&text, &file, pools[0].or(file.pool), pools[1].or(file.pool6)).map_err(fmt)?;
-    let policy = policy::compile(&text, &file, peers).map_err(fmt)?;
+    // The peers are checked too (a reload of a file with broken peers is refused whole), and
+    // names in the policy are those of the file's peers. Peers themselves (keys, addresses)
+    // only change at a restart.
+    let peers = config::validate(&text, &file, pools[0].or(file.pool), pools[1].or(file.pool6)).map_err(fmt)?;
+    let policy = policy::compile(&text, &file, &peers).map_err(fmt)?;
     Ok((policy, file.audit_log.clone()))
 }
 
@@ -65,7 +67,6 @@ pub fn summary(policy: &Policy) -> String {
 pub struct PolicyRuntime {
     pub firewall: Firewall,
     config: Option<PathBuf>,
-    peers: Peers,
     /// The pools in force (from the command line or the file at start).
     pools: [Option<IpNet>; 2],
     /// Packet counts of denied flows at the last summary.
@@ -80,7 +81,6 @@ impl PolicyRuntime {
         tun: &str,
         pools: [Option<IpNet>; 2],
         config: Option<PathBuf>,
-        peers: Peers,
         policy: Policy,
     ) -> anyhow::Result<PolicyRuntime> {
         let firewall = Firewall::new(tun, pools.iter().flatten().map(IpNet::trunc).collect());
@@ -96,7 +96,6 @@ impl PolicyRuntime {
         Ok(PolicyRuntime {
             firewall,
             config,
-            peers,
             pools,
             denied_seen: Default::default(),
             counters: Default::default(),
@@ -163,7 +162,7 @@ pub async fn reload(daemon: &Daemon) {
         tracing::info!("SIGHUP: audit log reopened (no configuration file to reload)");
         return;
     };
-    let result = match load(path, &daemon.policy.peers, daemon.policy.pools) {
+    let result = match load(path, daemon.policy.pools) {
         Ok((policy, _)) => {
             let text = summary(&policy);
             daemon

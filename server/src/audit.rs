@@ -234,9 +234,16 @@ impl Audit {
     }
 
     /// An authentication attempt was refused.
-    pub fn auth_failed(&self, source: impl std::fmt::Display, user: &str, key: Option<&str>, reason: &str) {
+    pub fn auth_failed(
+        &self,
+        source: impl std::fmt::Display,
+        user: &str,
+        key: Option<&russh::keys::PublicKey>,
+        reason: &str,
+    ) {
         // The user name comes from the peer: bounded.
         let user: String = user.chars().take(256).collect();
+        let key = key.map(sshvpn_common::keys::fingerprint);
         self.emit(
             "auth_failed",
             json!({"source": source.to_string(), "user": user, "key": key, "reason": reason}),
@@ -255,6 +262,17 @@ impl Audit {
             json!({"path": path.display().to_string(), "ok": ok, "detail": detail}),
         );
     }
+}
+
+/// The one-line hook for refused authentications (`Daemon::audit`'s `auth_failed`).
+pub fn auth_failed(
+    daemon: &crate::daemon::Daemon,
+    source: impl std::fmt::Display,
+    user: &str,
+    key: &russh::keys::PublicKey,
+    reason: &str,
+) {
+    daemon.audit.auth_failed(source, user, Some(key), reason);
 }
 
 #[cfg(test)]
@@ -278,7 +296,11 @@ mod tests {
         let path = dir.join("audit.log");
         std::fs::write(&path, "{\"old\":1}\n").unwrap();
         let a = Audit::open(&path).unwrap();
-        a.auth_failed("10.0.0.1:5555", "root", Some("SHA256:abc"), "not in authorized keys");
+        let key = russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+            .unwrap()
+            .public_key()
+            .clone();
+        a.auth_failed("10.0.0.1:5555", "root", Some(&key), "not in authorized keys");
         a.sync(Duration::from_secs(5));
         // logrotate: move the file away, then reopen.
         std::fs::rename(&path, dir.join("audit.log.1")).unwrap();
@@ -291,7 +313,8 @@ mod tests {
         let v: Value = serde_json::from_str(lines[1]).unwrap();
         assert_eq!(v["event"], "auth_failed");
         assert_eq!(v["source"], "10.0.0.1:5555");
-        assert_eq!(v["key"], "SHA256:abc");
+        assert_eq!(v["key"], sshvpn_common::keys::fingerprint(&key));
+        assert!(v["key"].as_str().unwrap().starts_with("SHA256:"));
         assert!(v["time"].as_str().unwrap().ends_with('Z'));
         let new = std::fs::read_to_string(&path).unwrap();
         let v: Value = serde_json::from_str(new.trim()).unwrap();

@@ -52,24 +52,14 @@ impl russh::server::Handler for ConnectionHandler {
             self.peer,
             fingerprint(offer.public_key)
         );
-        self.daemon.audit.auth_failed(
-            self.peer,
-            user,
-            Some(&fingerprint(offer.public_key)),
-            "not in authorized keys",
-        );
+        crate::audit::auth_failed(&self.daemon, self.peer, user, offer.public_key, "unknown key");
         Ok(Auth::reject())
     }
 
     async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         if !self.daemon.is_authorized(key.public_key) {
             self.state.auth_failures.fetch_add(1, Relaxed);
-            self.daemon.audit.auth_failed(
-                self.peer,
-                user,
-                Some(&fingerprint(key.public_key)),
-                "not in authorized keys",
-            );
+            crate::audit::auth_failed(&self.daemon, self.peer, user, key.public_key, "unknown key");
             return Ok(Auth::reject());
         }
         tracing::debug!(

@@ -418,6 +418,16 @@ fn sighup_swaps_the_policy_without_reconnecting_and_a_broken_edit_keeps_it() {
     assert_eq!(reloaded[1]["ok"], false);
     assert!(reloaded[1]["detail"].as_str().unwrap().contains("tcp/80810"));
     assert_eq!(reloaded[2]["ok"], true);
+
+    // Stopping the daemon under a connected client still records the session's end.
+    assert!(t.process(s).stop().success());
+    let events = audit_events(&audit);
+    let end = events
+        .iter()
+        .find(|e| e["event"] == "session_end")
+        .expect("session_end");
+    assert_eq!(end["reason"], "daemon shutting down", "{end}");
+    assert!(end["tx_bytes"].as_u64().unwrap() > 0, "{end}");
 }
 
 #[test]

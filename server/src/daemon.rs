@@ -350,6 +350,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
+    crate::policy_runtime::shutting_down(&daemon);
     daemon.audit.sync(Duration::from_secs(2));
     result
 }

@@ -131,6 +131,19 @@ pub async fn session_started(daemon: &Daemon, port: &PeerPort, base: &str, softw
 /// Hook at "client disconnected": the session leaves the sets; `session_end` with its counters.
 pub async fn session_ended(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &StatsSnapshot, reason: &str) {
     daemon.policy.firewall.session_end(port.id).await;
+    audit_session_end(daemon, port, duration, s, reason);
+}
+
+/// At daemon exit: `session_end` for the sessions still connected (their tasks end with the
+/// runtime, without reaching [`session_ended`]).
+pub fn shutting_down(daemon: &Daemon) {
+    for port in daemon.switch.ports() {
+        let duration = port.since.elapsed().unwrap_or_default();
+        audit_session_end(daemon, &port, duration, &port.stats.snapshot(), "daemon shutting down");
+    }
+}
+
+fn audit_session_end(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &StatsSnapshot, reason: &str) {
     let drops = Drops {
         spoofed: s.drop_spoofed,
         local_scope: s.drop_local_scope,

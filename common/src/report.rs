@@ -66,6 +66,9 @@ pub struct ServerClient {
     pub since: u64,
     #[serde(flatten)]
     pub traffic: Traffic,
+    /// Access-control groups the client is in (issue 14).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// The client's own view (`sshvpn status`).

@@ -58,6 +58,15 @@ pub enum Command {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
     },
+    /// Show the access-control rules in force with their hit counters (from the running daemon).
+    Policy {
+        /// The daemon's control socket.
+        #[arg(long, default_value = DEFAULT_CONTROL, value_name = "PATH")]
+        control: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Running the daemon.
@@ -186,6 +195,11 @@ pub struct Args {
     /// `ssh-keygen -s CA -h -I NAME -n HOST host_key.pub`.
     #[arg(long, value_name = "PATH")]
     pub host_certificate: Option<PathBuf>,
+    // Access control and audit (issue 14).
+    /// Append an audit log (JSON lines: logins, sessions, denied traffic, reloads) to this file;
+    /// reopened on SIGHUP.
+    #[arg(long, value_name = "PATH")]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Args {

@@ -184,6 +184,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, offload {offload})",
         established.negotiated.peer_software
     );
+    crate::policy_runtime::session_started(&daemon, &port, &base_identity, &established.negotiated.peer_software).await;
     // Its own addresses and subnets: what it may send from (anti-spoofing) and what it receives.
     daemon.peer_routes.add(&subnets).await;
     let own = port.addresses.clone();
@@ -227,6 +228,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         Err(TunnelError::Eof) => "connection closed".to_string(),
         Err(e) => e.to_string(),
     };
+    crate::policy_runtime::session_ended(&daemon, &port, started.elapsed(), &stats.snapshot(), &reason).await;
     tracing::info!(
         "client disconnected: peer {peer} key {identity} addresses {addresses} after {:.1}s: {reason}; {}",
         started.elapsed().as_secs_f64(),

@@ -39,6 +39,15 @@ pub struct FileConfig {
     pub trusted_user_ca_keys: Option<PathBuf>,
     pub revoked_keys: Option<PathBuf>,
     pub host_certificate: Option<PathBuf>,
+    // Access control and audit (issue 14): validated by `crate::policy`.
+    /// What no `[[policy]]` rule allows: "allow" (default) or "deny".
+    pub default_policy: Option<crate::policy::DefaultPolicy>,
+    #[serde(default, rename = "group")]
+    pub groups: Vec<Spanned<crate::policy::GroupEntry>>,
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<Spanned<crate::policy::PolicyEntry>>,
+    /// Audit log (JSON lines), like `--audit-log`.
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

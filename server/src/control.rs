@@ -165,6 +165,12 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, pending: PendingSlo
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }
+    if line == crate::policy_runtime::POLICY_REQUEST {
+        // Access control (issue 14): `sshvpnd policy`, like the status.
+        let report = crate::policy_runtime::report(&daemon).await;
+        let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
+        return;
+    }
     if line != ATTACH_REQUEST {
         tracing::debug!("control socket: unknown request from uid {}", uid);
         return;

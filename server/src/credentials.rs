@@ -441,6 +441,7 @@ impl KeyStore {
                     port.peer,
                     g.user
                 );
+                daemon.audit.key_revoked(&port.identity, &why);
                 port.not_authorized.store(true, Relaxed);
                 port.evict.notify_one();
                 closed += 1;

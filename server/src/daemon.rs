@@ -66,6 +66,11 @@ pub struct Daemon {
     pub max_sessions_per_identity: usize,
     // Key management (issue 13): live key files, login decisions, re-checks of live sessions.
     pub key_store: crate::credentials::KeyStore,
+    // Access control and audit (issue 14).
+    /// The access-control policy in force and its firewall table.
+    pub policy: crate::policy_runtime::PolicyRuntime,
+    /// The audit log (disabled without --audit-log / audit_log).
+    pub audit: crate::audit::Audit,
 }
 
 impl Daemon {
@@ -111,7 +116,14 @@ pub fn check_config(path: &std::path::Path) -> Result<String, String> {
             .collect::<Vec<_>>()
             .join("\n")
     })?;
-    Ok(format!("{}: OK ({} peers)", path.display(), peers.0.len()))
+    // Access control (issue 14): the policy, checked against the peers.
+    let (policy, _) = crate::policy_runtime::load(path, [None, None])?;
+    Ok(format!(
+        "{}: OK ({} peers); {}",
+        path.display(),
+        peers.0.len(),
+        crate::policy_runtime::summary(&policy)
+    ))
 }
 
 /// Fills unset command-line options from the configuration file and validates its peers.
@@ -250,6 +262,17 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         (Some(p), Some(k)) => vec![crate::credentials::load_host_certificate(p, k.public_key())?],
         _ => Vec::new(),
     };
+    // Access control and audit (issue 14): policy table and audit log, before privileges go.
+    let pools = [args.pool, args.pool6];
+    let (policy, audit_path) = match &args.config {
+        Some(path) => crate::policy_runtime::load(path, pools).map_err(anyhow::Error::msg)?,
+        None => (Default::default(), None),
+    };
+    let policy =
+        crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), policy).await?;
+    let _policy_table = policy.firewall.guard();
+    let audit = crate::audit::Audit::for_daemon(args.audit_log.clone().or(audit_path).as_deref())?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     if let Some(user) = &args.user {
         crate::privileges::drop_to(user)?;
     }
@@ -297,7 +320,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         },
         max_sessions_per_identity: args.max_sessions_per_identity,
         key_store,
+        policy,
+        audit,
     });
+    tokio::spawn(crate::policy_runtime::background(daemon.clone(), hangup));
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
         (Some(l), Some(k)) => format!(
@@ -347,5 +373,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
+    crate::policy_runtime::shutting_down(&daemon);
+    daemon.audit.sync(Duration::from_secs(2));
     result
 }

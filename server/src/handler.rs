@@ -49,10 +49,11 @@ impl ConnectionHandler {
             .authorize(&d.peers, d.peers_only, credential, user, self.peer.ip())
     }
 
-    fn refused(&self, user: &str, why: &str) {
+    fn refused(&self, user: &str, key: &PublicKey, why: &str) {
         self.state.auth_failures.fetch_add(1, Relaxed);
         self.daemon.auth_failures.fetch_add(1, Relaxed);
         tracing::info!("{}: refused user {user:?}: {why}", self.peer);
+        crate::audit::auth_failed(&self.daemon, self.peer, user, key, why);
     }
 
     fn accept(&mut self, user: &str, credential: &Credential, key: PublicKey) -> Result<Auth, russh::Error> {
@@ -64,7 +65,7 @@ impl ConnectionHandler {
                 Ok(Auth::Accept)
             }
             Err(why) => {
-                self.refused(user, &why);
+                self.refused(user, &key, &why);
                 Ok(Auth::reject())
             }
         }
@@ -83,7 +84,7 @@ impl russh::server::Handler for ConnectionHandler {
             // A certificate's key is offered here as a plain key: with a CA configured, the
             // decision is taken once the certificate is seen (auth_openssh_certificate).
             Err(_) if self.daemon.key_store.accepts_certificates() => return Ok(Auth::Accept),
-            Err(why) => self.refused(user, &why),
+            Err(why) => self.refused(user, offer.public_key, &why),
         }
         Ok(Auth::reject())
     }

@@ -4,18 +4,23 @@
 
 mod addressing;
 mod attach;
+mod audit;
 mod cli;
 mod client_session;
 mod config;
 mod control;
 mod credentials;
 mod daemon;
+mod firewall;
+mod firewall_runner;
 mod handler;
 mod leases;
 mod limits;
 mod listener;
 mod masquerade;
 mod metrics;
+mod policy;
+mod policy_runtime;
 mod privileges;
 mod routes;
 mod status;
@@ -56,6 +61,18 @@ fn main() -> std::process::ExitCode {
             }
             Err(e) => {
                 eprintln!("sshvpnd status: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(cli::Command::Policy { control, json }) = &cli.command {
+        return match policy_runtime::query(control, *json) {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sshvpnd policy: {e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

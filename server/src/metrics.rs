@@ -97,6 +97,16 @@ pub fn render(daemon: &Daemon) -> String {
         "sshvpn_handshake_seconds_sum {}\nsshvpn_handshake_seconds_count {}",
         h.1, h.2
     );
+    drop(h);
+    o
+}
+
+/// [`render`] plus the access-control counters (read from the firewall first).
+pub async fn render_all(daemon: &Daemon) -> String {
+    crate::policy_runtime::refresh_counters(daemon).await;
+    let policy = daemon.policy.firewall.policy().await;
+    let mut o = render(daemon);
+    crate::policy_runtime::render_metrics(daemon, &policy, &mut o);
     o
 }
 
@@ -108,7 +118,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> anyhow::Result
             // Read the request head (bounded), then answer.
             let mut buf = [0u8; 2048];
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
-            let body = render(&daemon);
+            let body = render_all(&daemon).await;
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()

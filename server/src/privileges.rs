@@ -1,6 +1,8 @@
 //! Dropping root after setup: switch to an unprivileged user, keeping only CAP_NET_ADMIN (needed
 //! to add and remove routes while clients come and go). The TUN and the listening socket are
-//! already open and need no privilege to use.
+//! already open and need no privilege to use. CAP_NET_ADMIN is also ambient, so that the `nft`
+//! runs keeping the access-control sets in step with the sessions (and removing the tables at
+//! exit) still work.
 
 use anyhow::{Context, anyhow};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -24,8 +26,12 @@ pub fn drop_to(user: &str) -> anyhow::Result<()> {
     setuid(Uid::from_raw(entry.uid.as_raw())).context("setuid")?;
     caps::set(None, CapSet::Permitted, &keep).context("setting permitted capabilities")?;
     caps::set(None, CapSet::Effective, &keep).context("setting effective capabilities")?;
-    caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
+    // Access control (issue 14): `nft` children keep CAP_NET_ADMIN (and nothing else).
+    caps::set(None, CapSet::Inheritable, &keep).context("setting inheritable capabilities")?;
+    caps::set(None, CapSet::Ambient, &keep).context("setting ambient capabilities")?;
     nix::sys::prctl::set_keepcaps(false).context("PR_SET_KEEPCAPS")?;
+    // Capabilities are per thread: the nft runner is started again from this one.
+    crate::firewall_runner::restart();
     tracing::info!("now running as {user} (uid {}) with CAP_NET_ADMIN only", entry.uid);
     Ok(())
 }

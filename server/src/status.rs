@@ -1,5 +1,5 @@
 //! `sshvpnd status`: one line per connected client (identity, peer, addresses, since, bytes,
-//! current rates, drops), or JSON; served on the control socket to root and the control group.
+//! current rates, drops, access-control groups), or JSON; served on the control socket to root and the control group.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -18,6 +18,7 @@ pub const STATUS_REQUEST: &[u8] = b"status\n";
 /// The status report as JSON, rates measured over one second.
 pub async fn report(daemon: &Arc<Daemon>) -> String {
     let ports = daemon.switch.ports();
+    let groups = daemon.policy.firewall.session_groups().await;
     let first: Vec<_> = ports.iter().map(|p| p.stats.snapshot()).collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let clients: Vec<ServerClient> = ports
@@ -29,6 +30,7 @@ pub async fn report(daemon: &Arc<Daemon>) -> String {
             addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
             since: p.since.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
             traffic: Traffic::between(&a, &p.stats.snapshot()),
+            groups: groups.get(&p.id).cloned().unwrap_or_default(),
         })
         .collect();
     serde_json::to_string(&clients).unwrap_or_default() + "\n"
@@ -51,12 +53,12 @@ pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
     let clients: Vec<ServerClient> = serde_json::from_str(&text).context("reading the status")?;
     let now = unix_now();
     let mut out = format!(
-        "{:<56} {:<24} {:<32} {:>8} {:>12} {:>12} {:>9} {:>9} {:>6}\n",
+        "{:<56} {:<24} {:<32} {:>8} {:>12} {:>12} {:>9} {:>9} {:>6} GROUPS\n",
         "IDENTITY", "PEER", "ADDRESSES", "SINCE", "RX BYTES", "TX BYTES", "RX Mb/s", "TX Mb/s", "DROPS"
     );
     for c in clients {
         out.push_str(&format!(
-            "{:<56} {:<24} {:<32} {:>7}s {:>12} {:>12} {:>9} {:>9} {:>6}\n",
+            "{:<56} {:<24} {:<32} {:>7}s {:>12} {:>12} {:>9} {:>9} {:>6} {}\n",
             c.identity,
             c.peer,
             c.addresses.join(","),
@@ -65,7 +67,12 @@ pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
             c.traffic.tx_bytes,
             mbps(c.traffic.rx_bps),
             mbps(c.traffic.tx_bps),
-            c.traffic.drops.total()
+            c.traffic.drops.total(),
+            if c.groups.is_empty() {
+                "-".to_string()
+            } else {
+                c.groups.join(",")
+            }
         ));
     }
     Ok(out)

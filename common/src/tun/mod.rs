@@ -75,12 +75,12 @@ pub struct RecvArena {
 }
 
 impl RecvArena {
-    /// An arena allocating `chunk` bytes at a time (at least [`MAX_READ`]).
+    /// An arena allocating `chunk` bytes at a time (at least [`MAX_READ`]), the first time on
+    /// the first read (a reader that never reads, such as one over the fake, costs nothing).
     pub fn new(chunk: usize) -> Self {
-        let chunk = chunk.max(MAX_READ);
         RecvArena {
-            buf: BytesMut::with_capacity(chunk),
-            chunk,
+            buf: BytesMut::new(),
+            chunk: chunk.max(MAX_READ),
         }
     }
 

@@ -94,7 +94,8 @@ impl FakeTun {
         }
     }
 
-    /// Every packet written so far and not yet taken, without waiting.
+    /// Every packet written so far and not yet taken, without waiting (nothing while another
+    /// task waits in [`FakeTun::next_written`]).
     pub fn take_written(&self) -> Vec<Bytes> {
         let mut out = Vec::new();
         if let Ok(mut rx) = self.written_rx.try_lock() {

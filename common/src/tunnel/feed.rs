@@ -50,3 +50,46 @@ pub async fn feed_queue<T: TunIo>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tun::fake::FakeTun;
+    use crate::tunnel::queue::packet_queue;
+
+    #[tokio::test]
+    async fn drops_and_counts_when_full_and_ends_when_the_receiver_is_gone() {
+        let tun = FakeTun::new("fake0", false);
+        let stats = TunnelStats::default();
+        let (queue, mut rx) = packet_queue(2, 1 << 20);
+        for i in 0..5u8 {
+            tun.inject(vec![0x45, i]);
+        }
+        let feed = feed_queue(&tun, &queue, &stats, WhenFull::Drop);
+        tokio::pin!(feed);
+        // Runs until it waits for more packets.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut feed)
+                .await
+                .is_err()
+        );
+        assert_eq!(stats.snapshot().drop_queue_full, 3);
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, 10).await;
+        assert_eq!(got.iter().map(|p| p[1]).collect::<Vec<_>>(), [0, 1]);
+        drop(rx);
+        tun.inject(vec![0x45, 9]);
+        assert!(feed.await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_closed_tun_is_an_error() {
+        let tun = FakeTun::new("fake0", false);
+        let (queue, _rx) = packet_queue(2, 1 << 20);
+        tun.close();
+        let r = feed_queue(&tun, &queue, &TunnelStats::default(), WhenFull::Wait).await;
+        assert!(r.is_err());
+    }
+}

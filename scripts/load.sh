@@ -2,8 +2,8 @@
 # Load test: N tunnel clients against one sshvpnd, with traffic among them.
 #
 # The clients all live in one `sshvpn-loadgen` process (tests/loadgen.rs) in the laptop namespace
-# of scripts/netns.sh: each is a real SSH connection with its own ed25519 key speaking the tunnel
-# protocol, but with no TUN of its own (it crafts and counts IPv4/UDP packets itself). sshvpnd
+# of scripts/netns.sh: each is a real SSH connection with its own ed25519 key running the library's
+# tunnel driver over an in-memory TUN (it crafts and counts IPv4/UDP packets itself). sshvpnd
 # runs in the gateway namespace and routes the client-to-client packets through its kernel.
 # Phases: connect all (paced by C handshakes in flight), idle for 5 s, T seconds of traffic
 # (PPS packets/s of SIZE bytes from each client to the others in turn), 2 s drain, disconnect.

@@ -1,10 +1,11 @@
 //! `sshvpn-loadgen`: many sshvpn tunnel clients in one process, for load-testing `sshvpnd`.
 //!
 //! Each client is a real SSH connection (its own ed25519 key, public-key authentication, a
-//! session channel with the `sshvpn` subsystem) speaking the tunnel protocol with the library's
-//! own framing and session state machine (`sshvpn_common::proto`): hello, config, keepalives,
-//! close. No TUN device is needed on this side: the clients craft their IPv4/UDP packets by hand,
-//! addressed to the other clients' assigned addresses, and count what arrives. The server routes
+//! session channel with the `sshvpn` subsystem) running the library's own tunnel driver
+//! (`sshvpn_common::tunnel::Tunnel`, as the real client does) over an in-memory TUN
+//! (`sshvpn_common::tun::fake::FakeTun`): no TUN device is needed on this side. The clients craft
+//! their IPv4/UDP packets, addressed to the other clients' assigned addresses, inject them into
+//! their fake TUN, and count what the driver writes to it. The server routes
 //! them through its kernel (TUN -> forwarding -> TUN), so its namespace needs ip_forward=1.
 //!
 //! This is a test tool: it accepts ANY server host key. Never point it at a server you do not
@@ -31,38 +32,39 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use bytes::{BufMut, BytesMut};
+use bytes::BufMut;
+use clap::{Args, Parser};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
-use sshvpn_common::proto::frame::{FrameDecoder, FrameType};
-use sshvpn_common::proto::{CloseCode, Control, Event, Features, Hello, Role, Session, Timers};
+use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
+use sshvpn_common::tun::fake::FakeTun;
+use sshvpn_common::tunnel::{ChannelRx, ChannelTx, DataPath, Tunnel, TunnelStats, WhenFull, feed_queue, packet_queue};
 use tokio::sync::{Notify, Semaphore, watch};
 
-const USAGE: &str = "\
-usage:
-  sshvpn-loadgen keys --count N --dir DIR
-  sshvpn-loadgen run --server ADDR:PORT --dir DIR [options]
+/// Command line (clap); usage errors exit with status 3, as setup errors do.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sshvpn-loadgen",
+    about = "Many sshvpn tunnel clients in one process, for load-testing sshvpnd",
+    after_help = "Exit status: 0 all clients connected and stayed up and loss <= --max-loss; 1 some \
+                  client failed; 2 only the loss was too high; 3 usage or setup error."
+)]
+enum Cli {
+    /// Write DIR/seeds (the private keys, one hex ed25519 seed a line) and DIR/authorized_keys
+    /// (for sshvpnd --authorized-keys).
+    Keys {
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Connect the clients, push traffic among them, disconnect; print a report and a last line
+    /// `RESULT key=value ...`.
+    Run(RunOpts),
+}
 
-run options:
-  --clients N            clients to connect (default: every key in DIR/seeds)
-  --duration SECS        traffic phase length (default 30)
-  --rate PPS             packets per second each client sends (default 10)
-  --size BYTES           IPv4 packet size, 52..1400 (default 100)
-  --concurrency C        SSH handshakes in flight at once (default 32); keep it below the
-                         START of the server's --max-startups or the server drops some
-  --connect-timeout SECS per attempt, TCP connect to subsystem start (default 30)
-  --retries N            reconnect attempts per client after a failed connect (default 0)
-  --settle SECS          idle time with everyone connected before the traffic (default 5)
-  --server-pid PID       sample the server's memory and CPU (same PID namespace)
-  --user NAME            SSH user name (default loadgen)
-  --source-net CIDR      spread the clients over source addresses from this IPv4 prefix
-  --sources K            ... K of them, its 1st to Kth host addresses, assigned round robin
-                         (they must be configured on a local interface; default: the kernel's
-                         choice, one address for all, which meets the server's per-source limits)
-  --max-loss PCT         fail (exit 2) above this packet loss (default 1)";
-
-/// Marks the loadgen's packets: "SVLG".
+/// Marks the loadgen's packets/// Marks the loadgen's packets: "SVLG".
 const MAGIC: [u8; 4] = *b"SVLG";
 /// IPv4 header + UDP header + magic, sender, seq, send time.
 const MIN_PACKET: usize = 20 + 8 + 4 + 4 + 8 + 8;
@@ -72,21 +74,24 @@ const UDP_DST_PORT: u16 = 40_001;
 const USER_HZ: f64 = 100.0;
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("keys") => cmd_keys(&args[1..]).map(|()| 0),
-        Some("run") => RunOpts::parse(&args[1..]).and_then(|opts| {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version go to stdout with status 0; real usage errors get 3.
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return std::process::ExitCode::from(code);
+        }
+    };
+    let result = match cli {
+        Cli::Keys { count, dir } => cmd_keys(count, &dir).map(|()| 0),
+        Cli::Run(opts) => opts.check().and_then(|()| {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the runtime")?
                 .block_on(cmd_run(opts))
         }),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            Ok(0)
-        }
-        _ => Err(anyhow!("{USAGE}")),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(code),
@@ -97,47 +102,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// `--name value` / `--name=value` pairs.
-fn parse_flags(args: &[String], known: &[&str]) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let Some(flag) = a.strip_prefix("--") else {
-            bail!("unexpected argument {a:?}\n{USAGE}");
-        };
-        let (name, value) = match flag.split_once('=') {
-            Some((n, v)) => (n.to_string(), v.to_string()),
-            None => {
-                let v = it.next().ok_or_else(|| anyhow!("--{flag} needs a value"))?;
-                (flag.to_string(), v.clone())
-            }
-        };
-        if !known.contains(&name.as_str()) {
-            bail!("unknown option --{name}\n{USAGE}");
-        }
-        out.insert(name, value);
-    }
-    Ok(out)
-}
-
-fn flag<T: std::str::FromStr>(flags: &BTreeMap<String, String>, name: &str, default: Option<T>) -> anyhow::Result<T>
-where
-    T::Err: std::fmt::Display,
-{
-    match flags.get(name) {
-        Some(v) => v.parse().map_err(|e| anyhow!("--{name} {v:?}: {e}")),
-        None => default.ok_or_else(|| anyhow!("--{name} is required\n{USAGE}")),
-    }
+/// A duration in (fractional) seconds.
+fn secs(s: &str) -> anyhow::Result<Duration> {
+    let v: f64 = s.parse().with_context(|| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).with_context(|| format!("{s:?} is not a valid number of seconds"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // keys
 
-fn cmd_keys(args: &[String]) -> anyhow::Result<()> {
-    let flags = parse_flags(args, &["count", "dir"])?;
-    let count: usize = flag(&flags, "count", None)?;
-    let dir: PathBuf = flag(&flags, "dir", None)?;
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+fn cmd_keys(count: usize, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut seeds = String::new();
     let mut authorized = String::new();
     for i in 0..count {
@@ -218,98 +193,84 @@ fn load_keys(dir: &Path, n: Option<usize>) -> anyhow::Result<Vec<PrivateKey>> {
 // ---------------------------------------------------------------------------------------------
 // run: options and shared state
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Args)]
 struct RunOpts {
+    /// The server, ADDR:PORT.
+    #[arg(long)]
     server: SocketAddr,
+    /// Directory written by `keys`.
+    #[arg(long)]
     dir: PathBuf,
+    /// Clients to connect (default: every key in DIR/seeds).
+    #[arg(long)]
     clients: Option<usize>,
+    /// Traffic phase length, seconds.
+    #[arg(long, default_value = "30", value_parser = secs)]
     duration: Duration,
+    /// Packets per second each client sends.
+    #[arg(long, default_value_t = 10.0)]
     rate: f64,
+    /// IPv4 packet size, 52..1400.
+    #[arg(long, default_value_t = 100)]
     size: usize,
+    /// SSH handshakes in flight at once; keep it below the START of the server's
+    /// --max-startups or the server drops some.
+    #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Per attempt, TCP connect to subsystem start, seconds.
+    #[arg(long, default_value = "30", value_parser = secs)]
     connect_timeout: Duration,
+    /// Reconnect attempts per client after a failed connect.
+    #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// Idle time with everyone connected before the traffic, seconds.
+    #[arg(long, default_value = "5", value_parser = secs)]
     settle: Duration,
+    /// Sample the server's memory and CPU (same PID namespace): /proc/PID/status (VmRSS, VmHWM)
+    /// and /proc/PID/stat (utime+stime) between the phases.
+    #[arg(long)]
     server_pid: Option<u32>,
+    /// SSH user name.
+    #[arg(long, default_value = "loadgen")]
     user: String,
-    /// Base address and prefix length of the source addresses.
+    /// Spread the clients over source addresses from this IPv4 prefix, CIDR.
+    #[arg(long, value_parser = parse_v4_net)]
     source_net: Option<(Ipv4Addr, u8)>,
+    /// ... K of them, its 1st to Kth host addresses, assigned round robin (they must be
+    /// configured on a local interface; default: the kernel's choice, one address for all,
+    /// which meets the server's per-source limits).
+    #[arg(long, default_value_t = 0)]
     sources: u32,
+    /// Fail (exit 2) above this packet loss, percent.
+    #[arg(long, default_value_t = 1.0)]
     max_loss: f64,
 }
 
 impl RunOpts {
-    fn parse(args: &[String]) -> anyhow::Result<RunOpts> {
-        let flags = parse_flags(
-            args,
-            &[
-                "server",
-                "dir",
-                "clients",
-                "duration",
-                "rate",
-                "size",
-                "concurrency",
-                "connect-timeout",
-                "retries",
-                "settle",
-                "server-pid",
-                "user",
-                "source-net",
-                "sources",
-                "max-loss",
-            ],
-        )?;
-        let opts = RunOpts {
-            server: flag(&flags, "server", None)?,
-            dir: flag(&flags, "dir", None)?,
-            clients: flags
-                .contains_key("clients")
-                .then(|| flag(&flags, "clients", None))
-                .transpose()?,
-            duration: Duration::from_secs_f64(flag(&flags, "duration", Some(30.0))?),
-            rate: flag(&flags, "rate", Some(10.0))?,
-            size: flag(&flags, "size", Some(100))?,
-            concurrency: flag(&flags, "concurrency", Some(32))?,
-            connect_timeout: Duration::from_secs_f64(flag(&flags, "connect-timeout", Some(30.0))?),
-            retries: flag(&flags, "retries", Some(0))?,
-            settle: Duration::from_secs_f64(flag(&flags, "settle", Some(5.0))?),
-            server_pid: flags
-                .contains_key("server-pid")
-                .then(|| flag(&flags, "server-pid", None))
-                .transpose()?,
-            user: flag(&flags, "user", Some("loadgen".to_string()))?,
-            source_net: flags
-                .contains_key("source-net")
-                .then(|| parse_v4_net(&flags["source-net"]))
-                .transpose()?,
-            sources: flag(&flags, "sources", Some(0))?,
-            max_loss: flag(&flags, "max-loss", Some(1.0))?,
-        };
-        if !(MIN_PACKET..=1400).contains(&opts.size) {
+    /// The checks clap cannot express.
+    fn check(&self) -> anyhow::Result<()> {
+        if !(MIN_PACKET..=1400).contains(&self.size) {
             bail!("--size must be {MIN_PACKET}..=1400");
         }
-        if let Some((_, prefix)) = opts.source_net {
+        if let Some((_, prefix)) = self.source_net {
             let hosts = (1u64 << (32 - u32::from(prefix))).saturating_sub(2);
-            if opts.sources == 0 || u64::from(opts.sources) > hosts {
+            if self.sources == 0 || u64::from(self.sources) > hosts {
                 bail!("--sources must be 1..={hosts} with --source-net");
             }
         }
-        if opts.concurrency == 0 || opts.rate.is_nan() || opts.rate < 0.0 {
+        if self.concurrency == 0 || self.rate.is_nan() || self.rate < 0.0 {
             bail!("--concurrency must be positive and --rate not negative");
         }
-        Ok(opts)
+        Ok(())
     }
 }
 
 fn parse_v4_net(s: &str) -> anyhow::Result<(Ipv4Addr, u8)> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or_else(|| anyhow!("--source-net {s:?}: expected ADDR/PREFIX"))?;
-    let addr: Ipv4Addr = a.parse().map_err(|e| anyhow!("--source-net {s:?}: {e}"))?;
-    let prefix: u8 = p.parse().map_err(|e| anyhow!("--source-net {s:?}: {e}"))?;
+    let (a, p) = s.split_once('/').context("expected ADDR/PREFIX")?;
+    let addr: Ipv4Addr = a.parse().with_context(|| format!("address {a:?}"))?;
+    let prefix: u8 = p.parse().with_context(|| format!("prefix length {p:?}"))?;
     if !(8..=30).contains(&prefix) {
-        bail!("--source-net {s:?}: prefix must be 8..=30");
+        bail!("prefix must be 8..=30");
     }
     let mask = u32::MAX << (32 - u32::from(prefix));
     Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
@@ -496,24 +457,13 @@ async fn client_task(
     let mut tunnel = ClientTunnel {
         idx,
         shared: shared.clone(),
-        rx,
-        tx,
-        session: Session::new(
-            Role::Client,
-            Hello::new(Features::default(), 1500),
-            Timers::default(),
-            Instant::now(),
-        ),
-        decoder: FrameDecoder::default(),
-        rbuf: BytesMut::new(),
-        out: BytesMut::new(),
         addr: None,
         targets: None,
         pos: 0,
         seq: 0,
         latencies_us: Vec::new(),
     };
-    let outcome = tunnel.run(phase, permit, started, &mut report).await;
+    let outcome = tunnel.run(rx, tx, phase, permit, started, &mut report).await;
     report.latencies_us = std::mem::take(&mut tunnel.latencies_us);
     match outcome {
         Ok(()) => {}
@@ -544,15 +494,14 @@ fn log_retry(idx: usize, e: &anyhow::Error) {
     }
 }
 
+/// Outbound queue of one client (TUN reader to driver), as the real client's.
+const OUTBOUND_PACKETS: usize = 1024;
+const OUTBOUND_BYTES: usize = 1 << 20;
+
+/// One client's traffic: packets it injects into its fake TUN and packets the driver writes there.
 struct ClientTunnel {
     idx: usize,
     shared: Arc<Shared>,
-    rx: ChannelReadHalf,
-    tx: ChannelWriteHalf<client::Msg>,
-    session: Session,
-    decoder: FrameDecoder,
-    rbuf: BytesMut,
-    out: BytesMut,
     /// Assigned address, once the config arrived.
     addr: Option<Ipv4Addr>,
     targets: Option<Arc<Vec<Ipv4Addr>>>,
@@ -562,36 +511,99 @@ struct ClientTunnel {
     latencies_us: Vec<u32>,
 }
 
-impl ClientTunnel {
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        while let Some(c) = self.session.poll_transmit() {
-            c.encode_frame(&mut self.out);
+/// Resolves once the phase is [`Phase::Stop`] (or the test is gone).
+async fn stopped(mut phase: watch::Receiver<Phase>) {
+    loop {
+        if matches!(*phase.borrow_and_update(), Phase::Stop) {
+            return;
         }
-        if !self.out.is_empty() {
-            self.tx
-                .data_bytes(self.out.split().freeze())
-                .await
-                .map_err(|e| anyhow!("channel write: {e}"))?;
+        if phase.changed().await.is_err() {
+            return;
         }
-        Ok(())
     }
+}
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ClientTunnel {
+    /// Handshake, then the data phase with the library's driver over a fake TUN, until the test
+    /// stops (`Ok`) or the session ends (`Err`).
     async fn run(
         &mut self,
+        rx: ChannelReadHalf,
+        tx: ChannelWriteHalf<client::Msg>,
         mut phase: watch::Receiver<Phase>,
-        mut permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
         started: Instant,
         report: &mut ClientReport,
     ) -> anyhow::Result<()> {
+        let mut tunnel = Tunnel::new(
+            Role::Client,
+            Hello::new(Features::default(), 1500),
+            Timers::default(),
+            ChannelRx(rx),
+            ChannelTx(tx),
+        );
+        let established = tokio::select! {
+            r = tunnel.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))) => r?,
+            () = stopped(phase.clone()) => bail!("still not established when the test ended"),
+        };
+        let addr = established
+            .config
+            .and_then(|c| c.addr4)
+            .and_then(|a| match a.addr() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                _ => None,
+            })
+            .ok_or_else(|| anyhow!("config without an IPv4 address"))?;
+        self.addr = Some(addr);
+        report.connect_time = Some(started.elapsed());
+        self.shared.addrs.lock().unwrap_or_else(|e| e.into_inner())[self.idx] = Some(addr);
+        *self.shared.last_connect.lock().unwrap_or_else(|e| e.into_inner()) = self.shared.epoch.elapsed();
+        self.shared.counters.connected.fetch_add(1, Relaxed);
+        self.shared.progress.notify_one();
+        // Let the next client start its handshake.
+        drop(permit);
+
+        let tun = Arc::new(FakeTun::new("loadgen", false));
+        let stats = Arc::new(TunnelStats::default());
+        let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
+        let _feeder = AbortOnDrop(tokio::spawn({
+            let (tun, stats) = (tun.clone(), stats.clone());
+            async move { feed_queue(&*tun, &queue, &stats, WhenFull::Wait).await }
+        }));
+        let data = DataPath {
+            tun: tun.clone(),
+            outbound,
+            // Whatever the server sends is counted (misrouted, other), not filtered.
+            admit: Box::new(|_| true),
+            stats: stats.clone(),
+            icmp_sources: Vec::new(),
+        };
+        let stop = {
+            let phase = phase.clone();
+            async move {
+                stopped(phase).await;
+                (CloseCode::Normal, "load test finished".to_string())
+            }
+        };
+        let session = tunnel.run(data, stop);
+        tokio::pin!(session);
+
         let period = if self.shared.opts.rate > 0.0 {
             Some(Duration::from_secs_f64(1.0 / self.shared.opts.rate))
         } else {
             None
         };
         let mut ticker: Option<tokio::time::Interval> = None;
-        loop {
-            self.flush().await?;
-            let deadline = tokio::time::Instant::from_std(self.session.poll_timeout());
+        let result = loop {
             let tick = async {
                 match ticker.as_mut() {
                     Some(t) => {
@@ -601,70 +613,19 @@ impl ClientTunnel {
                 }
             };
             tokio::select! {
-                msg = self.rx.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => {
-                        self.rbuf.extend_from_slice(&data);
-                        let now = Instant::now();
-                        self.session.handle_activity(now);
-                        while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
-                            match frame.kind {
-                                FrameType::Ip => self.receive_packet(&frame.payload),
-                                FrameType::Gso => {
-                                    self.shared.counters.other.fetch_add(1, Relaxed);
-                                }
-                                kind => {
-                                    let msg = Control::decode(kind, &frame.payload)?;
-                                    self.session.handle_control(now, msg)?;
-                                }
-                            }
-                        }
-                        while let Some(event) = self.session.poll_event() {
-                            match event {
-                                Event::Established { config, .. } => {
-                                    let addr = config
-                                        .and_then(|c| c.addr4)
-                                        .and_then(|a| match a.addr() {
-                                            std::net::IpAddr::V4(v4) => Some(v4),
-                                            _ => None,
-                                        })
-                                        .ok_or_else(|| anyhow!("config without an IPv4 address"))?;
-                                    self.addr = Some(addr);
-                                    report.connect_time = Some(started.elapsed());
-                                    self.shared.addrs.lock().unwrap_or_else(|e| e.into_inner())
-                                        [self.idx] = Some(addr);
-                                    *self
-                                        .shared
-                                        .last_connect
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner()) =
-                                        self.shared.epoch.elapsed();
-                                    self.shared.counters.connected.fetch_add(1, Relaxed);
-                                    self.shared.progress.notify_one();
-                                    // Let the next client start its handshake.
-                                    permit = None;
-                                }
-                                Event::Closed { code, reason } => {
-                                    bail!("server closed the session ({code:?}): {reason}");
-                                }
-                                Event::ClientHello(_) | Event::Rtt(_) => {}
-                            }
-                        }
+                r = &mut session => break r.map_err(anyhow::Error::from),
+                pkt = tun.next_written() => self.receive_packet(&pkt),
+                _ = tick => {
+                    if let Some(pkt) = self.next_packet() {
+                        tun.inject(pkt);
                     }
-                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
-                        bail!("server closed the channel");
-                    }
-                    Some(_) => {}
-                },
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.session.handle_timeout(Instant::now())?;
                 }
-                _ = tick => self.send_packet(),
                 changed = phase.changed() => {
                     let p = if changed.is_ok() { phase.borrow_and_update().clone() } else { Phase::Stop };
                     match p {
-                        Phase::Connecting => {}
+                        Phase::Connecting | Phase::Stop => {}
                         Phase::Traffic(targets) => {
-                            if let (Some(addr), Some(period)) = (self.addr, period) {
+                            if let Some(period) = period {
                                 self.pos = targets.iter().position(|a| *a == addr).unwrap_or(0);
                                 self.targets = Some(targets);
                                 // Spread the clients' sends evenly over one period.
@@ -676,26 +637,24 @@ impl ClientTunnel {
                             }
                         }
                         Phase::Drain => ticker = None,
-                        Phase::Stop => {
-                            drop(permit.take());
-                            if self.addr.is_none() {
-                                bail!("still not established when the test ended");
-                            }
-                            self.session.close(CloseCode::Normal, "load test finished");
-                            self.flush().await?;
-                            let _ = self.tx.eof().await;
-                            return Ok(());
-                        }
                     }
                 }
             }
+        };
+        // Packets the driver dropped before the TUN (not IP, offloaded, link-local) are not ours.
+        let st = stats.snapshot();
+        let c = &self.shared.counters;
+        c.other.fetch_add(st.drop_malformed + st.drop_local_scope, Relaxed);
+        for pkt in tun.take_written() {
+            self.receive_packet(&pkt);
         }
+        result
     }
 
-    /// Appends one UDP packet to the next client in turn.
-    fn send_packet(&mut self) {
+    /// One UDP packet to the next client in turn.
+    fn next_packet(&mut self) -> Option<Vec<u8>> {
         let (Some(src), Some(targets)) = (self.addr, self.targets.as_ref()) else {
-            return;
+            return None;
         };
         let m = targets.len();
         let dst = if m > 1 {
@@ -704,35 +663,34 @@ impl ClientTunnel {
             targets[0]
         };
         let size = self.shared.opts.size;
-        self.out
-            .put_u32((u32::from(FrameType::Ip.code()) << 24) | (size as u32 & 0x00ff_ffff));
-        let start = self.out.len();
+        let mut out = Vec::with_capacity(size);
         // IPv4 header
-        self.out.put_u8(0x45);
-        self.out.put_u8(0);
-        self.out.put_u16(size as u16);
-        self.out.put_u16(self.seq as u16);
-        self.out.put_u16(0x4000); // don't fragment
-        self.out.put_u8(64);
-        self.out.put_u8(17); // UDP
-        self.out.put_u16(0); // checksum, filled in below
-        self.out.put_slice(&src.octets());
-        self.out.put_slice(&dst.octets());
-        let csum = ipv4_checksum(&self.out[start..start + 20]);
-        self.out[start + 10..start + 12].copy_from_slice(&csum.to_be_bytes());
+        out.put_u8(0x45);
+        out.put_u8(0);
+        out.put_u16(size as u16);
+        out.put_u16(self.seq as u16);
+        out.put_u16(0x4000); // don't fragment
+        out.put_u8(64);
+        out.put_u8(17); // UDP
+        out.put_u16(0); // checksum, filled in below
+        out.put_slice(&src.octets());
+        out.put_slice(&dst.octets());
+        let csum = ipv4_checksum(&out[..20]);
+        out[10..12].copy_from_slice(&csum.to_be_bytes());
         // UDP header; a zero checksum means "none" for UDP over IPv4.
-        self.out.put_u16(UDP_SRC_PORT);
-        self.out.put_u16(UDP_DST_PORT);
-        self.out.put_u16((size - 20) as u16);
-        self.out.put_u16(0);
+        out.put_u16(UDP_SRC_PORT);
+        out.put_u16(UDP_DST_PORT);
+        out.put_u16((size - 20) as u16);
+        out.put_u16(0);
         // payload
-        self.out.put_slice(&MAGIC);
-        self.out.put_u32(self.idx as u32);
-        self.out.put_u64(self.seq);
-        self.out.put_u64(self.shared.now_us());
-        self.out.put_bytes(0, size - MIN_PACKET);
+        out.put_slice(&MAGIC);
+        out.put_u32(self.idx as u32);
+        out.put_u64(self.seq);
+        out.put_u64(self.shared.now_us());
+        out.put_bytes(0, size - MIN_PACKET);
         self.seq += 1;
         self.shared.counters.sent.fetch_add(1, Relaxed);
+        Some(out)
     }
 
     fn receive_packet(&mut self, p: &[u8]) {

@@ -1,9 +1,12 @@
-//! IP packet inspection and rewriting used on the data path. No I/O.
+//! IP packet inspection and rewriting used on the data path, and the rules the tunnel driver
+//! applies to each packet (`outbound`: send path, `inbound`: receive path). No I/O.
 
 pub mod gso;
 pub mod icmp;
+pub mod inbound;
 pub mod ip;
 pub mod mss;
+pub mod outbound;
 #[cfg(test)]
 mod test_rng;
 pub mod vnet;

@@ -7,8 +7,8 @@ use bytes::{BufMut, Bytes};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use super::{MAX_READ, RecvArena};
-use crate::packet::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VIRTIO_NET_HDR_LEN};
+use super::{MAX_READ, RecvArena, TunIo, VNET_HDR_LEN};
+use crate::packet::vnet::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunError {
@@ -29,9 +29,6 @@ pub enum TunError {
 
 // TUNSETOFFLOAD = _IOW('T', 208, unsigned int)
 nix::ioctl_write_int!(tunsetoffload, b'T', 208);
-
-/// Size of the virtio-net header the kernel prepends when IFF_VNET_HDR is set.
-pub const VNET_HDR_LEN: usize = VIRTIO_NET_HDR_LEN;
 
 #[derive(Debug)]
 pub struct TunDevice {
@@ -108,6 +105,39 @@ impl TunDevice {
         } else {
             self.send_raw(&[], pkt).await
         }
+    }
+}
+
+impl TunIo for TunDevice {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn has_vnet_hdr(&self) -> bool {
+        self.vnet_hdr
+    }
+
+    /// One readiness wait, then non-blocking reads (one system call per packet) until the
+    /// device has nothing more or `max` packets were read.
+    async fn recv_batch(&self, arena: &mut RecvArena, out: &mut Vec<Bytes>, max: usize) -> io::Result<usize> {
+        out.push(self.recv(arena).await?);
+        let mut n = 1;
+        while n < max {
+            match self.try_recv(arena)? {
+                Some(pkt) => out.push(pkt),
+                None => break,
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn send_raw(&self, head: &[u8], body: &[u8]) -> io::Result<()> {
+        TunDevice::send_raw(self, head, body).await
+    }
+
+    async fn send_ip(&self, pkt: &[u8]) -> io::Result<()> {
+        TunDevice::send_ip(self, pkt).await
     }
 }
 

@@ -1,7 +1,13 @@
-//! TUN devices: creation, batched non-blocking reads into a shared arena, writes.
+//! TUN devices behind one narrow interface, [`TunIo`]: batch reads (one wait for readiness, then
+//! every packet already queued, up to a limit, each read into a shared arena), packet writes, and
+//! whether packets carry a virtio-net header. Implemented by the Linux device ([`TunDevice`]) and
+//! by an in-memory fake for tests ([`fake::FakeTun`]). The tunnel driver sees only the trait.
 //!
 //! A device opened with offloads carries a 10-byte virtio-net header in front of every packet
 //! (IFF_VNET_HDR); the kernel then hands us TCP/UDP super-packets of up to 64 KiB.
+//!
+//! This module moves packets; what is done with them (segmentation, MSS clamping, ICMP replies)
+//! belongs to `crate::packet`.
 
 // The only module with unsafe code (ioctls, reads into uninitialised buffers); every block
 // carries a SAFETY comment.
@@ -9,9 +15,53 @@
 #[allow(unsafe_code)]
 mod linux;
 #[cfg(target_os = "linux")]
-pub use linux::{TunDevice, TunError, VNET_HDR_LEN, open_device};
+pub use linux::{TunDevice, TunError, open_device};
+
+pub mod fake;
+
+use std::future::Future;
+use std::io;
 
 use bytes::{Bytes, BytesMut};
+
+/// Size of the virtio-net header in front of every packet of a device with offloads on.
+pub const VNET_HDR_LEN: usize = crate::packet::vnet::VIRTIO_NET_HDR_LEN;
+
+/// A TUN device as the data path sees it (wireguard-go's `tun.Device`).
+///
+/// Packets are in the device's own format: with a [`VNET_HDR_LEN`]-byte virtio-net header in
+/// front when [`TunIo::has_vnet_hdr`] is true, plain IP packets otherwise.
+pub trait TunIo: Send + Sync + 'static {
+    /// The interface name.
+    fn name(&self) -> &str;
+
+    /// Whether packets carry a virtio-net header (offloads on).
+    fn has_vnet_hdr(&self) -> bool;
+
+    /// Waits until at least one packet can be read, then appends to `out` every packet that is
+    /// ready, `max` at most (at least one even if `max` is 0). Returns how many were appended.
+    fn recv_batch(
+        &self,
+        arena: &mut RecvArena,
+        out: &mut Vec<Bytes>,
+        max: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+
+    /// Writes `head` followed by `body` as one packet, as is: together they must carry a
+    /// virtio-net header if the device has them. `head` may be empty.
+    fn send_raw(&self, head: &[u8], body: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Writes one plain IP packet, adding an empty virtio-net header if the device needs one.
+    fn send_ip(&self, pkt: &[u8]) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            if self.has_vnet_hdr() {
+                self.send_raw(&[0u8; VNET_HDR_LEN], pkt).await
+            } else {
+                self.send_raw(&[], pkt).await
+            }
+        }
+    }
+}
 
 /// Largest read a TUN can return: a 64 KiB GSO packet plus its virtio-net header.
 pub const MAX_READ: usize = 65535 + 16;
@@ -25,12 +75,12 @@ pub struct RecvArena {
 }
 
 impl RecvArena {
-    /// An arena allocating `chunk` bytes at a time (at least [`MAX_READ`]).
+    /// An arena allocating `chunk` bytes at a time (at least [`MAX_READ`]), the first time on
+    /// the first read (a reader that never reads, such as one over the fake, costs nothing).
     pub fn new(chunk: usize) -> Self {
-        let chunk = chunk.max(MAX_READ);
         RecvArena {
-            buf: BytesMut::with_capacity(chunk),
-            chunk,
+            buf: BytesMut::new(),
+            chunk: chunk.max(MAX_READ),
         }
     }
 

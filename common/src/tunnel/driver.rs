@@ -6,7 +6,10 @@
 //!   messages -> one batch of frames -> one transport write.
 //!
 //! Both loops touch the session only for control messages, timers and once per received chunk,
-//! never per packet.
+//! never per packet. What is done to each packet (segmentation, MSS clamp, ICMP "too big"
+//! replies, receive checks) is decided by `crate::packet::{outbound, inbound}`; the driver does
+//! the I/O, the framing and the counting. The TUN is any [`TunIo`] (the Linux device, or the
+//! in-memory fake in tests).
 
 use std::future::Future;
 use std::io;
@@ -20,20 +23,23 @@ use tokio::sync::Notify;
 use super::queue::QueueReceiver;
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
-use crate::packet::vnet::VIRTIO_NET_HDR_GSO_NONE;
-use crate::packet::{PacketAddrs, VirtioNetHdr, packet_addrs};
-use crate::packet::{gso, icmp, mss};
+use crate::packet::PacketAddrs;
+use crate::packet::gso;
+use crate::packet::inbound::{self, Reject};
+use crate::packet::outbound::{self, Action, Outbound, Plain};
 use crate::proto::control::ControlError;
 use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
 use crate::proto::{
     CloseCode, Control, Event, Features, Hello, Negotiated, Role, Session, SessionError, Timers, TunnelConfig,
 };
-use crate::tun::TunDevice;
+use crate::tun::TunIo;
 
 /// Packets taken from the outbound queue per batch.
 const BATCH_PACKETS: usize = 256;
 /// A batch is handed to the transport once it holds this many bytes.
 const FLUSH_BYTES: usize = 256 * 1024;
+/// ICMP replies written back to the TUN per batch at most; the rest of a burst gets none.
+const MAX_REPLIES: usize = 64;
 /// Initial size of the receive and batch buffers: small, so that an idle session costs little;
 /// they grow with the traffic (a busy session's batches reach FLUSH_BYTES).
 const INITIAL_BUFFER: usize = 16 * 1024;
@@ -84,8 +90,8 @@ pub struct Established {
 }
 
 /// What the data phase needs besides the transport.
-pub struct DataPath {
-    pub tun: Arc<TunDevice>,
+pub struct DataPath<T> {
+    pub tun: Arc<T>,
     /// Packets read from the TUN for this peer, in the TUN's own format (with a virtio-net
     /// header when the TUN has them).
     pub outbound: QueueReceiver,
@@ -230,8 +236,9 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
     /// Moves packets until the peer goes away, an error occurs, or `shutdown` resolves (then a
     /// close message with its code and reason is sent). Returns `Ok` only for a local shutdown
     /// or when the outbound queue is closed.
-    pub async fn run<F>(self, data: DataPath, shutdown: F) -> Result<(), TunnelError>
+    pub async fn run<T, F>(self, data: DataPath<T>, shutdown: F) -> Result<(), TunnelError>
     where
+        T: TunIo,
         F: Future<Output = (CloseCode, String)> + Send,
     {
         let Tunnel {
@@ -274,9 +281,11 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             shared: shared.clone(),
             outbound,
             stats,
-            vnet_hdr: tun.has_vnet_hdr(),
-            gso: negotiated.features.contains(Features::GSO),
-            mtu: negotiated.mtu,
+            rules: Outbound {
+                vnet_hdr: tun.has_vnet_hdr(),
+                peer_gso: negotiated.features.contains(Features::GSO),
+                mtu: negotiated.mtu,
+            },
             peer_max_payload: negotiated.peer_max_payload,
             out: BytesMut::with_capacity(INITIAL_BUFFER),
             scratch: Vec::new(),
@@ -333,22 +342,22 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-struct Reader<Rx> {
+struct Reader<Rx, T> {
     rx: Rx,
     rbuf: BytesMut,
     decoder: FrameDecoder,
     shared: Arc<Shared>,
-    delivery: Delivery,
+    delivery: Delivery<T>,
 }
 
 /// The TUN side of the reader: admission check and write.
-struct Delivery {
-    tun: Arc<TunDevice>,
+struct Delivery<T> {
+    tun: Arc<T>,
     admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
     stats: Arc<TunnelStats>,
 }
 
-impl<Rx: TransportRx> Reader<Rx> {
+impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
     async fn run(mut self) -> Result<(), TunnelError> {
         loop {
             // Frames left over from the handshake's last read come first.
@@ -390,30 +399,21 @@ impl<Rx: TransportRx> Reader<Rx> {
     }
 }
 
-impl Delivery {
+impl<T: TunIo> Delivery<T> {
     /// Checks one packet from the peer and writes it to the TUN. Bad packets are counted and
     /// dropped; they do not end the session.
     async fn deliver(&self, payload: &Bytes, gso: bool) {
-        let ip = if gso {
-            match payload.get(crate::tun::VNET_HDR_LEN..) {
-                Some(ip) if self.tun.has_vnet_hdr() => ip,
-                _ => {
-                    // Offloaded frames were not negotiated for this TUN.
-                    TunnelStats::add(&self.stats.drop_malformed, 1);
-                    return;
-                }
+        let (ip, addrs) = match inbound::check(payload, gso, self.tun.has_vnet_hdr()) {
+            Ok(a) => (a.ip, a.addrs),
+            Err(Reject::Malformed) => {
+                TunnelStats::add(&self.stats.drop_malformed, 1);
+                return;
             }
-        } else {
-            &payload[..]
+            Err(Reject::LocalScope) => {
+                TunnelStats::add(&self.stats.drop_local_scope, 1);
+                return;
+            }
         };
-        let Some(addrs) = packet_addrs(ip) else {
-            TunnelStats::add(&self.stats.drop_malformed, 1);
-            return;
-        };
-        if addrs.is_local_scope() {
-            TunnelStats::add(&self.stats.drop_local_scope, 1);
-            return;
-        }
         if !(self.admit)(&addrs) {
             TunnelStats::add(&self.stats.drop_spoofed, 1);
             return;
@@ -436,23 +436,19 @@ impl Delivery {
     }
 }
 
-struct Writer<Tx> {
+struct Writer<Tx, T> {
     tx: Tx,
     shared: Arc<Shared>,
     outbound: QueueReceiver,
     stats: Arc<TunnelStats>,
-    /// Packets from the TUN carry a virtio-net header.
-    vnet_hdr: bool,
-    /// The peer accepts offloaded (GSO) frames.
-    gso: bool,
-    /// Largest plain packet the peer takes; larger ones get an ICMP "packet too big".
-    mtu: u16,
+    /// The send-path rules: TUN format, peer offloads, tunnel MTU.
+    rules: Outbound,
     peer_max_payload: usize,
     out: BytesMut,
     /// Reused by software segmentation and MSS clamping.
     scratch: Vec<u8>,
     /// Where ICMP replies go, and their source addresses.
-    tun: Arc<TunDevice>,
+    tun: Arc<T>,
     icmp_sources: Vec<IpAddr>,
     /// ICMP errors to write back to the TUN after this batch (rare).
     replies: Vec<Vec<u8>>,
@@ -460,7 +456,7 @@ struct Writer<Tx> {
     stall: Duration,
 }
 
-impl<Tx: TransportTx> Writer<Tx> {
+impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
     async fn run<F>(mut self, shutdown: F) -> Result<(), TunnelError>
     where
         F: Future<Output = (CloseCode, String)> + Send,
@@ -513,68 +509,57 @@ impl<Tx: TransportTx> Writer<Tx> {
     /// Appends one packet from the TUN as one frame, or as several when an offloaded packet must
     /// be segmented in software for a peer without offloads.
     fn encode_packet(&mut self, pkt: &[u8]) {
-        if !self.vnet_hdr {
-            return self.encode_plain(pkt);
-        }
-        let (Some(hdr), Some(ip)) = (VirtioNetHdr::decode(pkt), pkt.get(crate::tun::VNET_HDR_LEN..)) else {
-            TunnelStats::add(&self.stats.drop_malformed, 1);
-            return;
-        };
-        if hdr.is_plain() {
-            self.encode_plain(ip)
-        } else if hdr.gso_type == VIRTIO_NET_HDR_GSO_NONE && mss::is_tcp_syn(ip) {
-            // A SYN with a partial checksum: complete the checksum, then clamp its MSS (rare).
-            let mut whole = Vec::with_capacity(ip.len());
-            match gso::segment(&hdr, ip, &mut self.scratch, |p| whole.extend_from_slice(p)) {
-                Ok(()) => self.encode_plain(&whole),
-                Err(_) => TunnelStats::add(&self.stats.drop_malformed, 1),
+        match self.rules.prepare(pkt) {
+            Action::Plain(plain) => self.encode_plain(plain),
+            Action::Offloaded { pkt, ip_len } => self.encode_frame(FrameType::Gso, pkt, ip_len),
+            Action::CompleteChecksum { hdr, ip } => {
+                let mut whole = Vec::with_capacity(ip.len());
+                match gso::segment(&hdr, ip, &mut self.scratch, |p| whole.extend_from_slice(p)) {
+                    Ok(()) => {
+                        let plain = self.rules.prepare_ip(&whole);
+                        self.encode_plain(plain)
+                    }
+                    Err(_) => TunnelStats::add(&self.stats.drop_malformed, 1),
+                }
             }
-        } else if self.gso {
-            self.encode_frame(FrameType::Gso, pkt, ip.len())
-        } else {
-            let Writer {
-                out, stats, scratch, ..
-            } = self;
-            let result = gso::segment(&hdr, ip, scratch, |seg| {
-                frame::encode(out, FrameType::Ip, seg);
-                TunnelStats::add(&stats.tx_packets, 1);
-                TunnelStats::add(&stats.tx_bytes, seg.len() as u64);
-            });
-            if let Err(e) = result {
-                tracing::debug!("cannot segment offloaded packet: {e}");
-                TunnelStats::add(&self.stats.drop_malformed, 1);
+            Action::Segment { hdr, ip } => {
+                let Writer {
+                    out, stats, scratch, ..
+                } = self;
+                let result = gso::segment(&hdr, ip, scratch, |seg| {
+                    frame::encode(out, FrameType::Ip, seg);
+                    TunnelStats::add(&stats.tx_packets, 1);
+                    TunnelStats::add(&stats.tx_bytes, seg.len() as u64);
+                });
+                if let Err(e) = result {
+                    tracing::debug!("cannot segment offloaded packet: {e}");
+                    TunnelStats::add(&self.stats.drop_malformed, 1);
+                }
             }
+            Action::Malformed => TunnelStats::add(&self.stats.drop_malformed, 1),
         }
     }
 
-    /// One ordinary IP packet: too big for the peer → ICMP error back to the sender; a TCP SYN →
-    /// MSS clamped to what fits the tunnel MTU.
-    fn encode_plain(&mut self, ip: &[u8]) {
-        if ip.len() > usize::from(self.mtu) {
-            TunnelStats::add(&self.stats.drop_too_big, 1);
-            self.packet_too_big(ip);
-        } else if mss::is_tcp_syn(ip) {
-            let mut pkt = std::mem::take(&mut self.scratch);
-            pkt.clear();
-            pkt.extend_from_slice(ip);
-            let v6 = pkt[0] >> 4 == 6;
-            mss::clamp_mss(&mut pkt, mss::mss_for_mtu(self.mtu, v6));
-            self.encode_frame(FrameType::Ip, &pkt, pkt.len());
-            self.scratch = pkt;
-        } else {
-            self.encode_frame(FrameType::Ip, ip, ip.len());
-        }
-    }
-
-    /// Queues an ICMP "fragmentation needed" / ICMPv6 "packet too big" for the sender of `ip`.
-    fn packet_too_big(&mut self, ip: &[u8]) {
-        let v6 = ip[0] >> 4 == 6;
-        let Some(from) = self.icmp_sources.iter().find(|a| a.is_ipv6() == v6).copied() else {
-            return;
-        };
-        let mut out = Vec::new();
-        if icmp::packet_too_big(ip, self.mtu, from, &mut out).is_some() && self.replies.len() < 64 {
-            self.replies.push(out);
+    /// One ordinary IP packet: as is, with its MSS clamped, or (too big for the peer) dropped
+    /// and answered with an ICMP error written back to the TUN after this batch.
+    fn encode_plain(&mut self, plain: Plain<'_>) {
+        match plain {
+            Plain::Forward(ip) => self.encode_frame(FrameType::Ip, ip, ip.len()),
+            Plain::ClampMss { ip, mss } => {
+                let mut pkt = std::mem::take(&mut self.scratch);
+                outbound::clamp_into(ip, mss, &mut pkt);
+                self.encode_frame(FrameType::Ip, &pkt, pkt.len());
+                self.scratch = pkt;
+            }
+            Plain::TooBig(ip) => {
+                TunnelStats::add(&self.stats.drop_too_big, 1);
+                let mut reply = Vec::new();
+                if self.replies.len() < MAX_REPLIES
+                    && outbound::too_big_reply(ip, self.rules.mtu, &self.icmp_sources, &mut reply)
+                {
+                    self.replies.push(reply);
+                }
+            }
         }
     }
 
@@ -591,3 +576,7 @@ impl<Tx: TransportTx> Writer<Tx> {
         TunnelStats::add(&self.stats.tx_bytes, ip_len as u64);
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod tests;

@@ -1,12 +1,15 @@
 //! Drives a [`crate::proto::Session`] over a byte-stream transport and moves packets between
-//! it and a TUN device. One implementation serves client and server and every transport.
+//! it and a TUN device (any [`crate::tun::TunIo`]). One implementation serves client and server
+//! and every transport.
 
 pub mod driver;
+pub mod feed;
 pub mod queue;
 pub mod stats;
 pub mod transport;
 
 pub use driver::{DataPath, Established, Tunnel, TunnelError};
+pub use feed::{WhenFull, feed_queue};
 pub use queue::{QueueReceiver, QueueSender, packet_queue};
 pub use stats::{StatsSnapshot, TunnelStats};
 pub use transport::{ChannelRx, ChannelTx, StreamRx, StreamTx, TransportRx, TransportTx};

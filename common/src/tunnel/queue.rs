@@ -109,6 +109,11 @@ impl QueueSender {
     pub fn queued_bytes(&self) -> usize {
         self.budget.bytes.load(Ordering::Relaxed)
     }
+
+    /// Whether the receiver is gone: nothing pushed will be read any more.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 impl QueueReceiver {

@@ -84,21 +84,24 @@ fn patterns_match(patterns: &HostPatterns, name: &str) -> bool {
     }
 }
 
+/// The readable entries of known_hosts text whose host patterns match `name`, with their
+/// index (0-based line number); comments, blank and unreadable lines are skipped.
+fn entries_for<'a>(text: &'a str, name: &'a str) -> impl Iterator<Item = (usize, Entry)> + 'a {
+    text.lines().enumerate().filter_map(move |(idx, raw)| {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let entry = line.parse::<Entry>().ok()?;
+        patterns_match(entry.host_patterns(), name).then_some((idx, entry))
+    })
+}
+
 /// Checks `key` for `host`:`port` against the known_hosts text `text`.
 pub fn check_text(text: &str, host: &str, port: u16, key: &PublicKey) -> HostKeyStatus {
     let name = host_entry_name(host, port);
     let mut status = HostKeyStatus::Unknown;
-    for (idx, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Ok(entry) = line.parse::<Entry>() else {
-            continue;
-        };
-        if !patterns_match(entry.host_patterns(), &name) {
-            continue;
-        }
+    for (idx, entry) in entries_for(text, &name) {
         let same = entry.public_key().key_data() == key.key_data();
         match entry.marker() {
             Some(Marker::Revoked) if same => return HostKeyStatus::Revoked { line: idx + 1 },
@@ -139,17 +142,7 @@ pub fn check_cert_text(
 ) -> HostCertStatus {
     let entry_name = host_entry_name(host, port);
     let mut ca_line = None;
-    for (idx, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Ok(entry) = line.parse::<Entry>() else {
-            continue;
-        };
-        if !patterns_match(entry.host_patterns(), &entry_name) {
-            continue;
-        }
+    for (idx, entry) in entries_for(text, &entry_name) {
         let key = entry.public_key().key_data();
         match entry.marker() {
             Some(Marker::Revoked) if key == cert.public_key() || key == cert.signature_key() => {

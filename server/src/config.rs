@@ -235,11 +235,12 @@ pub fn format_error(path: &Path, e: &ConfigError) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use russh::keys::{Algorithm, PrivateKey};
 
-    fn key() -> String {
+    /// A fresh OpenSSH public key line (also used by the policy tests).
+    pub(crate) fn key() -> String {
         PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
             .unwrap()
             .public_key()

@@ -9,6 +9,7 @@ mod cli;
 mod client_session;
 mod config;
 mod control;
+mod control_request;
 mod credentials;
 mod daemon;
 mod firewall;

@@ -419,15 +419,7 @@ impl std::fmt::Display for PortSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use russh::keys::{Algorithm, PrivateKey};
-
-    fn key() -> String {
-        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-            .unwrap()
-            .public_key()
-            .to_openssh()
-            .unwrap()
-    }
+    use crate::config::tests::key;
 
     fn check(text: &str) -> Result<Policy, Vec<ConfigError>> {
         let file = crate::config::parse(text).map_err(|e| vec![e])?;

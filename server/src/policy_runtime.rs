@@ -5,13 +5,11 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -364,15 +362,7 @@ pub async fn report(daemon: &Daemon) -> String {
 
 /// Client side of `sshvpnd policy`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let mut sock = UnixStream::connect(control).map_err(|e| {
-        anyhow!(
-            "cannot reach the daemon at {}: {e} (is sshvpnd running?)",
-            control.display()
-        )
-    })?;
-    sock.write_all(POLICY_REQUEST)?;
-    let mut text = String::new();
-    sock.read_to_string(&mut text).context("reading the policy")?;
+    let text = crate::control_request::ask(control, POLICY_REQUEST, "policy")?;
     if json {
         return Ok(text);
     }

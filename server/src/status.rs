@@ -1,13 +1,11 @@
 //! `sshvpnd status`: one line per connected client (identity, peer, addresses, since, bytes,
 //! current rates, drops, access-control groups), or JSON; served on the control socket to root and the control group.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use sshvpn_common::report::{ServerClient, Traffic, mbps, unix_now};
 
 use crate::daemon::Daemon;
@@ -38,15 +36,7 @@ pub async fn report(daemon: &Arc<Daemon>) -> String {
 
 /// Client side of `sshvpnd status`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let mut sock = UnixStream::connect(control).map_err(|e| {
-        anyhow!(
-            "cannot reach the daemon at {}: {e} (is sshvpnd running?)",
-            control.display()
-        )
-    })?;
-    sock.write_all(STATUS_REQUEST)?;
-    let mut text = String::new();
-    sock.read_to_string(&mut text).context("reading the status")?;
+    let text = crate::control_request::ask(control, STATUS_REQUEST, "status")?;
     if json {
         return Ok(text);
     }

@@ -2,7 +2,9 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod addressing;
+mod admission;
 mod attach;
 mod audit;
 mod cli;
@@ -20,10 +22,13 @@ mod limits;
 mod listener;
 mod masquerade;
 mod metrics;
+mod metrics_http;
 mod policy;
 mod policy_runtime;
 mod privileges;
 mod routes;
+mod session_policy;
+mod state;
 mod status;
 mod switch;
 

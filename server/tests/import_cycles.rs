@@ -172,7 +172,7 @@ fn crate_src(name: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "on once the server's import cycles are gone (issue 11)"]
+
 fn server_files_import_no_cycle() {
     let found = cycles(&graph(&crate_src("server")));
     assert!(found.is_empty(), "files of server/ that import each other: {found:?}");

@@ -1,0 +1,38 @@
+//! Prometheus metrics served on an opt-in address (`--metrics 127.0.0.1:9810`): a minimal HTTP/1.1
+//! responder for the text exposition format, whatever path is asked for.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::state::ServerState;
+
+/// [`Metrics::render`](crate::metrics::Metrics::render) plus the access-control counters (read from the firewall first).
+pub async fn render_all(state: &ServerState) -> String {
+    state.policy.refresh_counters().await;
+    let policy = state.policy.firewall.policy().await;
+    let mut o = state.metrics.render(state.slots.connected(), &state.switch);
+    state.policy.render_metrics(&policy, &mut o);
+    o
+}
+
+pub async fn serve(state: Arc<ServerState>, listener: TcpListener) -> anyhow::Result<()> {
+    loop {
+        let (mut s, _) = listener.accept().await?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            // Read the request head (bounded), then answer.
+            let mut buf = [0u8; 2048];
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
+            let body = render_all(&state).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes()).await;
+            let _ = s.write_all(body.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}

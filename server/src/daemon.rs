@@ -16,16 +16,16 @@ use tokio::net::TcpListener;
 
 use crate::access::{Access, AttachPolicy};
 use crate::addressing::Addressing;
-use crate::admission::Admission;
 use crate::cli::Args;
 use crate::config::{self, Peers};
 use crate::control;
 use crate::leases::LeaseFile;
 use crate::limits::LogEvery;
-use crate::listener;
 use crate::masquerade::Masquerade;
 use crate::routes::PeerRoutes;
 use crate::session_policy::{SessionPolicy, SessionSlots};
+use crate::ssh::admission::Admission;
+use crate::ssh::listener;
 use crate::state::ServerState;
 use crate::switch::Switch;
 

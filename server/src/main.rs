@@ -4,22 +4,17 @@
 
 mod access;
 mod addressing;
-mod admission;
-mod attach;
 mod audit;
 mod cli;
 mod client_session;
 mod config;
 mod control;
-mod control_request;
 mod credentials;
 mod daemon;
 mod firewall;
 mod firewall_runner;
-mod handler;
 mod leases;
 mod limits;
-mod listener;
 mod masquerade;
 mod metrics;
 mod metrics_http;
@@ -28,8 +23,8 @@ mod policy_runtime;
 mod privileges;
 mod routes;
 mod session_policy;
+mod ssh;
 mod state;
-mod status;
 mod switch;
 
 use clap::Parser;
@@ -38,7 +33,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Attach { control }) = &cli.command {
         // Run by sshd: stdout is the tunnel, errors go to stderr (which ssh shows the user).
-        return match attach::run(control) {
+        return match control::attach::run(control) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sshvpnd attach: {e:#}");
@@ -60,7 +55,7 @@ fn main() -> std::process::ExitCode {
         _ => {}
     }
     if let Some(cli::Command::Status { control, json }) = &cli.command {
-        return match status::query(control, *json) {
+        return match control::status::query(control, *json) {
             Ok(text) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
@@ -72,7 +67,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if let Some(cli::Command::Policy { control, json }) = &cli.command {
-        return match policy_runtime::query(control, *json) {
+        return match control::policy::query(control, *json) {
             Ok(text) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS

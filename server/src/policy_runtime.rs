@@ -1,7 +1,8 @@
 //! The access-control policy and audit log in the running daemon: loading the policy at start,
 //! the session hooks (group sets, session_start / session_end audit events), SIGHUP reloads
 //! (policy swapped live, audit log reopened; a broken file keeps the policy in force), the
-//! rate-limited `policy_denied` summaries, `sshvpnd policy`, and the policy metrics.
+//! rate-limited `policy_denied` summaries and the policy metrics (`sshvpnd policy` is
+//! `control::policy`'s).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,9 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Context;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sshvpn_common::report::Drops;
 use sshvpn_common::tunnel::StatsSnapshot;
@@ -26,9 +25,6 @@ use crate::switch::{PeerPort, Switch};
 
 /// How often denied flows are summarized in the audit log.
 pub const DENIED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
-
-/// Request line of `sshvpnd policy` on the control socket.
-pub const POLICY_REQUEST: &[u8] = b"policy\n";
 
 /// Reads the policy (and the audit log path) from the configuration file, with the pools in
 /// force; errors are `PATH:LINE: reason`, one per line.
@@ -300,110 +296,4 @@ impl PolicyRuntime {
             );
         }
     }
-}
-
-/// `sshvpnd policy` as JSON.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PolicyReport {
-    pub default_policy: DefaultPolicy,
-    /// The nftables table, when one is installed.
-    pub table: Option<String>,
-    pub rules: Vec<RuleReport>,
-    pub groups: Vec<GroupReport>,
-    pub denied_packets: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RuleReport {
-    pub line: usize,
-    pub rule: String,
-    /// Packets that opened a flow through this rule (replies pass by conntrack, uncounted).
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GroupReport {
-    pub name: String,
-    pub sessions: usize,
-    pub denied_packets: u64,
-}
-
-impl PolicyRuntime {
-    pub async fn report(&self) -> String {
-        let fw = &self.firewall;
-        let policy = fw.policy().await;
-        let counters = fw.counters().await;
-        let active = fw.active().await;
-        let get = |name: &str| counters.get(name).copied().unwrap_or_default();
-        let sessions = fw.session_groups().await;
-        let report = PolicyReport {
-            default_policy: policy.default,
-            table: active.then(|| format!("inet {}", fw.table())),
-            rules: policy
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let (packets, bytes) = get(&firewall::rule_counter(i));
-                    RuleReport {
-                        line: r.line,
-                        rule: r.text.clone(),
-                        packets,
-                        bytes,
-                    }
-                })
-                .collect(),
-            groups: policy
-                .groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| !g.implicit)
-                .map(|(i, g)| GroupReport {
-                    name: g.name.clone(),
-                    sessions: sessions.values().filter(|v| v.contains(&g.name)).count(),
-                    denied_packets: get(&firewall::denied_counter(i)).0,
-                })
-                .collect(),
-            denied_packets: get(firewall::DENIED_ALL).0,
-        };
-        serde_json::to_string(&report).unwrap_or_default() + "\n"
-    }
-}
-
-/// Client side of `sshvpnd policy`.
-pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let text = crate::control_request::ask(control, POLICY_REQUEST, "policy")?;
-    if json {
-        return Ok(text);
-    }
-    let r: PolicyReport = serde_json::from_str(&text).context("reading the policy")?;
-    let mut out = format!(
-        "default policy: {}; {}\n",
-        match r.default_policy {
-            DefaultPolicy::Allow => "allow",
-            DefaultPolicy::Deny => "deny",
-        },
-        match &r.table {
-            Some(t) => format!("enforced by nftables table {t}"),
-            None => "nothing enforced (no firewall table)".into(),
-        }
-    );
-    out.push_str(&format!("{:>5} {:>12} {:>14}  RULE\n", "LINE", "PACKETS", "BYTES"));
-    for rule in &r.rules {
-        out.push_str(&format!(
-            "{:>5} {:>12} {:>14}  {}\n",
-            rule.line, rule.packets, rule.bytes, rule.rule
-        ));
-    }
-    if r.default_policy == DefaultPolicy::Deny {
-        out.push_str(&format!("{:>5} {:>12} {:>14}  (denied)\n", "-", r.denied_packets, "-"));
-    }
-    if !r.groups.is_empty() {
-        out.push_str(&format!("\n{:<24} {:>9} {:>14}\n", "GROUP", "SESSIONS", "DENIED PKTS"));
-        for g in &r.groups {
-            out.push_str(&format!("{:<24} {:>9} {:>14}\n", g.name, g.sessions, g.denied_packets));
-        }
-    }
-    Ok(out)
 }

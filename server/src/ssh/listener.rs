@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::admission::{Admission, Unauthenticated};
-use crate::handler::{ConnectionHandler, ConnectionState};
 use crate::limits::Offence;
+use crate::ssh::admission::{Admission, Unauthenticated};
+use crate::ssh::handler::{ConnectionHandler, ConnectionState};
 use crate::state::ServerState;
 
 pub async fn serve(

@@ -2,6 +2,15 @@
 //! for an authenticated user). The Unix user is taken from the socket's peer credentials
 //! (SO_PEERCRED) and must be allowed by `--allow-user` / `--allow-group`; its identity is
 //! `user:NAME`, so its addresses stick to the user like a key's do.
+//!
+//! The whole control protocol lives in this folder: the request lines (`request`), the dispatch
+//! here, the attach relay run by sshd (`attach`), `sshvpnd status` (`status`) and
+//! `sshvpnd policy` (`policy`). Sessions themselves are `client_session`'s.
+
+pub mod attach;
+pub mod policy;
+pub mod request;
+pub mod status;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,7 +24,7 @@ use sshvpn_common::tunnel::{StreamRx, StreamTx};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::attach::ATTACH_REQUEST;
+use crate::control::request::{ATTACH_REQUEST, POLICY_REQUEST, STATUS_REQUEST};
 use crate::state::ServerState;
 
 /// Binds the control socket: removes a stale one, mode 0660, owned by `group` if given.
@@ -132,15 +141,15 @@ async fn handle(state: Arc<ServerState>, mut stream: UnixStream, pending: Pendin
         }
     };
     drop(pending);
-    if line == crate::status::STATUS_REQUEST {
+    if line == STATUS_REQUEST {
         // Anyone who can open the socket (root and the control group) may see the status.
-        let report = crate::status::report(&state).await;
+        let report = status::report(&state).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }
-    if line == crate::policy_runtime::POLICY_REQUEST {
+    if line == POLICY_REQUEST {
         // Access control (issue 14): `sshvpnd policy`, like the status.
-        let report = state.policy.report().await;
+        let report = policy::report(&state.policy).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }

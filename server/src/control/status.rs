@@ -7,10 +7,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::Context;
 use sshvpn_common::report::{ServerClient, Traffic, mbps, unix_now};
 
+use crate::control::request::{self, STATUS_REQUEST};
 use crate::state::ServerState;
-
-/// Request line on the control socket.
-pub const STATUS_REQUEST: &[u8] = b"status\n";
 
 /// The status report as JSON, rates measured over one second.
 pub async fn report(state: &ServerState) -> String {
@@ -35,7 +33,7 @@ pub async fn report(state: &ServerState) -> String {
 
 /// Client side of `sshvpnd status`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let text = crate::control_request::ask(control, STATUS_REQUEST, "status")?;
+    let text = request::ask(control, STATUS_REQUEST, "status")?;
     if json {
         return Ok(text);
     }

@@ -1,12 +1,15 @@
 //! The server's own counters (ended sessions' traffic, refused logins, the handshake-duration
-//! histogram) and their Prometheus text exposition. Serving them over HTTP is `metrics_http`'s;
-//! this module reads nothing but what it is given.
+//! histogram) and their Prometheus registration through `prometheus-client`. Serving them over
+//! HTTP is `metrics_http`'s; this module reads nothing but what it is given.
 
-use std::fmt::Write as _;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use sshvpn_common::tunnel::TunnelStats;
 
 use crate::switch::Switch;
@@ -14,29 +17,48 @@ use crate::switch::Switch;
 /// Upper bounds (seconds) of the handshake-duration histogram buckets.
 pub const HANDSHAKE_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// A metric family keyed by one label.
+pub type ByLabel = Family<Vec<(&'static str, String)>, Counter>;
+
 /// Counters of the server as a whole (live sessions' own counters are read from the switch).
-#[derive(Default)]
 pub struct Metrics {
     /// Counters of sessions that have ended.
     pub totals: TunnelStats,
-    pub auth_failures: AtomicU64,
-    /// Handshake durations: per-bucket counts, sum of seconds, count.
-    handshakes: Mutex<([u64; 8], f64, u64)>,
+    auth_failures: Counter,
+    handshakes: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            totals: TunnelStats::default(),
+            auth_failures: Counter::default(),
+            handshakes: Histogram::new(HANDSHAKE_BUCKETS),
+        }
+    }
+}
+
+/// A counter family with one sample per `(label value, count)`.
+pub fn by_label(label: &'static str, samples: impl IntoIterator<Item = (String, u64)>) -> ByLabel {
+    let family = ByLabel::default();
+    for (value, n) in samples {
+        family.get_or_create(&vec![(label, value)]).inc_by(n);
+    }
+    family
 }
 
 impl Metrics {
     pub fn record_handshake(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let mut h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = HANDSHAKE_BUCKETS.iter().position(|le| secs <= *le) {
-            h.0[i] += 1;
-        }
-        h.1 += secs;
-        h.2 += 1;
+        self.handshakes.observe(took.as_secs_f64());
     }
 
-    /// The text exposition of these counters, the `clients` connected and the switch's.
-    pub fn render(&self, clients: usize, switch: &Switch) -> String {
+    /// One refused authentication attempt.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// Registers these counters, the `clients` connected and the switch's, as they are now.
+    pub fn register(&self, clients: usize, switch: &Switch, registry: &mut Registry) {
         let mut totals = self.totals.snapshot();
         for p in switch.ports() {
             let s = p.stats.snapshot();
@@ -51,42 +73,26 @@ impl Metrics {
             totals.drop_too_big += s.drop_too_big;
             totals.drop_tun_error += s.drop_tun_error;
         }
-        let mut o = String::new();
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_clients Connected clients.\n# TYPE sshvpn_clients gauge"
+        let connected = Gauge::<i64>::default();
+        connected.set(i64::try_from(clients).unwrap_or(i64::MAX));
+        registry.register("sshvpn_clients", "Connected clients", connected);
+        let direction = |from: u64, to: u64| {
+            by_label(
+                "direction",
+                [("from_clients".to_string(), from), ("to_clients".to_string(), to)],
+            )
+        };
+        registry.register(
+            "sshvpn_bytes",
+            "Bytes of IP packets moved, by direction as seen from the clients' side",
+            direction(totals.rx_bytes, totals.tx_bytes),
         );
-        let _ = writeln!(o, "sshvpn_clients {}", clients);
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_bytes_total Bytes of IP packets moved, by direction as seen from the clients' side."
+        registry.register(
+            "sshvpn_packets",
+            "Packets moved",
+            direction(totals.rx_packets, totals.tx_packets),
         );
-        let _ = writeln!(o, "# TYPE sshvpn_bytes_total counter");
-        let _ = writeln!(
-            o,
-            "sshvpn_bytes_total{{direction=\"from_clients\"}} {}",
-            totals.rx_bytes
-        );
-        let _ = writeln!(o, "sshvpn_bytes_total{{direction=\"to_clients\"}} {}", totals.tx_bytes);
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_packets_total Packets moved.\n# TYPE sshvpn_packets_total counter"
-        );
-        let _ = writeln!(
-            o,
-            "sshvpn_packets_total{{direction=\"from_clients\"}} {}",
-            totals.rx_packets
-        );
-        let _ = writeln!(
-            o,
-            "sshvpn_packets_total{{direction=\"to_clients\"}} {}",
-            totals.tx_packets
-        );
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_drops_total Packets dropped, by reason.\n# TYPE sshvpn_drops_total counter"
-        );
-        for (reason, n) in [
+        let drops = [
             ("spoofed", totals.drop_spoofed),
             ("local_scope", totals.drop_local_scope),
             ("malformed", totals.drop_malformed),
@@ -94,33 +100,51 @@ impl Metrics {
             ("too_big", totals.drop_too_big),
             ("tun_error", totals.drop_tun_error),
             ("no_route", switch.stats.no_route.load(Relaxed)),
+        ];
+        registry.register(
+            "sshvpn_drops",
+            "Packets dropped, by reason",
+            by_label("reason", drops.map(|(r, n)| (r.to_string(), n))),
+        );
+        registry.register(
+            "sshvpn_auth_failures",
+            "Refused authentication attempts",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "sshvpn_handshake_seconds",
+            "Time from tunnel start to established",
+            self.handshakes.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_keeps_the_metric_names_and_labels() {
+        let m = Metrics::default();
+        m.auth_failed();
+        m.record_handshake(Duration::from_millis(70));
+        let mut registry = Registry::default();
+        m.register(0, &Switch::default(), &mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "sshvpn_clients 0",
+            "sshvpn_bytes_total{direction=\"from_clients\"} 0",
+            "sshvpn_packets_total{direction=\"to_clients\"} 0",
+            "sshvpn_drops_total{reason=\"spoofed\"} 0",
+            "sshvpn_drops_total{reason=\"no_route\"} 0",
+            "sshvpn_auth_failures_total 1",
+            "sshvpn_handshake_seconds_bucket{le=\"0.05\"} 0",
+            "sshvpn_handshake_seconds_bucket{le=\"0.1\"} 1",
+            "sshvpn_handshake_seconds_bucket{le=\"+Inf\"} 1",
+            "sshvpn_handshake_seconds_count 1",
         ] {
-            let _ = writeln!(o, "sshvpn_drops_total{{reason=\"{reason}\"}} {n}");
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
-        let _ = writeln!(o, "# HELP sshvpn_auth_failures_total Refused authentication attempts.");
-        let _ = writeln!(
-            o,
-            "# TYPE sshvpn_auth_failures_total counter\nsshvpn_auth_failures_total {}",
-            self.auth_failures.load(Relaxed)
-        );
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_handshake_seconds Time from tunnel start to established."
-        );
-        let _ = writeln!(o, "# TYPE sshvpn_handshake_seconds histogram");
-        let h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        let mut cumulative = 0;
-        for (i, le) in HANDSHAKE_BUCKETS.iter().enumerate() {
-            cumulative += h.0[i];
-            let _ = writeln!(o, "sshvpn_handshake_seconds_bucket{{le=\"{le}\"}} {cumulative}");
-        }
-        let _ = writeln!(o, "sshvpn_handshake_seconds_bucket{{le=\"+Inf\"}} {}", h.2);
-        let _ = writeln!(
-            o,
-            "sshvpn_handshake_seconds_sum {}\nsshvpn_handshake_seconds_count {}",
-            h.1, h.2
-        );
-        drop(h);
-        o
     }
 }

@@ -5,12 +5,12 @@
 //! `control::policy`'s).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use sshvpn_common::report::Drops;
 use sshvpn_common::tunnel::StatsSnapshot;
@@ -20,6 +20,7 @@ use crate::audit::Audit;
 use crate::config;
 use crate::config::Peers;
 use crate::firewall::{self, DeniedFlow, Firewall};
+use crate::metrics::by_label;
 use crate::policy::{self, DefaultPolicy, Policy};
 use crate::switch::{PeerPort, Switch};
 
@@ -258,42 +259,39 @@ impl PolicyRuntime {
     }
 
     /// `sshvpn_policy_denied_total{group=...}` and rule hits, from the last read counters.
-    pub fn render_metrics(&self, policy: &Policy, o: &mut String) {
+    pub fn register_metrics(&self, policy: &Policy, registry: &mut Registry) {
         if policy.is_noop() {
             return;
         }
         let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
         let get = |name: &str| c.get(name).copied().unwrap_or_default();
         if policy.default == DefaultPolicy::Deny {
-            let _ = writeln!(
-                o,
-                "# HELP sshvpn_policy_denied_total Packets from clients dropped by the access policy, by the sender's group (\"all\": every denied packet).\n# TYPE sshvpn_policy_denied_total counter"
-            );
-            for (g, group) in policy.groups.iter().enumerate() {
-                let _ = writeln!(
-                    o,
-                    "sshvpn_policy_denied_total{{group=\"{}\"}} {}",
-                    group.name.replace(['"', '\\'], "_"),
-                    get(&firewall::denied_counter(g)).0
-                );
-            }
-            let _ = writeln!(
-                o,
-                "sshvpn_policy_denied_total{{group=\"all\"}} {}",
-                get(firewall::DENIED_ALL).0
+            let groups = policy
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(g, group)| {
+                    (
+                        group.name.replace(['"', '\\'], "_"),
+                        get(&firewall::denied_counter(g)).0,
+                    )
+                })
+                .chain([("all".to_string(), get(firewall::DENIED_ALL).0)]);
+            registry.register(
+                "sshvpn_policy_denied",
+                "Packets from clients dropped by the access policy, by the sender's group (\"all\": every denied packet)",
+                by_label("group", groups),
             );
         }
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_policy_rule_packets_total Packets that started a flow allowed by a rule (by its line in the file).\n# TYPE sshvpn_policy_rule_packets_total counter"
+        let rules = policy
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.line.to_string(), get(&firewall::rule_counter(i)).0));
+        registry.register(
+            "sshvpn_policy_rule_packets",
+            "Packets that started a flow allowed by a rule (by its line in the file)",
+            by_label("line", rules),
         );
-        for (i, r) in policy.rules.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "sshvpn_policy_rule_packets_total{{line=\"{}\"}} {}",
-                r.line,
-                get(&firewall::rule_counter(i)).0
-            );
-        }
     }
 }

@@ -58,7 +58,7 @@ impl ConnectionHandler {
 
     fn refused(&self, user: &str, key: &PublicKey, why: &str) {
         self.state.auth_failures.fetch_add(1, Relaxed);
-        self.server.metrics.auth_failures.fetch_add(1, Relaxed);
+        self.server.metrics.auth_failed();
         tracing::info!("{}: refused user {user:?}: {why}", self.peer);
         self.server.audit.auth_failed(self.peer, user, Some(key), why);
     }

@@ -50,25 +50,6 @@ fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::
     }
 }
 
-/// `sshvpnd check-config`: every problem with its line, or a one-line summary.
-pub fn check_config(path: &std::path::Path) -> Result<String, String> {
-    let (file, text) = config::load(path)?;
-    let peers = config::validate(&text, &file, file.pool, file.pool6).map_err(|errs| {
-        errs.iter()
-            .map(|e| config::format_error(path, e))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    // Access control (issue 14): the policy, checked against the peers.
-    let (policy, _) = crate::policy_runtime::load(path, [None, None])?;
-    Ok(format!(
-        "{}: OK ({} peers); {}",
-        path.display(),
-        peers.0.len(),
-        crate::policy_runtime::summary(&policy)
-    ))
-}
-
 /// Fills unset command-line options from the configuration file and validates its peers.
 fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
     let Some(path) = args.config.clone() else {

@@ -5,6 +5,7 @@
 mod access;
 mod addressing;
 mod audit;
+mod check_config;
 mod cli;
 mod client_session;
 mod config;
@@ -79,7 +80,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if let Some(cli::Command::CheckConfig { config }) = &cli.command {
-        return match daemon::check_config(config) {
+        return match check_config::check_config(config) {
             Ok(summary) => {
                 println!("{summary}");
                 std::process::ExitCode::SUCCESS

@@ -31,7 +31,11 @@ pub fn tcp_transfer(from: &Netns, to: &Netns, to_addr: IpAddr, port: u16, len: u
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0usize;
         loop {
-            let n = s.read(&mut buf).expect("read");
+            let n = match s.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("read: {e}"),
+            };
             if n == 0 {
                 break;
             }

@@ -20,8 +20,10 @@ use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
 use crate::cli::ExecArgs;
-use crate::client_loop::{self, Interface, Shutdown};
+use crate::connect::{self, Shutdown};
+use crate::interface::Interface;
 use crate::netns_helper;
+use crate::transport::Transport;
 
 /// The interface inside the command's namespace, configured through the helper.
 struct NamespaceInterface {
@@ -153,7 +155,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     connect.validate().map_err(anyhow::Error::msg)?;
     // An unreachable server should fail the job, not hang it.
     connect.max_retries = connect.max_retries.or(Some(2));
-    let route = client_loop::route(&connect)?;
+    let transport = Transport::from_args(&connect)?;
 
     let (ours, theirs) = UnixStream::pair()?;
     // The helper inherits its end of the pair (not close-on-exec) and is told its number.
@@ -207,7 +209,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     });
     let instance = format!("exec-{:08x}", rand::random::<u32>());
     let status = Arc::new(crate::status::ClientStatus::default());
-    let result = client_loop::run_with(&connect, &route, iface, stop, Some(instance), status).await;
+    let result = connect::run_with(&connect, &transport, iface, stop, Some(instance), status).await;
     let started = matches!(started_rx.await, Ok(()));
     match (result, started) {
         // The tunnel never came up: our own failure, not the command's.

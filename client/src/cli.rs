@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use sshvpn_common::cli_args::{ClientHelp, TunnelArgs};
 
 #[derive(Debug, Parser)]
 #[command(name = "sshvpn", version, about = "sshvpn client: a layer-3 VPN over SSH")]
@@ -109,21 +110,9 @@ pub struct ConnectArgs {
     /// while connected; the previous values are restored on exit.
     #[arg(long)]
     pub forward: bool,
-    /// Name of the TUN interface.
-    #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
-    pub tun_name: String,
-    /// Largest packet this end takes; the tunnel uses the smaller of both ends' MTUs.
-    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=65000))]
-    pub mtu: u16,
-    /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
-    #[arg(long)]
-    pub no_offload: bool,
-    /// Seconds between keepalives on the tunnel.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub keepalive: u64,
-    /// The server is declared dead (and the client reconnects) after this many seconds of silence.
-    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
-    pub dead_peer_timeout: u64,
+    /// `--tun-name`, `--mtu`, `--no-offload`, `--keepalive`, `--dead-peer-timeout`.
+    #[command(flatten)]
+    pub tunnel: TunnelArgs<ClientHelp>,
     /// Give up after this many failed reconnection attempts in a row (default: retry forever).
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
@@ -143,9 +132,7 @@ pub struct ConnectArgs {
 impl ConnectArgs {
     /// Checks what clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(format!("--tun-name {:?} must be 1 to 15 characters", self.tun_name));
-        }
+        self.tunnel.validate().map_err(|e| e.to_string())?;
         if let Some(t) = &self.target {
             split_target(t)?;
         }

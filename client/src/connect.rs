@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use sshvpn_common::allowed_ips::AllowedIps;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
+use sshvpn_common::proto::{CloseCode, Features, Hello, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
     ChannelRx, ChannelTx, DataPath, QueueSender, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats,
@@ -114,8 +114,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         default_route: args.default_route,
     };
     let iface = TunnelInterface::create(
-        &args.tun_name,
-        !args.no_offload,
+        &args.tunnel.tun_name,
+        !args.tunnel.no_offload,
         args.routes.clone(),
         args.excludes.clone(),
         options,
@@ -126,7 +126,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         started: Some(std::time::SystemTime::now()),
         ..Default::default()
     });
-    crate::status::serve(status.clone(), &args.tun_name)?;
+    crate::status::serve(status.clone(), &args.tunnel.tun_name)?;
     run_with(&args, &transport, iface, shutdown, None, status).await
 }
 
@@ -264,14 +264,10 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     } else {
         Features::default()
     };
-    let timers = Timers {
-        keepalive_interval: Duration::from_secs(args.keepalive.max(1)),
-        dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout.max(2)),
-        ..Timers::default()
-    };
+    let timers = args.tunnel.timers();
     let hello = Hello {
         instance: instance.clone(),
-        ..Hello::new(features, args.mtu)
+        ..Hello::new(features, args.tunnel.mtu)
     };
     let mut tunnel = Tunnel::new(Role::Client, hello, timers, rx, tx);
     let established = match tunnel

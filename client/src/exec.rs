@@ -166,7 +166,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .arg("__netns-helper")
         .arg("--sock-fd")
         .arg(theirs.as_raw_fd().to_string());
-    if connect.no_offload {
+    if connect.tunnel.no_offload {
         helper.arg("--no-offload");
     }
     helper.arg("--").args(&args.command);

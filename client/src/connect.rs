@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use sshvpn_common::allowed_ips::AllowedIps;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role};
+use sshvpn_common::proto::{CloseCode, Features, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, QueueSender, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats,
+    ChannelRx, ChannelTx, DataPath, QueueSender, SessionOptions, TransportRx, TransportTx, TunnelError, TunnelStats,
     packet_queue,
 };
 use tokio::sync::watch;
@@ -259,17 +259,14 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     mut shutdown: Shutdown,
 ) -> SessionEnd {
     let tun = iface.tun();
-    let features = if tun.has_vnet_hdr() {
-        Features::GSO
-    } else {
-        Features::default()
-    };
-    let timers = args.tunnel.timers();
-    let hello = Hello {
+    let options = SessionOptions {
+        vnet_hdr: tun.has_vnet_hdr(),
+        mtu: args.tunnel.mtu,
+        timers: args.tunnel.timers(),
         instance: instance.clone(),
-        ..Hello::new(features, args.tunnel.mtu)
+        ..SessionOptions::default()
     };
-    let mut tunnel = Tunnel::new(Role::Client, hello, timers, rx, tx);
+    let mut tunnel = sshvpn_common::tunnel::open(Role::Client, options, rx, tx);
     let established = match tunnel
         .handshake(|_| Err((CloseCode::ProtocolError, "not a server".into())))
         .await

@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use sshvpn_common::proto::frame;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
-use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue};
+use sshvpn_common::proto::{CloseCode, Features, Role, TunnelConfig};
+use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, TunnelError, TunnelStats, packet_queue};
 
 use crate::daemon::Daemon;
 use crate::switch::PeerPort;
@@ -65,14 +64,14 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     daemon.clients.fetch_add(1, Relaxed);
     let _slot = ClientSlot(daemon.clone());
     let started = Instant::now();
-    // Offloaded frames carry up to 64 KiB packets: only with a frame limit that takes them.
-    let gso = daemon.tun.has_vnet_hdr() && daemon.max_frame >= frame::DEFAULT_MAX_PAYLOAD;
-    let features = if gso { Features::GSO } else { Features::default() };
-    let hello = Hello {
+    let options = sshvpn_common::tunnel::SessionOptions {
+        vnet_hdr: daemon.tun.has_vnet_hdr(),
+        mtu: daemon.mtu,
         max_payload: daemon.max_frame as u32,
-        ..Hello::new(features, daemon.mtu)
+        timers: daemon.timers,
+        instance: None,
     };
-    let mut tunnel = Tunnel::new(Role::Server, hello, daemon.timers, rx, tx);
+    let mut tunnel = sshvpn_common::tunnel::open(Role::Server, options, rx, tx);
     let (queue, outbound) = packet_queue(daemon.client_queue, daemon.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());
     let id = daemon.next_id.fetch_add(1, Relaxed);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use sshvpn_common::cli_args::{ClientHelp, TunnelArgs};
+use sshvpn_common::cli_args::{ClientHelp, TunnelArgs, TunnelArgsError};
 
 #[derive(Debug, Parser)]
 #[command(name = "sshvpn", version, about = "sshvpn client: a layer-3 VPN over SSH")]
@@ -129,32 +129,45 @@ pub struct ConnectArgs {
     pub certificate: Option<PathBuf>,
 }
 
+/// A connection option clap cannot check.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error(transparent)]
+    Tunnel(#[from] TunnelArgsError),
+    #[error("invalid target {0:?}: expected [USER@]HOST")]
+    Target(String),
+    /// Shown with its cause (`{:#}`): "--ssh-command: missing closing quote".
+    #[error("--ssh-command")]
+    SshCommand(#[from] shell_words::ParseError),
+    #[error("--ssh-command is empty")]
+    EmptySshCommand,
+}
+
 impl ConnectArgs {
     /// Checks what clap cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        self.tunnel.validate().map_err(|e| e.to_string())?;
+    pub fn validate(&self) -> Result<(), ArgsError> {
+        self.tunnel.validate()?;
         if let Some(t) = &self.target {
             split_target(t)?;
         }
-        if let Some(cmd) = &self.ssh_command {
-            let words = shell_words::split(cmd).map_err(|e| format!("--ssh-command: {e}"))?;
-            if words.is_empty() {
-                return Err("--ssh-command is empty".into());
-            }
+        if let Some(cmd) = &self.ssh_command
+            && shell_words::split(cmd)?.is_empty()
+        {
+            return Err(ArgsError::EmptySshCommand);
         }
         Ok(())
     }
 }
 
 /// Splits `[user@]host` (host may be `[v6addr]`).
-pub fn split_target(target: &str) -> Result<(Option<String>, String), String> {
+pub fn split_target(target: &str) -> Result<(Option<String>, String), ArgsError> {
     let (user, host) = match target.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h),
         None => (None, target),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     if host.is_empty() || user.as_deref() == Some("") {
-        return Err(format!("invalid target {target:?}: expected [USER@]HOST"));
+        return Err(ArgsError::Target(target.to_string()));
     }
     Ok((user, host))
 }

@@ -104,7 +104,7 @@ enum SessionEnd {
 
 /// `sshvpn connect`: a local interface, until SIGINT/SIGTERM.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
+    args.validate()?;
     let transport = Transport::from_args(&args)?;
     let shutdown = Shutdown::install()?;
     let options = HostOptions {

@@ -152,7 +152,7 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 
 pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut connect = args.connect.clone();
-    connect.validate().map_err(anyhow::Error::msg)?;
+    connect.validate()?;
     // An unreachable server should fail the job, not hang it.
     connect.max_retries = connect.max_retries.or(Some(2));
     let transport = Transport::from_args(&connect)?;

@@ -63,7 +63,7 @@ impl Interface for NamespaceInterface {
             excludes: Vec::new(),
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &options, &HostFacts::default())
-            .map_err(|e| anyhow!("the server's configuration is refused: {e}"))?;
+            .context("the server's configuration is refused")?;
         let v4 = accepted.addresses.iter().find(|a| a.addr().is_ipv4()).copied();
         let v6 = accepted.addresses.iter().find(|a| a.addr().is_ipv6()).copied();
         let wanted = TunnelConfig {

@@ -113,7 +113,7 @@ impl Interface for TunnelInterface {
             server_addr,
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &self.accept, &host)
-            .map_err(|e| anyhow::anyhow!("the server's configuration is refused: {e}"))?;
+            .context("the server's configuration is refused")?;
         let same = |a: &Accepted| {
             a.addresses == accepted.addresses
                 && a.mtu == accepted.mtu

@@ -308,21 +308,7 @@ fn user_certificates_principal_wrong_user_validity_and_revocation() {
 fn attach_without_the_daemon_tells_the_client_why() {
     let mut t = Topology::new(1);
     let control = t.control_socket();
-    let p = sshd::start(&t.server, &t.keys.dir.0, 2222, &t.authorized_keys, Some(&control));
-    t.processes.push(p);
-    let opt = |k: &str, v: String| (k.to_string(), v);
-    let host = vec![
-        opt("HostName", "10.200.1.1".into()),
-        opt("Port", "2222".into()),
-        opt("User", "root".into()),
-        opt("IdentityFile", t.client_keys[0].display().to_string()),
-        opt("IdentitiesOnly", "yes".into()),
-        opt("StrictHostKeyChecking", "accept-new".into()),
-        opt("UserKnownHostsFile", t.log("ssh_known_hosts").display().to_string()),
-        opt("BatchMode", "yes".into()),
-    ];
-    let cfg = sshd::client_config(&t.log("ssh_config"), &[("vpnhost", host)]);
-    let cmd = format!("ssh -F {} vpnhost", cfg.display());
+    let cmd = stock_sshd_for_attach(&mut t, &control, "root");
     let log = t.log("client-attach.log");
     let bin = Bin::path("sshvpn");
     let mut c = Process::spawn_cmd(
@@ -416,21 +402,7 @@ fn attach_as_a_user_outside_the_control_group_tells_the_client_why() {
     let _user = TempUser(name.clone());
     t.start_daemon(&["--allow-user", "root"]);
     let control = t.control_socket();
-    let p = sshd::start(&t.server, &t.keys.dir.0, 2222, &t.authorized_keys, Some(&control));
-    t.processes.push(p);
-    let opt = |k: &str, v: String| (k.to_string(), v);
-    let host = vec![
-        opt("HostName", "10.200.1.1".into()),
-        opt("Port", "2222".into()),
-        opt("User", name.clone()),
-        opt("IdentityFile", t.client_keys[0].display().to_string()),
-        opt("IdentitiesOnly", "yes".into()),
-        opt("StrictHostKeyChecking", "accept-new".into()),
-        opt("UserKnownHostsFile", t.log("ssh_known_hosts").display().to_string()),
-        opt("BatchMode", "yes".into()),
-    ];
-    let cfg = sshd::client_config(&t.log("ssh_config"), &[("vpnhost", host)]);
-    let cmd = format!("ssh -F {} vpnhost", cfg.display());
+    let cmd = stock_sshd_for_attach(&mut t, &control, &name);
     let bin = Bin::path("sshvpn");
     let mut c = Process::spawn_cmd(
         &t.clients[0],
@@ -444,4 +416,24 @@ fn attach_as_a_user_outside_the_control_group_tells_the_client_why() {
         control.display()
     );
     c.wait_for_log(&expected, 20.0);
+}
+
+/// Starts a stock sshd (port 2222) whose `sshvpn` subsystem attaches to the daemon at `control`,
+/// and returns the `--ssh-command` that logs in to it as `user` with client key 0.
+fn stock_sshd_for_attach(t: &mut Topology, control: &Path, user: &str) -> String {
+    let p = sshd::start(&t.server, &t.keys.dir.0, 2222, &t.authorized_keys, Some(control));
+    t.processes.push(p);
+    let opt = |k: &str, v: String| (k.to_string(), v);
+    let host = vec![
+        opt("HostName", "10.200.1.1".into()),
+        opt("Port", "2222".into()),
+        opt("User", user.to_string()),
+        opt("IdentityFile", t.client_keys[0].display().to_string()),
+        opt("IdentitiesOnly", "yes".into()),
+        opt("StrictHostKeyChecking", "accept-new".into()),
+        opt("UserKnownHostsFile", t.log("ssh_known_hosts").display().to_string()),
+        opt("BatchMode", "yes".into()),
+    ];
+    let cfg = sshd::client_config(&t.log("ssh_config"), &[("vpnhost", host)]);
+    format!("ssh -F {} vpnhost", cfg.display())
 }

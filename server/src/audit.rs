@@ -264,17 +264,6 @@ impl Audit {
     }
 }
 
-/// The one-line hook for refused authentications (`Daemon::audit`'s `auth_failed`).
-pub fn auth_failed(
-    daemon: &crate::daemon::Daemon,
-    source: impl std::fmt::Display,
-    user: &str,
-    key: &russh::keys::PublicKey,
-    reason: &str,
-) {
-    daemon.audit.auth_failed(source, user, Some(key), reason);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

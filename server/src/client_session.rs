@@ -8,22 +8,22 @@ use std::time::Instant;
 use sshvpn_common::proto::{CloseCode, Features, Role, TunnelConfig};
 use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, TunnelError, TunnelStats, packet_queue};
 
-use crate::daemon::Daemon;
+use crate::state::ServerState;
 use crate::switch::PeerPort;
 
 /// Decrements the connected-clients count when the session ends.
-struct ClientSlot(Arc<Daemon>);
+struct ClientSlot(Arc<ServerState>);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        self.0.clients.fetch_sub(1, Relaxed);
+        self.0.slots.leave();
     }
 }
 
 /// Why a new session cannot be taken now (the server is full), if it cannot.
-pub fn capacity_refusal(daemon: &Daemon) -> Option<(CloseCode, String)> {
-    let n = daemon.clients.load(Relaxed);
-    (n >= daemon.max_clients).then(|| {
+pub fn capacity_refusal(state: &ServerState) -> Option<(CloseCode, String)> {
+    let n = state.slots.connected();
+    (n >= state.slots.max_clients).then(|| {
         (
             CloseCode::PoolExhausted,
             format!("server full: {n} clients connected, the maximum"),
@@ -41,8 +41,8 @@ fn valid_instance(tag: &str) -> bool {
 }
 
 /// Sessions of `base` other than `identity` (the same identity is replaced, not added).
-fn concurrent_sessions(daemon: &Daemon, base: &str, identity: &str) -> usize {
-    daemon
+fn concurrent_sessions(state: &ServerState, base: &str, identity: &str) -> usize {
+    state
         .switch
         .ports()
         .iter()
@@ -54,27 +54,27 @@ fn concurrent_sessions(daemon: &Daemon, base: &str, identity: &str) -> usize {
 /// keys the address lease (a key fingerprint, or `user:NAME`); with a `refusal`, the client is
 /// told why (close code and reason) and the session ends after the hello.
 pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
-    daemon: Arc<Daemon>,
+    state: Arc<ServerState>,
     rx: Rx,
     tx: Tx,
     identity: String,
     peer: String,
     refusal: Option<(CloseCode, String)>,
 ) {
-    daemon.clients.fetch_add(1, Relaxed);
-    let _slot = ClientSlot(daemon.clone());
+    state.slots.enter();
+    let _slot = ClientSlot(state.clone());
     let started = Instant::now();
     let options = sshvpn_common::tunnel::SessionOptions {
-        vnet_hdr: daemon.tun.has_vnet_hdr(),
-        mtu: daemon.mtu,
-        max_payload: daemon.max_frame as u32,
-        timers: daemon.timers,
+        vnet_hdr: state.tun.has_vnet_hdr(),
+        mtu: state.session.mtu,
+        max_payload: state.session.max_frame as u32,
+        timers: state.session.timers,
         instance: None,
     };
     let mut tunnel = sshvpn_common::tunnel::open(Role::Server, options, rx, tx);
-    let (queue, outbound) = packet_queue(daemon.client_queue, daemon.client_queue_bytes);
+    let (queue, outbound) = packet_queue(state.session.client_queue, state.session.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());
-    let id = daemon.next_id.fetch_add(1, Relaxed);
+    let id = state.slots.next_id();
     let mut port: Option<Arc<PeerPort>> = None;
     let base_identity = identity;
     // Concurrent sessions of one identity (`sshvpn exec` runs) carry an instance tag and get
@@ -96,27 +96,27 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 identity = format!("{base_identity}#{instance}");
             }
             // Client-chosen instance tags must not let one identity take the whole pool.
-            let max = daemon.max_sessions_per_identity;
-            if concurrent_sessions(&daemon, &base_identity, &identity) >= max {
+            let max = state.session.max_sessions_per_identity;
+            if concurrent_sessions(&state, &base_identity, &identity) >= max {
                 return Err((
                     CloseCode::PoolExhausted,
                     format!("{max} sessions of this identity are connected already (--max-sessions-per-identity)"),
                 ));
             }
-            let a = daemon
+            let a = state
                 .addressing
                 .assign(&identity)
                 .map_err(|e| (CloseCode::PoolExhausted, e.to_string()))?;
             // A configured peer: the subnets behind it, and its extra pushed routes.
-            let configured = daemon.peers.get(&base_identity);
+            let configured = state.access.peers.get(&base_identity);
             // The pools are pushed like any route: the client installs them only if it accepts
             // routes (its addresses are host addresses, with no prefix route of their own).
-            let mut routes = daemon.addressing.pool_networks();
-            routes.extend(daemon.push_routes.iter().copied());
+            let mut routes = state.addressing.pool_networks();
+            routes.extend(state.session.push_routes.iter().copied());
             if let Some(p) = configured {
                 routes.extend(p.routes.iter().copied());
                 if p.push_other_subnets {
-                    routes.extend(daemon.peers.other_subnets(&base_identity));
+                    routes.extend(state.access.peers.other_subnets(&base_identity));
                 }
             }
             routes.dedup();
@@ -124,19 +124,19 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
             let config = TunnelConfig {
                 addr4: Some(a.addr4),
                 addr6: a.addr6,
-                peer4: match daemon.addressing.server_addr(false) {
+                peer4: match state.addressing.server_addr(false) {
                     Some(std::net::IpAddr::V4(s)) => Some(s),
                     _ => None,
                 },
-                peer6: match daemon.addressing.server_addr(true) {
+                peer6: match state.addressing.server_addr(true) {
                     Some(std::net::IpAddr::V6(s)) => Some(s),
                     _ => None,
                 },
-                mtu: daemon.mtu,
+                mtu: state.session.mtu,
                 routes,
-                dns: daemon.push_dns.clone(),
-                search: daemon.push_search.clone(),
-                keepalive_ms: daemon.timers.keepalive_interval.as_millis() as u32,
+                dns: state.session.push_dns.clone(),
+                search: state.session.push_search.clone(),
+                keepalive_ms: state.session.timers.keepalive_interval.as_millis() as u32,
             };
             let p = Arc::new(PeerPort {
                 id,
@@ -149,7 +149,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
                 evict: Default::default(),
                 not_authorized: Default::default(),
             });
-            daemon.switch.attach(p.clone());
+            state.switch.attach(p.clone());
             port = Some(p);
             Ok(config)
         })
@@ -160,14 +160,14 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         (Ok(_), None) => return,
         (Err(e), port) => {
             if let Some(p) = port {
-                daemon.switch.detach(&p);
+                state.switch.detach(&p);
             }
             tracing::info!("client {peer} key {identity}: handshake failed: {e}");
-            daemon.addressing.release_ephemeral(&identity);
+            state.addressing.release_ephemeral(&identity);
             return;
         }
     };
-    daemon.record_handshake(started.elapsed());
+    state.metrics.record_handshake(started.elapsed());
     let addresses = port
         .addresses
         .iter()
@@ -183,12 +183,21 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, offload {offload})",
         established.negotiated.peer_software
     );
-    crate::policy_runtime::session_started(&daemon, &port, &base_identity, &established.negotiated.peer_software).await;
+    state
+        .policy
+        .session_started(
+            &state.audit,
+            &state.access.peers,
+            &port,
+            &base_identity,
+            &established.negotiated.peer_software,
+        )
+        .await;
     // Its own addresses and subnets: what it may send from (anti-spoofing) and what it receives.
-    daemon.peer_routes.add(&subnets).await;
+    state.peer_routes.add(&subnets).await;
     let own = port.addresses.clone();
     let data = DataPath {
-        tun: daemon.tun.clone(),
+        tun: state.tun.clone(),
         outbound,
         admit: Box::new(move |a| own.iter().any(|n| n.contains(&a.src))),
         stats: stats.clone(),
@@ -215,11 +224,11 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         }
     };
     let result = tunnel.run(data, evicted).await;
-    daemon.switch.detach(&port);
-    daemon.peer_routes.remove(&subnets).await;
-    daemon.totals.absorb(&stats.snapshot());
-    if !daemon.switch.has_identity(&identity) {
-        daemon.addressing.release_ephemeral(&identity);
+    state.switch.detach(&port);
+    state.peer_routes.remove(&subnets).await;
+    state.metrics.totals.absorb(&stats.snapshot());
+    if !state.switch.has_identity(&identity) {
+        state.addressing.release_ephemeral(&identity);
     }
     let reason = match result {
         Ok(()) => "closed by server".to_string(),
@@ -227,7 +236,10 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         Err(TunnelError::Eof) => "connection closed".to_string(),
         Err(e) => e.to_string(),
     };
-    crate::policy_runtime::session_ended(&daemon, &port, started.elapsed(), &stats.snapshot(), &reason).await;
+    state
+        .policy
+        .session_ended(&state.audit, &port, started.elapsed(), &stats.snapshot(), &reason)
+        .await;
     tracing::info!(
         "client disconnected: peer {peer} key {identity} addresses {addresses} after {:.1}s: {reason}; {}",
         started.elapsed().as_secs_f64(),

@@ -41,11 +41,11 @@ pub struct FileConfig {
     pub host_certificate: Option<PathBuf>,
     // Access control and audit (issue 14): validated by `crate::policy`.
     /// What no `[[policy]]` rule allows: "allow" (default) or "deny".
-    pub default_policy: Option<crate::policy::DefaultPolicy>,
+    pub default_policy: Option<DefaultPolicy>,
     #[serde(default, rename = "group")]
-    pub groups: Vec<Spanned<crate::policy::GroupEntry>>,
+    pub groups: Vec<Spanned<GroupEntry>>,
     #[serde(default, rename = "policy")]
-    pub policies: Vec<Spanned<crate::policy::PolicyEntry>>,
+    pub policies: Vec<Spanned<PolicyEntry>>,
     /// Audit log (JSON lines), like `--audit-log`.
     pub audit_log: Option<PathBuf>,
 }
@@ -232,6 +232,39 @@ pub fn format_error(path: &Path, e: &ConfigError) -> String {
         Some(l) => format!("{}:{l}: {}", path.display(), e.message),
         None => format!("{}: {}", path.display(), e.message),
     }
+}
+
+// Access control (issue 14): the policy sections as written; `policy.rs` validates and compiles them.
+
+/// What happens to traffic no rule allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultPolicy {
+    /// Everything passes (today's behaviour); rules only count.
+    #[default]
+    Allow,
+    /// Only what a rule allows passes (replies to allowed flows always do).
+    Deny,
+}
+
+/// `[[group]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEntry {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// `[[policy]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyEntry {
+    #[serde(default)]
+    pub from: Vec<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    pub ports: Option<Vec<String>>,
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! good set; the error is logged with its line. Also loads the host certificate (`--host-certificate`).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,18 +16,16 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use russh::Channel;
 use russh::keys::ssh_key::Certificate;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{HashAlg, PublicKey};
-use russh::server::Msg;
 use sshvpn_common::authorized_keys::{self, AuthorizedKeysFile, LineError, Request};
 use sshvpn_common::keys::fingerprint;
-use sshvpn_common::tunnel::{ChannelRx, ChannelTx};
 
+use crate::audit::Audit;
 use crate::config::Peers;
-use crate::daemon::Daemon;
+use crate::switch::Switch;
 
 /// How often the key files are checked and the live sessions re-evaluated.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -415,7 +413,7 @@ impl KeyStore {
     /// Re-evaluates the live SSH sessions not yet checked against the key sets in force, or
     /// whose credential's validity has run out; those no longer authorized are told to close
     /// with CLOSE "not authorized". Returns how many were closed.
-    pub fn recheck(&self, daemon: &Daemon) -> usize {
+    pub fn recheck(&self, peers: &Peers, peers_only: bool, switch: &Switch, audit: &Audit) -> usize {
         let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if sessions.is_empty() {
             return 0;
@@ -423,7 +421,7 @@ impl KeyStore {
         let generation = self.generation.load(Relaxed);
         let now = SystemTime::now();
         let mut closed = 0;
-        for port in daemon.switch.ports() {
+        for port in switch.ports() {
             if port.not_authorized.load(Relaxed) {
                 continue;
             }
@@ -433,7 +431,7 @@ impl KeyStore {
             if !stale && g.deadline.is_none_or(|d| now <= d) {
                 continue;
             }
-            if let Err(why) = self.authorize(&daemon.peers, daemon.peers_only, &g.credential, &g.user, g.source) {
+            if let Err(why) = self.authorize(peers, peers_only, &g.credential, &g.user, g.source) {
                 tracing::warn!(
                     "closing session {} of {} (peer {}, user {:?}): no longer authorized: {why}",
                     port.id,
@@ -441,7 +439,7 @@ impl KeyStore {
                     port.peer,
                     g.user
                 );
-                daemon.audit.key_revoked(&port.identity, &why);
+                audit.key_revoked(&port.identity, &why);
                 port.not_authorized.store(true, Relaxed);
                 port.evict.notify_one();
                 closed += 1;
@@ -516,7 +514,7 @@ fn cert_label(cert: &Certificate) -> String {
 }
 
 /// Removes a session from the registry when its tunnel ends.
-struct Registered<'a>(&'a KeyStore, String);
+pub struct Registered<'a>(&'a KeyStore, String);
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
@@ -524,33 +522,11 @@ impl Drop for Registered<'_> {
     }
 }
 
-/// Runs the tunnel of an SSH login, registered for re-checks while it lasts.
-pub async fn serve_authenticated(daemon: Arc<Daemon>, channel: Channel<Msg>, grant: Grant, peer: SocketAddr) {
-    let key = peer.to_string();
-    let identity = grant.identity.clone();
-    daemon.key_store.register(key.clone(), grant);
-    let _registered = Registered(&daemon.key_store, key.clone());
-    let (rx, tx) = channel.split();
-    crate::client_session::serve(daemon.clone(), ChannelRx(rx), ChannelTx(tx), identity, key, None).await;
-}
-
-/// Every second (and on SIGHUP): re-reads changed key files and closes the sessions they no
-/// longer authorize. Runs for the daemon's lifetime.
-pub async fn watch(daemon: Arc<Daemon>) -> anyhow::Result<()> {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
-    let mut tick = tokio::time::interval(CHECK_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let force = tokio::select! {
-            _ = tick.tick() => false,
-            _ = hup.recv() => true,
-        };
-        if force {
-            tracing::info!("SIGHUP: re-reading the key files");
-        }
-        daemon.key_store.refresh(force);
-        daemon.key_store.recheck(&daemon);
+impl KeyStore {
+    /// Registers the tunnel of an SSH login from `peer` for re-checks while the guard lives.
+    pub fn registered(&self, peer: String, grant: Grant) -> Registered<'_> {
+        self.register(peer.clone(), grant);
+        Registered(self, peer)
     }
 }
 

@@ -1,89 +1,33 @@
-//! The daemon: sets up the TUN, pools and switch, then serves SSH connections until SIGINT/SIGTERM.
+//! The composition root: `sshvpnd` start-up (configuration, TUN, pools, key files, policy, the
+//! listeners) and shutdown. It builds the [`ServerState`] and hands each server task the part
+//! it needs; no other module imports this one, and it holds no state of its own.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ipnet::IpNet;
 use russh::{MethodKind, MethodSet};
 use sshvpn_common::keys::{self, fingerprint};
 use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
 use sshvpn_common::tun::TunDevice;
-use sshvpn_common::tunnel::TunnelStats;
 use tokio::net::TcpListener;
 
+use crate::access::{Access, AttachPolicy};
 use crate::addressing::Addressing;
 use crate::cli::Args;
 use crate::config::{self, Peers};
-use crate::control::{self, AttachPolicy};
+use crate::control;
 use crate::leases::LeaseFile;
-use crate::limits::{LogEvery, MaxStartups, Penalties, PenaltyPolicy};
-use crate::listener;
+use crate::limits::LogEvery;
 use crate::masquerade::Masquerade;
 use crate::routes::PeerRoutes;
+use crate::session_policy::{SessionPolicy, SessionSlots};
+use crate::ssh::admission::Admission;
+use crate::ssh::listener;
+use crate::state::ServerState;
 use crate::switch::Switch;
-
-/// State shared by every connection.
-pub struct Daemon {
-    pub addressing: Addressing,
-    pub push_routes: Vec<IpNet>,
-    pub push_dns: Vec<std::net::IpAddr>,
-    pub push_search: Vec<String>,
-    pub mtu: u16,
-    pub client_queue: usize,
-    pub client_queue_bytes: usize,
-    pub timers: Timers,
-    pub tun: Arc<TunDevice>,
-    pub switch: Arc<Switch>,
-    pub next_id: AtomicU64,
-    pub clients: AtomicUsize,
-    pub max_clients: usize,
-    pub login_grace: Duration,
-    pub max_startups: MaxStartups,
-    pub unauthenticated: AtomicUsize,
-    pub unauthenticated_per_source: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-    pub per_source_max_startups: usize,
-    /// Largest frame payload accepted from clients.
-    pub max_frame: usize,
-    /// Counters of sessions that have ended (live ones are read from the switch).
-    pub totals: TunnelStats,
-    pub auth_failures: std::sync::atomic::AtomicU64,
-    /// Handshake durations: per-bucket counts, sum of seconds, count.
-    pub handshakes: Mutex<([u64; 8], f64, u64)>,
-    pub penalties: Mutex<Penalties>,
-    pub limit_log: LogEvery,
-    pub attach_policy: AttachPolicy,
-    /// Peers from the configuration file, by key fingerprint.
-    pub peers: Peers,
-    /// Only configured peers may connect.
-    pub peers_only: bool,
-    /// Kernel routes for connected peers' subnets.
-    pub peer_routes: PeerRoutes,
-    /// Concurrent sessions one identity may hold (instance-tagged `sshvpn exec` runs).
-    pub max_sessions_per_identity: usize,
-    // Key management (issue 13): live key files, login decisions, re-checks of live sessions.
-    pub key_store: crate::credentials::KeyStore,
-    // Access control and audit (issue 14).
-    /// The access-control policy in force and its firewall table.
-    pub policy: crate::policy_runtime::PolicyRuntime,
-    /// The audit log (disabled without --audit-log / audit_log).
-    pub audit: crate::audit::Audit,
-}
-
-impl Daemon {
-    pub fn record_handshake(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        let mut h = self.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = crate::metrics::HANDSHAKE_BUCKETS.iter().position(|le| secs <= *le) {
-            h.0[i] += 1;
-        }
-        h.1 += secs;
-        h.2 += 1;
-    }
-}
 
 fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::Config {
     let rekey = (args.rekey_limit_mib << 20) as usize;
@@ -104,26 +48,6 @@ fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::
         limits: russh::Limits::new(rekey, rekey, Duration::from_secs(3600)),
         ..Default::default()
     }
-}
-
-/// Sets everything up, then serves until SIGINT/SIGTERM.
-/// `sshvpnd check-config`: every problem with its line, or a one-line summary.
-pub fn check_config(path: &std::path::Path) -> Result<String, String> {
-    let (file, text) = config::load(path)?;
-    let peers = config::validate(&text, &file, file.pool, file.pool6).map_err(|errs| {
-        errs.iter()
-            .map(|e| config::format_error(path, e))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
-    // Access control (issue 14): the policy, checked against the peers.
-    let (policy, _) = crate::policy_runtime::load(path, [None, None])?;
-    Ok(format!(
-        "{}: OK ({} peers); {}",
-        path.display(),
-        peers.0.len(),
-        crate::policy_runtime::summary(&policy)
-    ))
 }
 
 /// Fills unset command-line options from the configuration file and validates its peers.
@@ -168,6 +92,7 @@ fn raise_fd_limit() {
     }
 }
 
+/// Sets everything up, then serves until SIGINT/SIGTERM.
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     raise_fd_limit();
     let (peers, peers_only) = merge_config(&mut args)?;
@@ -280,50 +205,50 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     key_store.warn_unreadable();
 
     let switch = Arc::new(Switch::default());
-    let daemon = Arc::new(Daemon {
-        addressing,
-        push_routes: args.push_routes.clone(),
-        push_dns: args.push_dns.clone(),
-        push_search: args.push_search.clone(),
-        mtu: args.tunnel.mtu,
-        client_queue: args.client_queue,
-        client_queue_bytes: args.client_queue_kib * 1024,
-        timers: Timers {
-            keepalive_interval: Duration::from_secs(args.tunnel.keepalive),
-            dead_peer_timeout: Duration::from_secs(args.tunnel.dead_peer_timeout),
-            ..Timers::default()
+    let state = Arc::new(ServerState {
+        session: SessionPolicy {
+            push_routes: args.push_routes.clone(),
+            push_dns: args.push_dns.clone(),
+            push_search: args.push_search.clone(),
+            mtu: args.tunnel.mtu,
+            client_queue: args.client_queue,
+            client_queue_bytes: args.client_queue_kib * 1024,
+            timers: Timers {
+                keepalive_interval: Duration::from_secs(args.tunnel.keepalive),
+                dead_peer_timeout: Duration::from_secs(args.tunnel.dead_peer_timeout),
+                ..Timers::default()
+            },
+            max_frame: (args.max_frame_kib as usize * 1024)
+                .min(sshvpn_common::proto::frame::MAX_PAYLOAD_LIMIT)
+                .max(args.tunnel.mtu as usize),
+            max_sessions_per_identity: args.max_sessions_per_identity,
         },
+        slots: SessionSlots::new(args.max_clients),
+        access: Access {
+            key_store,
+            peers,
+            peers_only,
+            attach: AttachPolicy {
+                users: args.allow_users.clone(),
+                groups: args.allow_groups.clone(),
+            },
+        },
+        metrics: Default::default(),
         tun: tun.clone(),
         switch: switch.clone(),
-        next_id: AtomicU64::new(1),
-        clients: AtomicUsize::new(0),
-        max_clients: args.max_clients,
-        login_grace: Duration::from_secs(args.login_grace_time),
-        max_startups: args.max_startups,
-        unauthenticated: AtomicUsize::new(0),
-        unauthenticated_per_source: Mutex::new(Default::default()),
-        per_source_max_startups: args.per_source_max_startups,
-        totals: TunnelStats::default(),
-        auth_failures: Default::default(),
-        handshakes: Mutex::new(([0; 8], 0.0, 0)),
-        max_frame: (args.max_frame_kib as usize * 1024)
-            .min(sshvpn_common::proto::frame::MAX_PAYLOAD_LIMIT)
-            .max(args.tunnel.mtu as usize),
-        penalties: Mutex::new(Penalties::new(PenaltyPolicy::default())),
-        limit_log: LogEvery::new(Duration::from_secs(10)),
-        peers,
-        peers_only,
+        addressing,
         peer_routes,
-        attach_policy: AttachPolicy {
-            users: args.allow_users.clone(),
-            groups: args.allow_groups.clone(),
-        },
-        max_sessions_per_identity: args.max_sessions_per_identity,
-        key_store,
+        limit_log: LogEvery::new(Duration::from_secs(10)),
         policy,
         audit,
     });
-    tokio::spawn(crate::policy_runtime::background(daemon.clone(), hangup));
+    let admission = Arc::new(Admission::new(
+        Duration::from_secs(args.login_grace_time),
+        args.max_startups,
+        args.per_source_max_startups,
+    ));
+    let background = state.clone();
+    tokio::spawn(async move { background.policy.background(&background.audit, hangup).await });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
         (Some(l), Some(k)) => format!(
@@ -348,22 +273,22 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
                     certificates: host_certificates,
                     ..ssh_config(k, &args)
                 };
-                listener::serve(daemon.clone(), l, Arc::new(config)).await
+                listener::serve(state.clone(), admission, l, Arc::new(config)).await
             }
             _ => std::future::pending().await,
         }
     };
     let metrics_server = async {
         match metrics {
-            Some(l) => crate::metrics::serve(daemon.clone(), l).await,
+            Some(l) => crate::metrics_http::serve(state.clone(), l).await,
             None => std::future::pending().await,
         }
     };
     let result = tokio::select! {
         r = metrics_server => r,
         r = ssh_listener => r,
-        r = control::serve(daemon.clone(), control) => r,
-        r = crate::credentials::watch(daemon.clone()) => r,
+        r = control::serve(state.clone(), control) => r,
+        r = state.access.watch(&state.switch, &state.audit) => r,
         r = &mut tun_reader => {
             let why = match r { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "closed".into(), Err(e) => e.to_string() };
             Err(anyhow::anyhow!("tunnel interface failed: {why}"))
@@ -373,7 +298,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
-    crate::policy_runtime::shutting_down(&daemon);
-    daemon.audit.sync(Duration::from_secs(2));
+    crate::policy_runtime::shutting_down(&state.audit, &state.switch);
+    state.audit.sync(Duration::from_secs(2));
     result
 }

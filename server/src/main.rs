@@ -2,29 +2,30 @@
 
 #![forbid(unsafe_code)]
 
+mod access;
 mod addressing;
-mod attach;
 mod audit;
+mod check_config;
 mod cli;
 mod client_session;
 mod config;
 mod control;
-mod control_request;
 mod credentials;
 mod daemon;
 mod firewall;
 mod firewall_runner;
-mod handler;
 mod leases;
 mod limits;
-mod listener;
 mod masquerade;
 mod metrics;
+mod metrics_http;
 mod policy;
 mod policy_runtime;
 mod privileges;
 mod routes;
-mod status;
+mod session_policy;
+mod ssh;
+mod state;
 mod switch;
 
 use clap::Parser;
@@ -33,7 +34,7 @@ fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Attach { control }) = &cli.command {
         // Run by sshd: stdout is the tunnel, errors go to stderr (which ssh shows the user).
-        return match attach::run(control) {
+        return match control::attach::run(control) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("sshvpnd attach: {e:#}");
@@ -55,7 +56,7 @@ fn main() -> std::process::ExitCode {
         _ => {}
     }
     if let Some(cli::Command::Status { control, json }) = &cli.command {
-        return match status::query(control, *json) {
+        return match control::status::query(control, *json) {
             Ok(text) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
@@ -67,7 +68,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if let Some(cli::Command::Policy { control, json }) = &cli.command {
-        return match policy_runtime::query(control, *json) {
+        return match control::policy::query(control, *json) {
             Ok(text) => {
                 print!("{text}");
                 std::process::ExitCode::SUCCESS
@@ -79,7 +80,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if let Some(cli::Command::CheckConfig { config }) = &cli.command {
-        return match daemon::check_config(config) {
+        return match check_config::check_config(config) {
             Ok(summary) => {
                 println!("{summary}");
                 std::process::ExitCode::SUCCESS

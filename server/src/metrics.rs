@@ -1,131 +1,150 @@
-//! Prometheus metrics on an opt-in address (`--metrics 127.0.0.1:9810`): a minimal HTTP/1.1
-//! responder for the text exposition format, whatever path is asked for.
+//! The server's own counters (ended sessions' traffic, refused logins, the handshake-duration
+//! histogram) and their Prometheus registration through `prometheus-client`. Serving them over
+//! HTTP is `metrics_http`'s; this module reads nothing but what it is given.
 
-use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use sshvpn_common::tunnel::TunnelStats;
 
-use crate::daemon::Daemon;
+use crate::switch::Switch;
 
 /// Upper bounds (seconds) of the handshake-duration histogram buckets.
 pub const HANDSHAKE_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-pub fn render(daemon: &Daemon) -> String {
-    let mut totals = daemon.totals.snapshot();
-    for p in daemon.switch.ports() {
-        let s = p.stats.snapshot();
-        totals.rx_bytes += s.rx_bytes;
-        totals.tx_bytes += s.tx_bytes;
-        totals.rx_packets += s.rx_packets;
-        totals.tx_packets += s.tx_packets;
-        totals.drop_spoofed += s.drop_spoofed;
-        totals.drop_local_scope += s.drop_local_scope;
-        totals.drop_malformed += s.drop_malformed;
-        totals.drop_queue_full += s.drop_queue_full;
-        totals.drop_too_big += s.drop_too_big;
-        totals.drop_tun_error += s.drop_tun_error;
-    }
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_clients Connected clients.\n# TYPE sshvpn_clients gauge"
-    );
-    let _ = writeln!(o, "sshvpn_clients {}", daemon.clients.load(Relaxed));
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_bytes_total Bytes of IP packets moved, by direction as seen from the clients' side."
-    );
-    let _ = writeln!(o, "# TYPE sshvpn_bytes_total counter");
-    let _ = writeln!(
-        o,
-        "sshvpn_bytes_total{{direction=\"from_clients\"}} {}",
-        totals.rx_bytes
-    );
-    let _ = writeln!(o, "sshvpn_bytes_total{{direction=\"to_clients\"}} {}", totals.tx_bytes);
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_packets_total Packets moved.\n# TYPE sshvpn_packets_total counter"
-    );
-    let _ = writeln!(
-        o,
-        "sshvpn_packets_total{{direction=\"from_clients\"}} {}",
-        totals.rx_packets
-    );
-    let _ = writeln!(
-        o,
-        "sshvpn_packets_total{{direction=\"to_clients\"}} {}",
-        totals.tx_packets
-    );
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_drops_total Packets dropped, by reason.\n# TYPE sshvpn_drops_total counter"
-    );
-    for (reason, n) in [
-        ("spoofed", totals.drop_spoofed),
-        ("local_scope", totals.drop_local_scope),
-        ("malformed", totals.drop_malformed),
-        ("queue_full", totals.drop_queue_full),
-        ("too_big", totals.drop_too_big),
-        ("tun_error", totals.drop_tun_error),
-        ("no_route", daemon.switch.stats.no_route.load(Relaxed)),
-    ] {
-        let _ = writeln!(o, "sshvpn_drops_total{{reason=\"{reason}\"}} {n}");
-    }
-    let _ = writeln!(o, "# HELP sshvpn_auth_failures_total Refused authentication attempts.");
-    let _ = writeln!(
-        o,
-        "# TYPE sshvpn_auth_failures_total counter\nsshvpn_auth_failures_total {}",
-        daemon.auth_failures.load(Relaxed)
-    );
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_handshake_seconds Time from tunnel start to established."
-    );
-    let _ = writeln!(o, "# TYPE sshvpn_handshake_seconds histogram");
-    let h = daemon.handshakes.lock().unwrap_or_else(|e| e.into_inner());
-    let mut cumulative = 0;
-    for (i, le) in HANDSHAKE_BUCKETS.iter().enumerate() {
-        cumulative += h.0[i];
-        let _ = writeln!(o, "sshvpn_handshake_seconds_bucket{{le=\"{le}\"}} {cumulative}");
-    }
-    let _ = writeln!(o, "sshvpn_handshake_seconds_bucket{{le=\"+Inf\"}} {}", h.2);
-    let _ = writeln!(
-        o,
-        "sshvpn_handshake_seconds_sum {}\nsshvpn_handshake_seconds_count {}",
-        h.1, h.2
-    );
-    drop(h);
-    o
+/// A metric family keyed by one label.
+pub type ByLabel = Family<Vec<(&'static str, String)>, Counter>;
+
+/// Counters of the server as a whole (live sessions' own counters are read from the switch).
+pub struct Metrics {
+    /// Counters of sessions that have ended.
+    pub totals: TunnelStats,
+    auth_failures: Counter,
+    handshakes: Histogram,
 }
 
-/// [`render`] plus the access-control counters (read from the firewall first).
-pub async fn render_all(daemon: &Daemon) -> String {
-    crate::policy_runtime::refresh_counters(daemon).await;
-    let policy = daemon.policy.firewall.policy().await;
-    let mut o = render(daemon);
-    crate::policy_runtime::render_metrics(daemon, &policy, &mut o);
-    o
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            totals: TunnelStats::default(),
+            auth_failures: Counter::default(),
+            handshakes: Histogram::new(HANDSHAKE_BUCKETS),
+        }
+    }
 }
 
-pub async fn serve(daemon: Arc<Daemon>, listener: TcpListener) -> anyhow::Result<()> {
-    loop {
-        let (mut s, _) = listener.accept().await?;
-        let daemon = daemon.clone();
-        tokio::spawn(async move {
-            // Read the request head (bounded), then answer.
-            let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
-            let body = render_all(&daemon).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-            let _ = s.shutdown().await;
-        });
+/// A counter family with one sample per `(label value, count)`.
+pub fn by_label(label: &'static str, samples: impl IntoIterator<Item = (String, u64)>) -> ByLabel {
+    let family = ByLabel::default();
+    for (value, n) in samples {
+        family.get_or_create(&vec![(label, value)]).inc_by(n);
+    }
+    family
+}
+
+impl Metrics {
+    pub fn record_handshake(&self, took: Duration) {
+        self.handshakes.observe(took.as_secs_f64());
+    }
+
+    /// One refused authentication attempt.
+    pub fn auth_failed(&self) {
+        self.auth_failures.inc();
+    }
+
+    /// Registers these counters, the `clients` connected and the switch's, as they are now.
+    pub fn register(&self, clients: usize, switch: &Switch, registry: &mut Registry) {
+        let mut totals = self.totals.snapshot();
+        for p in switch.ports() {
+            let s = p.stats.snapshot();
+            totals.rx_bytes += s.rx_bytes;
+            totals.tx_bytes += s.tx_bytes;
+            totals.rx_packets += s.rx_packets;
+            totals.tx_packets += s.tx_packets;
+            totals.drop_spoofed += s.drop_spoofed;
+            totals.drop_local_scope += s.drop_local_scope;
+            totals.drop_malformed += s.drop_malformed;
+            totals.drop_queue_full += s.drop_queue_full;
+            totals.drop_too_big += s.drop_too_big;
+            totals.drop_tun_error += s.drop_tun_error;
+        }
+        let connected = Gauge::<i64>::default();
+        connected.set(i64::try_from(clients).unwrap_or(i64::MAX));
+        registry.register("sshvpn_clients", "Connected clients", connected);
+        let direction = |from: u64, to: u64| {
+            by_label(
+                "direction",
+                [("from_clients".to_string(), from), ("to_clients".to_string(), to)],
+            )
+        };
+        registry.register(
+            "sshvpn_bytes",
+            "Bytes of IP packets moved, by direction as seen from the clients' side",
+            direction(totals.rx_bytes, totals.tx_bytes),
+        );
+        registry.register(
+            "sshvpn_packets",
+            "Packets moved",
+            direction(totals.rx_packets, totals.tx_packets),
+        );
+        let drops = [
+            ("spoofed", totals.drop_spoofed),
+            ("local_scope", totals.drop_local_scope),
+            ("malformed", totals.drop_malformed),
+            ("queue_full", totals.drop_queue_full),
+            ("too_big", totals.drop_too_big),
+            ("tun_error", totals.drop_tun_error),
+            ("no_route", switch.stats.no_route.load(Relaxed)),
+        ];
+        registry.register(
+            "sshvpn_drops",
+            "Packets dropped, by reason",
+            by_label("reason", drops.map(|(r, n)| (r.to_string(), n))),
+        );
+        registry.register(
+            "sshvpn_auth_failures",
+            "Refused authentication attempts",
+            self.auth_failures.clone(),
+        );
+        registry.register(
+            "sshvpn_handshake_seconds",
+            "Time from tunnel start to established",
+            self.handshakes.clone(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_keeps_the_metric_names_and_labels() {
+        let m = Metrics::default();
+        m.auth_failed();
+        m.record_handshake(Duration::from_millis(70));
+        let mut registry = Registry::default();
+        m.register(0, &Switch::default(), &mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "sshvpn_clients 0",
+            "sshvpn_bytes_total{direction=\"from_clients\"} 0",
+            "sshvpn_packets_total{direction=\"to_clients\"} 0",
+            "sshvpn_drops_total{reason=\"spoofed\"} 0",
+            "sshvpn_drops_total{reason=\"no_route\"} 0",
+            "sshvpn_auth_failures_total 1",
+            "sshvpn_handshake_seconds_bucket{le=\"0.05\"} 0",
+            "sshvpn_handshake_seconds_bucket{le=\"0.1\"} 1",
+            "sshvpn_handshake_seconds_bucket{le=\"+Inf\"} 1",
+            "sshvpn_handshake_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
 }

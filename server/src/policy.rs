@@ -5,40 +5,9 @@
 
 use std::collections::HashMap;
 
+pub use crate::config::DefaultPolicy;
 use crate::config::{ConfigError, FileConfig, Peers};
 use ipnet::IpNet;
-use serde::Deserialize;
-
-/// What happens to traffic no rule allows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultPolicy {
-    /// Everything passes (today's behaviour); rules only count.
-    #[default]
-    Allow,
-    /// Only what a rule allows passes (replies to allowed flows always do).
-    Deny,
-}
-
-/// `[[group]]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GroupEntry {
-    pub name: String,
-    #[serde(default)]
-    pub members: Vec<String>,
-}
-
-/// `[[policy]]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyEntry {
-    #[serde(default)]
-    pub from: Vec<String>,
-    #[serde(default)]
-    pub to: Vec<String>,
-    pub ports: Option<Vec<String>>,
-}
 
 /// Who belongs to a group.
 #[derive(Debug, Clone, PartialEq, Eq)]

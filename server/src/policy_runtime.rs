@@ -1,33 +1,31 @@
 //! The access-control policy and audit log in the running daemon: loading the policy at start,
 //! the session hooks (group sets, session_start / session_end audit events), SIGHUP reloads
 //! (policy swapped live, audit log reopened; a broken file keeps the policy in force), the
-//! rate-limited `policy_denied` summaries, `sshvpnd policy`, and the policy metrics.
+//! rate-limited `policy_denied` summaries and the policy metrics (`sshvpnd policy` is
+//! `control::policy`'s).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::Context;
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use sshvpn_common::report::Drops;
 use sshvpn_common::tunnel::StatsSnapshot;
 use tokio::signal::unix::Signal;
 
+use crate::audit::Audit;
 use crate::config;
-use crate::daemon::Daemon;
+use crate::config::Peers;
 use crate::firewall::{self, DeniedFlow, Firewall};
+use crate::metrics::by_label;
 use crate::policy::{self, DefaultPolicy, Policy};
-use crate::switch::PeerPort;
+use crate::switch::{PeerPort, Switch};
 
 /// How often denied flows are summarized in the audit log.
 pub const DENIED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
-
-/// Request line of `sshvpnd policy` on the control socket.
-pub const POLICY_REQUEST: &[u8] = b"policy\n";
 
 /// Reads the policy (and the audit log path) from the configuration file, with the pools in
 /// force; errors are `PATH:LINE: reason`, one per line.
@@ -101,47 +99,55 @@ impl PolicyRuntime {
     }
 }
 
-fn peer_name<'a>(daemon: &'a Daemon, base: &str) -> Option<&'a str> {
-    daemon.peers.get(base).map(|p| p.name.as_str())
+fn peer_name<'a>(peers: &'a Peers, base: &str) -> Option<&'a str> {
+    peers.get(base).map(|p| p.name.as_str())
 }
 
-/// Hook at "client connected": the session joins its groups' address sets (before any of its
-/// packets is forwarded) and the audit log gets `session_start`.
-pub async fn session_started(daemon: &Daemon, port: &PeerPort, base: &str, software: &str) {
-    let groups = daemon
-        .policy
-        .firewall
-        .session_start(port.id, &port.identity, base, peer_name(daemon, base), &port.addresses)
-        .await;
-    daemon.audit.emit(
-        "session_start",
-        json!({
-            "identity": port.identity,
-            "peer": peer_name(daemon, base),
-            "source": port.peer,
-            "addresses": port.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-            "software": software.chars().take(256).collect::<String>(),
-            "groups": groups,
-        }),
-    );
-}
+impl PolicyRuntime {
+    /// Hook at "client connected": the session joins its groups' address sets (before any of its
+    /// packets is forwarded) and the audit log gets `session_start`.
+    pub async fn session_started(&self, audit: &Audit, peers: &Peers, port: &PeerPort, base: &str, software: &str) {
+        let groups = self
+            .firewall
+            .session_start(port.id, &port.identity, base, peer_name(peers, base), &port.addresses)
+            .await;
+        audit.emit(
+            "session_start",
+            json!({
+                "identity": port.identity,
+                "peer": peer_name(peers, base),
+                "source": port.peer,
+                "addresses": port.addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "software": software.chars().take(256).collect::<String>(),
+                "groups": groups,
+            }),
+        );
+    }
 
-/// Hook at "client disconnected": the session leaves the sets; `session_end` with its counters.
-pub async fn session_ended(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &StatsSnapshot, reason: &str) {
-    daemon.policy.firewall.session_end(port.id).await;
-    audit_session_end(daemon, port, duration, s, reason);
+    /// Hook at "client disconnected": the session leaves the sets; `session_end` with its counters.
+    pub async fn session_ended(
+        &self,
+        audit: &Audit,
+        port: &PeerPort,
+        duration: Duration,
+        s: &StatsSnapshot,
+        reason: &str,
+    ) {
+        self.firewall.session_end(port.id).await;
+        audit_session_end(audit, port, duration, s, reason);
+    }
 }
 
 /// At daemon exit: `session_end` for the sessions still connected (their tasks end with the
 /// runtime, without reaching [`session_ended`]).
-pub fn shutting_down(daemon: &Daemon) {
-    for port in daemon.switch.ports() {
+pub fn shutting_down(audit: &Audit, switch: &Switch) {
+    for port in switch.ports() {
         let duration = port.since.elapsed().unwrap_or_default();
-        audit_session_end(daemon, &port, duration, &port.stats.snapshot(), "daemon shutting down");
+        audit_session_end(audit, &port, duration, &port.stats.snapshot(), "daemon shutting down");
     }
 }
 
-fn audit_session_end(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &StatsSnapshot, reason: &str) {
+fn audit_session_end(audit: &Audit, port: &PeerPort, duration: Duration, s: &StatsSnapshot, reason: &str) {
     let drops = Drops {
         spoofed: s.drop_spoofed,
         local_scope: s.drop_local_scope,
@@ -150,7 +156,7 @@ fn audit_session_end(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &S
         too_big: s.drop_too_big,
         tun_error: s.drop_tun_error,
     };
-    daemon.audit.emit(
+    audit.emit(
         "session_end",
         json!({
             "identity": port.identity,
@@ -166,233 +172,126 @@ fn audit_session_end(daemon: &Daemon, port: &PeerPort, duration: Duration, s: &S
     );
 }
 
-/// SIGHUP: re-reads the policy and swaps it for every session; reopens the audit log.
-pub async fn reload(daemon: &Daemon) {
-    daemon.audit.reopen();
-    let Some(path) = &daemon.policy.config else {
-        tracing::info!("SIGHUP: audit log reopened (no configuration file to reload)");
-        return;
-    };
-    let result = match load(path, daemon.policy.pools) {
-        Ok((policy, _)) => {
-            let text = summary(&policy);
-            daemon
-                .policy
-                .firewall
-                .apply(policy)
-                .await
-                .map(|()| text)
-                .map_err(|e| format!("{e:#}"))
-        }
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(text) => {
-            tracing::info!("configuration reloaded: {text}");
-            daemon.audit.config_reloaded(path, true, &text);
-        }
-        Err(e) => {
-            tracing::error!("configuration reload failed, the previous policy stays in force:\n{e}");
-            daemon.audit.config_reloaded(path, false, &e);
-        }
-    }
-}
-
-/// Audit lines for the denied flows whose counts grew since the last call.
-async fn summarize_denied(daemon: &Daemon) {
-    if !daemon.audit.enabled() {
-        return;
-    }
-    let flows = daemon.policy.firewall.denied_flows().await;
-    let mut seen = daemon.policy.denied_seen.lock().await;
-    let mut next = HashMap::new();
-    for (flow, packets) in flows {
-        let before = seen.get(&flow).copied().unwrap_or(0);
-        // A count below the last one: the entry timed out and came back.
-        let new = if packets >= before { packets - before } else { packets };
-        if new > 0 {
-            let identity = daemon.policy.firewall.identity_of(flow.source).await;
-            daemon.audit.emit(
-                "policy_denied",
-                json!({
-                    "identity": identity,
-                    "source": flow.source.to_string(),
-                    "destination": flow.destination.to_string(),
-                    "protocol": flow.protocol,
-                    "port": flow.port,
-                    "packets": new,
-                    "interval_s": DENIED_SUMMARY_EVERY.as_secs(),
-                }),
-            );
-        }
-        next.insert(flow, packets);
-    }
-    *seen = next;
-}
-
-/// Background work: SIGHUP reloads and denied-flow summaries. Runs for the daemon's lifetime.
-pub async fn background(daemon: Arc<Daemon>, mut hangup: Signal) {
-    let mut tick = tokio::time::interval(DENIED_SUMMARY_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            r = hangup.recv() => {
-                if r.is_none() {
-                    return;
-                }
-                reload(&daemon).await;
+impl PolicyRuntime {
+    /// SIGHUP: re-reads the policy and swaps it for every session; reopens the audit log.
+    pub async fn reload(&self, audit: &Audit) {
+        audit.reopen();
+        let Some(path) = &self.config else {
+            tracing::info!("SIGHUP: audit log reopened (no configuration file to reload)");
+            return;
+        };
+        let result = match load(path, self.pools) {
+            Ok((policy, _)) => {
+                let text = summary(&policy);
+                self.firewall
+                    .apply(policy)
+                    .await
+                    .map(|()| text)
+                    .map_err(|e| format!("{e:#}"))
             }
-            _ = tick.tick() => summarize_denied(&daemon).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(text) => {
+                tracing::info!("configuration reloaded: {text}");
+                audit.config_reloaded(path, true, &text);
+            }
+            Err(e) => {
+                tracing::error!("configuration reload failed, the previous policy stays in force:\n{e}");
+                audit.config_reloaded(path, false, &e);
+            }
         }
     }
-}
 
-/// Re-reads the counters for the metrics.
-pub async fn refresh_counters(daemon: &Daemon) {
-    let c = daemon.policy.firewall.counters().await;
-    *daemon.policy.counters.lock().unwrap_or_else(|e| e.into_inner()) = c;
-}
-
-/// `sshvpn_policy_denied_total{group=...}` and rule hits, from the last read counters.
-pub fn render_metrics(daemon: &Daemon, policy: &Policy, o: &mut String) {
-    if policy.is_noop() {
-        return;
+    /// Audit lines for the denied flows whose counts grew since the last call.
+    async fn summarize_denied(&self, audit: &Audit) {
+        if !audit.enabled() {
+            return;
+        }
+        let flows = self.firewall.denied_flows().await;
+        let mut seen = self.denied_seen.lock().await;
+        let mut next = HashMap::new();
+        for (flow, packets) in flows {
+            let before = seen.get(&flow).copied().unwrap_or(0);
+            // A count below the last one: the entry timed out and came back.
+            let new = if packets >= before { packets - before } else { packets };
+            if new > 0 {
+                let identity = self.firewall.identity_of(flow.source).await;
+                audit.emit(
+                    "policy_denied",
+                    json!({
+                        "identity": identity,
+                        "source": flow.source.to_string(),
+                        "destination": flow.destination.to_string(),
+                        "protocol": flow.protocol,
+                        "port": flow.port,
+                        "packets": new,
+                        "interval_s": DENIED_SUMMARY_EVERY.as_secs(),
+                    }),
+                );
+            }
+            next.insert(flow, packets);
+        }
+        *seen = next;
     }
-    let c = daemon.policy.counters.lock().unwrap_or_else(|e| e.into_inner());
-    let get = |name: &str| c.get(name).copied().unwrap_or_default();
-    if policy.default == DefaultPolicy::Deny {
-        let _ = writeln!(
-            o,
-            "# HELP sshvpn_policy_denied_total Packets from clients dropped by the access policy, by the sender's group (\"all\": every denied packet).\n# TYPE sshvpn_policy_denied_total counter"
-        );
-        for (g, group) in policy.groups.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "sshvpn_policy_denied_total{{group=\"{}\"}} {}",
-                group.name.replace(['"', '\\'], "_"),
-                get(&firewall::denied_counter(g)).0
+
+    /// Background work: SIGHUP reloads and denied-flow summaries. Runs for the daemon's lifetime.
+    pub async fn background(&self, audit: &Audit, mut hangup: Signal) {
+        let mut tick = tokio::time::interval(DENIED_SUMMARY_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = hangup.recv() => {
+                    if r.is_none() {
+                        return;
+                    }
+                    self.reload(audit).await;
+                }
+                _ = tick.tick() => self.summarize_denied(audit).await,
+            }
+        }
+    }
+
+    /// Re-reads the counters for the metrics.
+    pub async fn refresh_counters(&self) {
+        let c = self.firewall.counters().await;
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// `sshvpn_policy_denied_total{group=...}` and rule hits, from the last read counters.
+    pub fn register_metrics(&self, policy: &Policy, registry: &mut Registry) {
+        if policy.is_noop() {
+            return;
+        }
+        let c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let get = |name: &str| c.get(name).copied().unwrap_or_default();
+        if policy.default == DefaultPolicy::Deny {
+            let groups = policy
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(g, group)| {
+                    (
+                        group.name.replace(['"', '\\'], "_"),
+                        get(&firewall::denied_counter(g)).0,
+                    )
+                })
+                .chain([("all".to_string(), get(firewall::DENIED_ALL).0)]);
+            registry.register(
+                "sshvpn_policy_denied",
+                "Packets from clients dropped by the access policy, by the sender's group (\"all\": every denied packet)",
+                by_label("group", groups),
             );
         }
-        let _ = writeln!(
-            o,
-            "sshvpn_policy_denied_total{{group=\"all\"}} {}",
-            get(firewall::DENIED_ALL).0
-        );
-    }
-    let _ = writeln!(
-        o,
-        "# HELP sshvpn_policy_rule_packets_total Packets that started a flow allowed by a rule (by its line in the file).\n# TYPE sshvpn_policy_rule_packets_total counter"
-    );
-    for (i, r) in policy.rules.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "sshvpn_policy_rule_packets_total{{line=\"{}\"}} {}",
-            r.line,
-            get(&firewall::rule_counter(i)).0
-        );
-    }
-}
-
-/// `sshvpnd policy` as JSON.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PolicyReport {
-    pub default_policy: DefaultPolicy,
-    /// The nftables table, when one is installed.
-    pub table: Option<String>,
-    pub rules: Vec<RuleReport>,
-    pub groups: Vec<GroupReport>,
-    pub denied_packets: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RuleReport {
-    pub line: usize,
-    pub rule: String,
-    /// Packets that opened a flow through this rule (replies pass by conntrack, uncounted).
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct GroupReport {
-    pub name: String,
-    pub sessions: usize,
-    pub denied_packets: u64,
-}
-
-pub async fn report(daemon: &Daemon) -> String {
-    let fw = &daemon.policy.firewall;
-    let policy = fw.policy().await;
-    let counters = fw.counters().await;
-    let active = fw.active().await;
-    let get = |name: &str| counters.get(name).copied().unwrap_or_default();
-    let sessions = fw.session_groups().await;
-    let report = PolicyReport {
-        default_policy: policy.default,
-        table: active.then(|| format!("inet {}", fw.table())),
-        rules: policy
+        let rules = policy
             .rules
             .iter()
             .enumerate()
-            .map(|(i, r)| {
-                let (packets, bytes) = get(&firewall::rule_counter(i));
-                RuleReport {
-                    line: r.line,
-                    rule: r.text.clone(),
-                    packets,
-                    bytes,
-                }
-            })
-            .collect(),
-        groups: policy
-            .groups
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| !g.implicit)
-            .map(|(i, g)| GroupReport {
-                name: g.name.clone(),
-                sessions: sessions.values().filter(|v| v.contains(&g.name)).count(),
-                denied_packets: get(&firewall::denied_counter(i)).0,
-            })
-            .collect(),
-        denied_packets: get(firewall::DENIED_ALL).0,
-    };
-    serde_json::to_string(&report).unwrap_or_default() + "\n"
-}
-
-/// Client side of `sshvpnd policy`.
-pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let text = crate::control_request::ask(control, POLICY_REQUEST, "policy")?;
-    if json {
-        return Ok(text);
+            .map(|(i, r)| (r.line.to_string(), get(&firewall::rule_counter(i)).0));
+        registry.register(
+            "sshvpn_policy_rule_packets",
+            "Packets that started a flow allowed by a rule (by its line in the file)",
+            by_label("line", rules),
+        );
     }
-    let r: PolicyReport = serde_json::from_str(&text).context("reading the policy")?;
-    let mut out = format!(
-        "default policy: {}; {}\n",
-        match r.default_policy {
-            DefaultPolicy::Allow => "allow",
-            DefaultPolicy::Deny => "deny",
-        },
-        match &r.table {
-            Some(t) => format!("enforced by nftables table {t}"),
-            None => "nothing enforced (no firewall table)".into(),
-        }
-    );
-    out.push_str(&format!("{:>5} {:>12} {:>14}  RULE\n", "LINE", "PACKETS", "BYTES"));
-    for rule in &r.rules {
-        out.push_str(&format!(
-            "{:>5} {:>12} {:>14}  {}\n",
-            rule.line, rule.packets, rule.bytes, rule.rule
-        ));
-    }
-    if r.default_policy == DefaultPolicy::Deny {
-        out.push_str(&format!("{:>5} {:>12} {:>14}  (denied)\n", "-", r.denied_packets, "-"));
-    }
-    if !r.groups.is_empty() {
-        out.push_str(&format!("\n{:<24} {:>9} {:>14}\n", "GROUP", "SESSIONS", "DENIED PKTS"));
-        for g in &r.groups {
-            out.push_str(&format!("{:<24} {:>9} {:>14}\n", g.name, g.sessions, g.denied_packets));
-        }
-    }
-    Ok(out)
 }

@@ -177,10 +177,21 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
         // The session's own handshake timer runs only between reads; this deadline also covers a
         // peer that never reads our hello (a blocked write).
         let limit = self.timers.handshake_timeout;
-        match tokio::time::timeout(limit, self.handshake_inner(decide)).await {
-            Ok(r) => r,
-            Err(_) => Err(TunnelError::Session(SessionError::HandshakeTimeout(limit))),
+        let err = match tokio::time::timeout(limit, self.handshake_inner(decide)).await {
+            Ok(Ok(established)) => return Ok(established),
+            Ok(Err(e)) => e,
+            Err(_) => TunnelError::Session(SessionError::HandshakeTimeout(limit)),
+        };
+        // A malformed or out-of-order message from the peer: tell it why before hanging up
+        // (a refusal has been sent already; a write that blocks is not waited for long).
+        if let Some(code) = err.close_code()
+            && !self.session.is_closed()
+        {
+            self.session.close(code, err.to_string());
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush_transmits()).await;
+            self.tx.finish().await;
         }
+        Err(err)
     }
 
     async fn handshake_inner(

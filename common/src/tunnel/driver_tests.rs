@@ -492,3 +492,48 @@ async fn a_local_shutdown_closes_both_ends() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn a_peer_breaking_the_handshake_is_told_why() {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    let (r, w) = tokio::io::split(ours);
+    let mut server = Tunnel::new(
+        Role::Server,
+        Hello::new(Features::default(), 1400),
+        Side::default().timers,
+        StreamRx(r),
+        StreamTx(w),
+    );
+    let (mut peer_r, mut peer_w) = tokio::io::split(theirs);
+    // A configuration before any hello, and to a server: a protocol violation.
+    let mut bad = BytesMut::new();
+    Control::Config(TunnelConfig::default()).encode_frame(&mut bad);
+    peer_w.write_all(&bad).await.unwrap();
+    let result = tokio::time::timeout(
+        PATIENCE,
+        server.handshake(|_| Err((CloseCode::Internal, "unused".into()))),
+    )
+    .await
+    .expect("handshake ends");
+    assert!(matches!(result, Err(TunnelError::Session(_))), "{result:?}");
+    let mut buf = BytesMut::new();
+    let decoder = FrameDecoder::default();
+    let mut seen = Vec::new();
+    let (code, reason) = 'answer: loop {
+        while let Some(f) = decoder.decode(&mut buf).unwrap() {
+            seen.push(f.kind);
+            if let Ok(Control::Close { code, reason }) = Control::decode(f.kind, &f.payload) {
+                break 'answer (code, reason);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(PATIENCE, peer_r.read(&mut chunk))
+            .await
+            .expect("the server answers")
+            .unwrap();
+        assert!(n > 0, "closed without a reason after {seen:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    assert_eq!(code, CloseCode::ProtocolError);
+    assert!(reason.contains("unexpected config"), "{reason}");
+}

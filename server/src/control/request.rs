@@ -1,12 +1,19 @@
 //! The requesting side of the daemon's control socket (`sshvpnd status`, `sshvpnd policy`): one
 //! request line, one answer read to the end. Imports nothing of the daemon, so that the
-//! reporting modules can use it without an import cycle.
+//! reporting modules can use it without an import cycle. Holds every request line of the protocol.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
+
+/// First line on the control socket for a tunnel (`sshvpnd attach`).
+pub const ATTACH_REQUEST: &[u8] = b"attach\n";
+/// Request line of `sshvpnd status`.
+pub const STATUS_REQUEST: &[u8] = b"status\n";
+/// Request line of `sshvpnd policy`.
+pub const POLICY_REQUEST: &[u8] = b"policy\n";
 
 /// Sends `request` to the daemon at `control` and returns its whole answer; `what` names the
 /// answer in errors.

@@ -2,6 +2,15 @@
 //! for an authenticated user). The Unix user is taken from the socket's peer credentials
 //! (SO_PEERCRED) and must be allowed by `--allow-user` / `--allow-group`; its identity is
 //! `user:NAME`, so its addresses stick to the user like a key's do.
+//!
+//! The whole control protocol lives in this folder: the request lines (`request`), the dispatch
+//! here, the attach relay run by sshd (`attach`), `sshvpnd status` (`status`) and
+//! `sshvpnd policy` (`policy`). Sessions themselves are `client_session`'s.
+
+pub mod attach;
+pub mod policy;
+pub mod request;
+pub mod status;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -15,35 +24,8 @@ use sshvpn_common::tunnel::{StreamRx, StreamTx};
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::attach::ATTACH_REQUEST;
-use crate::daemon::Daemon;
-
-/// Who may attach.
-#[derive(Debug, Clone, Default)]
-pub struct AttachPolicy {
-    pub users: Vec<String>,
-    pub groups: Vec<String>,
-}
-
-impl AttachPolicy {
-    /// Whether the user (with primary group `gid`) may attach.
-    fn allows(&self, user: &User) -> bool {
-        if self.users.contains(&user.name) {
-            return true;
-        }
-        if self.groups.is_empty() {
-            return false;
-        }
-        let name = std::ffi::CString::new(user.name.clone()).unwrap_or_default();
-        let groups = nix::unistd::getgrouplist(&name, user.gid).unwrap_or_else(|_| vec![user.gid]);
-        groups.into_iter().any(|g| {
-            Group::from_gid(g)
-                .ok()
-                .flatten()
-                .is_some_and(|grp| self.groups.contains(&grp.name))
-        })
-    }
-}
+use crate::control::request::{ATTACH_REQUEST, POLICY_REQUEST, STATUS_REQUEST};
+use crate::state::ServerState;
 
 /// Binds the control socket: removes a stale one, mode 0660, owned by `group` if given.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
@@ -76,7 +58,7 @@ const MAX_PENDING: usize = 64;
 
 /// Serves the control socket until the daemon stops. Errors of `accept` (out of descriptors,
 /// for instance) are logged and retried with backoff: no local user can end the daemon's loop.
-pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Result<()> {
+pub async fn serve(state: Arc<ServerState>, listener: UnixListener) -> anyhow::Result<()> {
     let pending = Arc::new(AtomicUsize::new(0));
     let mut backoff = Duration::from_millis(10);
     loop {
@@ -86,7 +68,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Resul
                 stream
             }
             Err(e) => {
-                if let Some(n) = daemon.limit_log.check(std::time::Instant::now()) {
+                if let Some(n) = state.limit_log.check(std::time::Instant::now()) {
                     tracing::warn!(
                         "control socket: accept failed: {e}; retrying in {backoff:?} ({n} more limit hits since last report)"
                     );
@@ -97,7 +79,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Resul
             }
         };
         if pending.load(Relaxed) >= MAX_PENDING {
-            if let Some(n) = daemon.limit_log.check(std::time::Instant::now()) {
+            if let Some(n) = state.limit_log.check(std::time::Instant::now()) {
                 tracing::warn!(
                     "control socket: {MAX_PENDING} connections have not sent a request yet; closing new ones \
                      ({n} more limit hits since last report)"
@@ -106,7 +88,7 @@ pub async fn serve(daemon: Arc<Daemon>, listener: UnixListener) -> anyhow::Resul
             continue;
         }
         pending.fetch_add(1, Relaxed);
-        tokio::spawn(handle(daemon.clone(), stream, PendingSlot(pending.clone())));
+        tokio::spawn(handle(state.clone(), stream, PendingSlot(pending.clone())));
     }
 }
 
@@ -135,7 +117,7 @@ async fn read_request(stream: &mut UnixStream) -> Option<Vec<u8>> {
     Some(line)
 }
 
-async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, pending: PendingSlot) {
+async fn handle(state: Arc<ServerState>, mut stream: UnixStream, pending: PendingSlot) {
     let Ok(cred) = stream.peer_cred() else { return };
     let uid = Uid::from_raw(cred.uid());
     let user = match User::from_uid(uid) {
@@ -159,15 +141,15 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, pending: PendingSlo
         }
     };
     drop(pending);
-    if line == crate::status::STATUS_REQUEST {
+    if line == STATUS_REQUEST {
         // Anyone who can open the socket (root and the control group) may see the status.
-        let report = crate::status::report(&daemon).await;
+        let report = status::report(&state).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }
-    if line == crate::policy_runtime::POLICY_REQUEST {
+    if line == POLICY_REQUEST {
         // Access control (issue 14): `sshvpnd policy`, like the status.
-        let report = crate::policy_runtime::report(&daemon).await;
+        let report = policy::report(&state.policy).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }
@@ -176,18 +158,18 @@ async fn handle(daemon: Arc<Daemon>, mut stream: UnixStream, pending: PendingSlo
         return;
     }
     let peer = format!("unix:{}(uid {})", user.name, uid);
-    let refusal = if !daemon.attach_policy.allows(&user) {
+    let refusal = if !state.access.may_attach(&user) {
         Some((
             CloseCode::NotAuthorized,
             format!("user {} is not allowed to attach", user.name),
         ))
     } else {
         // Attached sessions count against --max-clients like SSH ones.
-        crate::client_session::capacity_refusal(&daemon)
+        crate::client_session::capacity_refusal(&state)
     };
     let (r, w) = stream.into_split();
     crate::client_session::serve(
-        daemon,
+        state,
         StreamRx(r),
         StreamTx(w),
         format!("user:{}", user.name),

@@ -9,8 +9,7 @@ use std::path::Path;
 
 use anyhow::anyhow;
 
-/// First line on the control socket for a tunnel.
-pub const ATTACH_REQUEST: &[u8] = b"attach\n";
+use crate::control::request::ATTACH_REQUEST;
 
 pub fn run(control: &Path) -> anyhow::Result<()> {
     let mut sock = match UnixStream::connect(control) {

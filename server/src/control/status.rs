@@ -2,21 +2,18 @@
 //! current rates, drops, access-control groups), or JSON; served on the control socket to root and the control group.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
 use sshvpn_common::report::{ServerClient, Traffic, mbps, unix_now};
 
-use crate::daemon::Daemon;
-
-/// Request line on the control socket.
-pub const STATUS_REQUEST: &[u8] = b"status\n";
+use crate::control::request::{self, STATUS_REQUEST};
+use crate::state::ServerState;
 
 /// The status report as JSON, rates measured over one second.
-pub async fn report(daemon: &Arc<Daemon>) -> String {
-    let ports = daemon.switch.ports();
-    let groups = daemon.policy.firewall.session_groups().await;
+pub async fn report(state: &ServerState) -> String {
+    let ports = state.switch.ports();
+    let groups = state.policy.firewall.session_groups().await;
     let first: Vec<_> = ports.iter().map(|p| p.stats.snapshot()).collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let clients: Vec<ServerClient> = ports
@@ -36,7 +33,7 @@ pub async fn report(daemon: &Arc<Daemon>) -> String {
 
 /// Client side of `sshvpnd status`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
-    let text = crate::control_request::ask(control, STATUS_REQUEST, "status")?;
+    let text = request::ask(control, STATUS_REQUEST, "status")?;
     if json {
         return Ok(text);
     }

@@ -3,19 +3,28 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 
 use russh::keys::PublicKey;
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
 use russh::{Channel, ChannelId};
 use sshvpn_common::ssh::SUBSYSTEM;
+use sshvpn_common::tunnel::{ChannelRx, ChannelTx};
 
 use crate::credentials::{Credential, Grant};
-use crate::daemon::Daemon;
-use crate::listener::ConnectionState;
+use crate::state::ServerState;
+
+/// What the handler reports back about one connection.
+#[derive(Default)]
+pub struct ConnectionState {
+    /// Authenticated and tunnel started: the login deadline no longer applies.
+    pub logged_in: AtomicBool,
+    pub auth_failures: AtomicU32,
+    pub logged_in_signal: tokio::sync::Notify,
+}
 
 pub struct ConnectionHandler {
-    daemon: Arc<Daemon>,
+    server: Arc<ServerState>,
     peer: SocketAddr,
     state: Arc<ConnectionState>,
     /// The key that authenticated this connection.
@@ -28,9 +37,9 @@ pub struct ConnectionHandler {
 }
 
 impl ConnectionHandler {
-    pub fn new(daemon: Arc<Daemon>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
+    pub fn new(server: Arc<ServerState>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
         ConnectionHandler {
-            daemon,
+            server,
             peer,
             state,
             key: None,
@@ -44,16 +53,14 @@ impl ConnectionHandler {
 // Key management (issue 13): login decisions through the live key store.
 impl ConnectionHandler {
     fn authorize(&self, credential: &Credential, user: &str) -> Result<Grant, String> {
-        let d = &self.daemon;
-        d.key_store
-            .authorize(&d.peers, d.peers_only, credential, user, self.peer.ip())
+        self.server.access.authorize(credential, user, self.peer.ip())
     }
 
     fn refused(&self, user: &str, key: &PublicKey, why: &str) {
         self.state.auth_failures.fetch_add(1, Relaxed);
-        self.daemon.auth_failures.fetch_add(1, Relaxed);
+        self.server.metrics.auth_failed();
         tracing::info!("{}: refused user {user:?}: {why}", self.peer);
-        crate::audit::auth_failed(&self.daemon, self.peer, user, key, why);
+        self.server.audit.auth_failed(self.peer, user, Some(key), why);
     }
 
     fn accept(&mut self, user: &str, credential: &Credential, key: PublicKey) -> Result<Auth, russh::Error> {
@@ -77,13 +84,13 @@ impl russh::server::Handler for ConnectionHandler {
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         // Key files changed since the last login are re-read first (a stat per file).
-        self.daemon.key_store.refresh(false);
+        self.server.access.key_store.refresh(false);
         let credential = Credential::Key(offer.public_key.clone());
         match self.authorize(&credential, user) {
             Ok(_) => return Ok(Auth::Accept),
             // A certificate's key is offered here as a plain key: with a CA configured, the
             // decision is taken once the certificate is seen (auth_openssh_certificate).
-            Err(_) if self.daemon.key_store.accepts_certificates() => return Ok(Auth::Accept),
+            Err(_) if self.server.access.key_store.accepts_certificates() => return Ok(Auth::Accept),
             Err(why) => self.refused(user, offer.public_key, &why),
         }
         Ok(Auth::reject())
@@ -99,7 +106,7 @@ impl russh::server::Handler for ConnectionHandler {
         user: &str,
         certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        self.daemon.key_store.refresh(false);
+        self.server.access.key_store.refresh(false);
         let key = PublicKey::new(certificate.public_key().clone(), "");
         let credential = Credential::Cert(Box::new(certificate.clone()));
         self.accept(user, &credential, key)
@@ -139,12 +146,12 @@ impl russh::server::Handler for ConnectionHandler {
             session.channel_failure(channel)?;
             return Ok(());
         }
-        if self.daemon.clients.load(Relaxed) >= self.daemon.max_clients {
-            if let Some(n) = self.daemon.limit_log.check(std::time::Instant::now()) {
+        if self.server.slots.full() {
+            if let Some(n) = self.server.limit_log.check(std::time::Instant::now()) {
                 tracing::warn!(
                     "{}: refused: {} clients connected, the maximum (and {n} more limit hits since last report)",
                     self.peer,
-                    self.daemon.max_clients
+                    self.server.slots.max_clients
                 );
             }
             session.channel_failure(channel)?;
@@ -158,11 +165,11 @@ impl russh::server::Handler for ConnectionHandler {
         self.tunnel_started = true;
         self.state.logged_in.store(true, Relaxed);
         self.state.logged_in_signal.notify_one();
-        let daemon = self.daemon.clone();
+        let server = self.server.clone();
         let peer = self.peer;
         let handle = session.handle();
         tokio::spawn(async move {
-            crate::credentials::serve_authenticated(daemon, chan, grant, peer).await;
+            serve_authenticated(server, chan, grant, peer).await;
             // The tunnel is over: end the SSH connection too.
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "tunnel closed".into(), "en".into())
@@ -203,4 +210,13 @@ impl russh::server::Handler for ConnectionHandler {
         session.channel_failure(channel)?;
         Ok(())
     }
+}
+
+/// Runs the tunnel of an SSH login, registered for re-checks while it lasts.
+async fn serve_authenticated(state: Arc<ServerState>, channel: Channel<Msg>, grant: Grant, peer: SocketAddr) {
+    let key = peer.to_string();
+    let identity = grant.identity.clone();
+    let _registered = state.access.key_store.registered(key.clone(), grant);
+    let (rx, tx) = channel.split();
+    crate::client_session::serve(state.clone(), ChannelRx(rx), ChannelTx(tx), identity, key, None).await;
 }

@@ -37,9 +37,11 @@ use clap::{Args, Parser};
 use russh::keys::ssh_key::private::Ed25519Keypair;
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf, client};
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers};
+use sshvpn_common::proto::{CloseCode, Role};
 use sshvpn_common::tun::fake::FakeTun;
-use sshvpn_common::tunnel::{ChannelRx, ChannelTx, DataPath, Tunnel, TunnelStats, WhenFull, feed_queue, packet_queue};
+use sshvpn_common::tunnel::{
+    ChannelRx, ChannelTx, DataPath, SessionOptions, TunnelStats, WhenFull, feed_queue, packet_queue,
+};
 use tokio::sync::{Notify, Semaphore, watch};
 
 /// Command line (clap); usage errors exit with status 3, as setup errors do.
@@ -544,13 +546,8 @@ impl ClientTunnel {
         started: Instant,
         report: &mut ClientReport,
     ) -> anyhow::Result<()> {
-        let mut tunnel = Tunnel::new(
-            Role::Client,
-            Hello::new(Features::default(), 1500),
-            Timers::default(),
-            ChannelRx(rx),
-            ChannelTx(tx),
-        );
+        let mut tunnel =
+            sshvpn_common::tunnel::open(Role::Client, SessionOptions::default(), ChannelRx(rx), ChannelTx(tx));
         let established = tokio::select! {
             r = tunnel.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))) => r?,
             () = stopped(phase.clone()) => bail!("still not established when the test ended"),

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
+use sshvpn_common::cli_args::{ClientHelp, TunnelArgs, TunnelArgsError};
 
 #[derive(Debug, Parser)]
 #[command(name = "sshvpn", version, about = "sshvpn client: a layer-3 VPN over SSH")]
@@ -109,21 +110,9 @@ pub struct ConnectArgs {
     /// while connected; the previous values are restored on exit.
     #[arg(long)]
     pub forward: bool,
-    /// Name of the TUN interface.
-    #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
-    pub tun_name: String,
-    /// Largest packet this end takes; the tunnel uses the smaller of both ends' MTUs.
-    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=65000))]
-    pub mtu: u16,
-    /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
-    #[arg(long)]
-    pub no_offload: bool,
-    /// Seconds between keepalives on the tunnel.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
-    pub keepalive: u64,
-    /// The server is declared dead (and the client reconnects) after this many seconds of silence.
-    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
-    pub dead_peer_timeout: u64,
+    /// `--tun-name`, `--mtu`, `--no-offload`, `--keepalive`, `--dead-peer-timeout`.
+    #[command(flatten)]
+    pub tunnel: TunnelArgs<ClientHelp>,
     /// Give up after this many failed reconnection attempts in a row (default: retry forever).
     #[arg(long, value_name = "N")]
     pub max_retries: Option<u32>,
@@ -140,34 +129,45 @@ pub struct ConnectArgs {
     pub certificate: Option<PathBuf>,
 }
 
+/// A connection option clap cannot check.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgsError {
+    #[error(transparent)]
+    Tunnel(#[from] TunnelArgsError),
+    #[error("invalid target {0:?}: expected [USER@]HOST")]
+    Target(String),
+    /// Shown with its cause (`{:#}`): "--ssh-command: missing closing quote".
+    #[error("--ssh-command")]
+    SshCommand(#[from] shell_words::ParseError),
+    #[error("--ssh-command is empty")]
+    EmptySshCommand,
+}
+
 impl ConnectArgs {
     /// Checks what clap cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(format!("--tun-name {:?} must be 1 to 15 characters", self.tun_name));
-        }
+    pub fn validate(&self) -> Result<(), ArgsError> {
+        self.tunnel.validate()?;
         if let Some(t) = &self.target {
             split_target(t)?;
         }
-        if let Some(cmd) = &self.ssh_command {
-            let words = shell_words::split(cmd).map_err(|e| format!("--ssh-command: {e}"))?;
-            if words.is_empty() {
-                return Err("--ssh-command is empty".into());
-            }
+        if let Some(cmd) = &self.ssh_command
+            && shell_words::split(cmd)?.is_empty()
+        {
+            return Err(ArgsError::EmptySshCommand);
         }
         Ok(())
     }
 }
 
 /// Splits `[user@]host` (host may be `[v6addr]`).
-pub fn split_target(target: &str) -> Result<(Option<String>, String), String> {
+pub fn split_target(target: &str) -> Result<(Option<String>, String), ArgsError> {
     let (user, host) = match target.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h),
         None => (None, target),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
     if host.is_empty() || user.as_deref() == Some("") {
-        return Err(format!("invalid target {target:?}: expected [USER@]HOST"));
+        return Err(ArgsError::Target(target.to_string()));
     }
     Ok((user, host))
 }

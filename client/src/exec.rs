@@ -20,8 +20,10 @@ use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
 use crate::cli::ExecArgs;
-use crate::client_loop::{self, Interface, Shutdown};
+use crate::connect::{self, Shutdown};
+use crate::interface::Interface;
 use crate::netns_helper;
+use crate::transport::Transport;
 
 /// The interface inside the command's namespace, configured through the helper.
 struct NamespaceInterface {
@@ -61,7 +63,7 @@ impl Interface for NamespaceInterface {
             excludes: Vec::new(),
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &options, &HostFacts::default())
-            .map_err(|e| anyhow!("the server's configuration is refused: {e}"))?;
+            .context("the server's configuration is refused")?;
         let v4 = accepted.addresses.iter().find(|a| a.addr().is_ipv4()).copied();
         let v6 = accepted.addresses.iter().find(|a| a.addr().is_ipv6()).copied();
         let wanted = TunnelConfig {
@@ -150,10 +152,10 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 
 pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let mut connect = args.connect.clone();
-    connect.validate().map_err(anyhow::Error::msg)?;
+    connect.validate()?;
     // An unreachable server should fail the job, not hang it.
     connect.max_retries = connect.max_retries.or(Some(2));
-    let route = client_loop::route(&connect)?;
+    let transport = Transport::from_args(&connect)?;
 
     let (ours, theirs) = UnixStream::pair()?;
     // The helper inherits its end of the pair (not close-on-exec) and is told its number.
@@ -164,7 +166,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .arg("__netns-helper")
         .arg("--sock-fd")
         .arg(theirs.as_raw_fd().to_string());
-    if connect.no_offload {
+    if connect.tunnel.no_offload {
         helper.arg("--no-offload");
     }
     helper.arg("--").args(&args.command);
@@ -207,7 +209,7 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     });
     let instance = format!("exec-{:08x}", rand::random::<u32>());
     let status = Arc::new(crate::status::ClientStatus::default());
-    let result = client_loop::run_with(&connect, &route, iface, stop, Some(instance), status).await;
+    let result = connect::run_with(&connect, &transport, iface, stop, Some(instance), status).await;
     let started = matches!(started_rx.await, Ok(()));
     match (result, started) {
         // The tunnel never came up: our own failure, not the command's.

@@ -1,6 +1,8 @@
 //! The client's tunnel interface: the TUN device, and the addresses and routes applied to it.
 //! It outlives individual sessions: across reconnects the interface, its addresses and routes stay
 //! in place (applications keep their sockets); only a changed assignment is re-applied.
+//! [`Interface`] is what the connect loop needs of an interface; `exec` implements it for the
+//! interface inside its namespace. This module must not know about transports or sessions.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,9 +14,26 @@ use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
-use crate::client_loop::Interface;
 use crate::host_settings::{Dns, Forwarding};
 
+/// The tunnel interface as the connect loop sees it: a TUN, and a way to apply the server's assignment.
+#[allow(async_fn_in_trait)]
+pub trait Interface {
+    fn tun(&self) -> Arc<TunDevice>;
+    fn name(&self) -> &str;
+    /// Applies what this client accepts of the server's configuration (addresses, MTU, routes,
+    /// DNS; nothing if already applied) and returns it; an error if the configuration is refused.
+    async fn apply(
+        &mut self,
+        config: &TunnelConfig,
+        negotiated_mtu: u16,
+        server_addr: Option<IpAddr>,
+    ) -> anyhow::Result<Accepted>;
+    /// Undoes what `apply` did.
+    async fn teardown(&mut self);
+}
+
+/// The interface on the host (`sshvpn connect`).
 pub struct TunnelInterface {
     pub tun: Arc<TunDevice>,
     net: LinuxNetSetup,
@@ -94,7 +113,7 @@ impl Interface for TunnelInterface {
             server_addr,
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &self.accept, &host)
-            .map_err(|e| anyhow::anyhow!("the server's configuration is refused: {e}"))?;
+            .context("the server's configuration is refused")?;
         let same = |a: &Accepted| {
             a.addresses == accepted.addresses
                 && a.mtu == accepted.mtu

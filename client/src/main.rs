@@ -5,17 +5,15 @@
 
 mod backoff;
 mod cli;
-mod client_loop;
-mod credentials;
+mod connect;
 mod exec;
 mod host_settings;
 mod interface;
 mod netns_helper;
 mod profile;
 mod run_dir;
-mod ssh_client;
 mod status;
-mod system_ssh;
+mod transport;
 
 use std::process::ExitCode;
 
@@ -95,7 +93,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         let work = tokio::spawn(async move {
             match cli.command {
-                Command::Connect(args) => client_loop::run(args).await.map(|()| ExitCode::SUCCESS),
+                Command::Connect(args) => connect::run(args).await.map(|()| ExitCode::SUCCESS),
                 Command::Exec(args) => exec::run(args).await,
                 Command::NetnsHelper { .. } | Command::Completions { .. } | Command::Man | Command::Status { .. } => {
                     unreachable!("handled before the runtime starts")

@@ -78,11 +78,11 @@ pub fn apply(args: &mut ConnectArgs, cli_set: impl Fn(&str) -> bool) -> anyhow::
         None => host,
     });
     macro_rules! fill {
-        ($field:ident, $id:literal, $value:expr) => {
+        ($($field:ident).+, $id:literal, $value:expr) => {
             if !cli_set($id)
                 && let Some(v) = $value
             {
-                args.$field = v;
+                args.$($field).+ = v;
             }
         };
     }
@@ -108,10 +108,10 @@ pub fn apply(args: &mut ConnectArgs, cli_set: impl Fn(&str) -> bool) -> anyhow::
     if !cli_set("excludes") {
         args.excludes.extend(p.exclude);
     }
-    fill!(tun_name, "tun_name", p.tun_name);
-    fill!(mtu, "mtu", p.mtu);
-    fill!(keepalive, "keepalive", p.keepalive);
-    fill!(dead_peer_timeout, "dead_peer_timeout", p.dead_peer_timeout);
+    fill!(tunnel.tun_name, "tun_name", p.tun_name);
+    fill!(tunnel.mtu, "mtu", p.mtu);
+    fill!(tunnel.keepalive, "keepalive", p.keepalive);
+    fill!(tunnel.dead_peer_timeout, "dead_peer_timeout", p.dead_peer_timeout);
     fill!(reconnect_max_delay, "reconnect_max_delay", p.reconnect_max_delay);
     if !cli_set("max_retries") {
         args.max_retries = args.max_retries.or(p.max_retries);

@@ -114,7 +114,7 @@ fn segmentation(c: &mut Criterion) {
             gso::segment(&hdr, &pkt, &mut scratch, |seg| {
                 frame::encode(&mut out, FrameType::Ip, seg)
             })
-            .unwrap();
+            .expect("the test packet segments");
             std::hint::black_box(&out);
         })
     });

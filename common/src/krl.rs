@@ -44,31 +44,48 @@ pub struct Krl {
     certs: Vec<CertRevocations>,
 }
 
+/// Why a KRL file cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KrlError {
+    #[error("truncated")]
+    Truncated,
+    #[error("not an OpenSSH KRL (bad magic)")]
+    BadMagic,
+    #[error("KRL format version {0} is not supported")]
+    Version(u32),
+    #[error("unknown KRL section type {0}")]
+    Section(u8),
+    #[error("bad certificate serial range")]
+    SerialRange,
+    #[error("unknown KRL certificate section type {0:#x}")]
+    CertSection(u8),
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], KrlError> {
         if n > self.0.len() {
-            return Err("truncated".into());
+            return Err(KrlError::Truncated);
         }
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
     }
-    fn u8(&mut self) -> Result<u8, String> {
+    fn u8(&mut self) -> Result<u8, KrlError> {
         Ok(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, KrlError> {
         let b = self.take(4)?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, KrlError> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_be_bytes(a))
     }
-    fn string(&mut self) -> Result<&'a [u8], String> {
+    fn string(&mut self) -> Result<&'a [u8], KrlError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
@@ -83,14 +100,14 @@ fn blob(key: &KeyData) -> Option<Vec<u8>> {
 
 impl Krl {
     /// Parses a whole KRL file.
-    pub fn parse(bytes: &[u8]) -> Result<Krl, String> {
+    pub fn parse(bytes: &[u8]) -> Result<Krl, KrlError> {
         let mut r = Reader(bytes);
         if r.take(MAGIC.len()).ok() != Some(MAGIC) {
-            return Err("not an OpenSSH KRL (bad magic)".into());
+            return Err(KrlError::BadMagic);
         }
         let format = r.u32()?;
         if format != FORMAT_VERSION {
-            return Err(format!("KRL format version {format} is not supported"));
+            return Err(KrlError::Version(format));
         }
         let mut krl = Krl {
             version: r.u64()?,
@@ -118,7 +135,7 @@ impl Krl {
                 }
                 // Signatures come last and cover everything before them: nothing more to read.
                 SECTION_SIGNATURE => break,
-                other => return Err(format!("unknown KRL section type {other}")),
+                other => return Err(KrlError::Section(other)),
             }
         }
         Ok(krl)
@@ -160,7 +177,7 @@ fn bit_set(offset: u64, bits: &[u8], serial: u64) -> bool {
     bits[bits.len() - 1 - byte] & (1 << (i % 8)) != 0
 }
 
-fn parse_cert_section(s: &mut Reader<'_>) -> Result<CertRevocations, String> {
+fn parse_cert_section(s: &mut Reader<'_>) -> Result<CertRevocations, KrlError> {
     let ca = s.string()?;
     let _reserved = s.string()?;
     let mut c = CertRevocations {
@@ -181,7 +198,7 @@ fn parse_cert_section(s: &mut Reader<'_>) -> Result<CertRevocations, String> {
             CERT_SERIAL_RANGE => {
                 let (lo, hi) = (d.u64()?, d.u64()?);
                 if lo > hi || !d.is_empty() {
-                    return Err("bad certificate serial range".into());
+                    return Err(KrlError::SerialRange);
                 }
                 c.ranges.push((lo, hi));
             }
@@ -195,7 +212,7 @@ fn parse_cert_section(s: &mut Reader<'_>) -> Result<CertRevocations, String> {
                     c.key_ids.push(String::from_utf8_lossy(d.string()?).into_owned());
                 }
             }
-            other => return Err(format!("unknown KRL certificate section type {other:#x}")),
+            other => return Err(KrlError::CertSection(other)),
         }
     }
     Ok(c)

@@ -6,6 +6,7 @@
 pub mod accept_policy;
 pub mod allowed_ips;
 pub mod authorized_keys;
+pub mod cli_args;
 pub mod cli_docs;
 pub mod keys;
 pub mod known_hosts;

@@ -20,7 +20,7 @@ fn ip() -> impl Strategy<Value = IpAddr> {
 fn net() -> impl Strategy<Value = IpNet> {
     (ip(), any::<u8>()).prop_map(|(a, p)| {
         let max = if a.is_ipv4() { 32 } else { 128 };
-        IpNet::new(a, p % (max + 1)).unwrap()
+        IpNet::new(a, p % (max + 1)).expect("prefix length within the family")
     })
 }
 

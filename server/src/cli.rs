@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
+use sshvpn_common::cli_args::{ServerHelp, TunnelArgs};
 
 use crate::limits::MaxStartups;
 
@@ -107,15 +108,10 @@ pub struct Args {
     /// DNS search domain to push to clients (repeatable).
     #[arg(long = "push-search", value_name = "DOMAIN")]
     pub push_search: Vec<String>,
-    /// Name of the TUN interface.
-    #[arg(long, default_value = "sshvpn0", value_name = "NAME")]
-    pub tun_name: String,
-    /// MTU of the tunnel interface.
-    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u16).range(1280..=65000))]
-    pub mtu: u16,
-    /// Do not use TUN offloads (virtio-net header, TSO/USO); move plain packets only.
-    #[arg(long)]
-    pub no_offload: bool,
+    /// `--tun-name`, `--mtu`, `--no-offload`, and under "Limits" `--keepalive` and
+    /// `--dead-peer-timeout` (shared with the client).
+    #[command(flatten)]
+    pub tunnel: TunnelArgs<ServerHelp>,
     /// Directory for state that survives restarts (the address lease file).
     #[arg(long, default_value = "/var/lib/sshvpn", value_name = "DIR")]
     pub state_dir: PathBuf,
@@ -164,12 +160,6 @@ pub struct Args {
     /// Authentication attempts per connection.
     #[arg(long, default_value_t = 6, value_name = "N", help_heading = "Limits")]
     pub max_auth_tries: usize,
-    /// Seconds between keepalives on each tunnel.
-    #[arg(long, default_value_t = 5, value_name = "SECONDS", help_heading = "Limits")]
-    pub keepalive: u64,
-    /// A client silent for this many seconds is disconnected.
-    #[arg(long, default_value_t = 15, value_name = "SECONDS", help_heading = "Limits")]
-    pub dead_peer_timeout: u64,
     /// Concurrent sessions one identity (key, certificate or Unix user) may hold; each `sshvpn
     /// exec` run is one.
     #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024), value_name = "N", help_heading = "Limits")]
@@ -219,13 +209,14 @@ impl Args {
         {
             return Err(format!("--pool6 {p6} is not an IPv6 prefix"));
         }
-        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(format!("--tun-name {:?} must be 1 to 15 characters", self.tun_name));
-        }
+        self.tunnel.validate().map_err(|e| e.to_string())?;
         if self.client_queue == 0 || self.client_queue_kib == 0 {
             return Err("--client-queue and --client-queue-kib must be at least 1".into());
         }
-        if self.login_grace_time == 0 || self.keepalive == 0 || self.dead_peer_timeout <= self.keepalive {
+        if self.login_grace_time == 0
+            || self.tunnel.keepalive == 0
+            || self.tunnel.dead_peer_timeout <= self.tunnel.keepalive
+        {
             return Err(
                 "--login-grace-time and --keepalive must be positive, --dead-peer-timeout longer than --keepalive"
                     .into(),

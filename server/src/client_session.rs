@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use sshvpn_common::proto::frame;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, TunnelConfig};
-use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats, packet_queue};
+use sshvpn_common::proto::{CloseCode, Features, Role, TunnelConfig};
+use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, TunnelError, TunnelStats, packet_queue};
 
 use crate::state::ServerState;
 use crate::switch::PeerPort;
@@ -65,14 +64,14 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     state.slots.enter();
     let _slot = ClientSlot(state.clone());
     let started = Instant::now();
-    // Offloaded frames carry up to 64 KiB packets: only with a frame limit that takes them.
-    let gso = state.tun.has_vnet_hdr() && state.session.max_frame >= frame::DEFAULT_MAX_PAYLOAD;
-    let features = if gso { Features::GSO } else { Features::default() };
-    let hello = Hello {
+    let options = sshvpn_common::tunnel::SessionOptions {
+        vnet_hdr: state.tun.has_vnet_hdr(),
+        mtu: state.session.mtu,
         max_payload: state.session.max_frame as u32,
-        ..Hello::new(features, state.session.mtu)
+        timers: state.session.timers,
+        instance: None,
     };
-    let mut tunnel = Tunnel::new(Role::Server, hello, state.session.timers, rx, tx);
+    let mut tunnel = sshvpn_common::tunnel::open(Role::Server, options, rx, tx);
     let (queue, outbound) = packet_queue(state.session.client_queue, state.session.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());
     let id = state.slots.next_id();

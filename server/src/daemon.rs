@@ -43,7 +43,7 @@ fn ssh_config(host_key: russh::keys::PrivateKey, args: &Args) -> russh::server::
         nodelay: true,
         // Tunnels send keepalives every few seconds, so this only ends connections that have gone
         // quiet in other ways (e.g. a peer that never closes after a disconnect).
-        inactivity_timeout: Some(Duration::from_secs((args.dead_peer_timeout * 4).max(60))),
+        inactivity_timeout: Some(Duration::from_secs((args.tunnel.dead_peer_timeout * 4).max(60))),
         max_auth_attempts: args.max_auth_tries,
         limits: russh::Limits::new(rekey, rekey, Duration::from_secs(3600)),
         ..Default::default()
@@ -132,12 +132,12 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         &statics,
     );
 
-    let tun = Arc::new(TunDevice::create(&args.tun_name, !args.no_offload)?);
+    let tun = Arc::new(TunDevice::create(&args.tunnel.tun_name, !args.tunnel.no_offload)?);
     let addresses = addressing.server_addresses();
     let mut net = LinuxNetSetup::new()?;
     let iface = InterfaceConfig {
-        name: args.tun_name.clone(),
-        mtu: u32::from(args.mtu),
+        name: args.tunnel.tun_name.clone(),
+        mtu: u32::from(args.tunnel.mtu),
         addresses: addresses.clone(),
     };
     net.configure(&iface)
@@ -162,13 +162,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _masquerade = match &args.masquerade {
         Some(iface) => Some(Masquerade::install(
-            &args.tun_name,
+            &args.tunnel.tun_name,
             args.pool.context("--pool")?,
             iface,
         )?),
         None => None,
     };
-    let peer_routes = PeerRoutes::new(args.tun_name.clone(), LinuxNetSetup::new()?);
+    let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), LinuxNetSetup::new()?);
     // Key management (issue 13): the key files, watched while the daemon runs.
     let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),
@@ -194,7 +194,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => (Default::default(), None),
     };
     let policy =
-        crate::policy_runtime::PolicyRuntime::start(&args.tun_name, pools, args.config.clone(), policy).await?;
+        crate::policy_runtime::PolicyRuntime::start(&args.tunnel.tun_name, pools, args.config.clone(), policy).await?;
     let _policy_table = policy.firewall.guard();
     let audit = crate::audit::Audit::for_daemon(args.audit_log.clone().or(audit_path).as_deref())?;
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -210,17 +210,17 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
             push_routes: args.push_routes.clone(),
             push_dns: args.push_dns.clone(),
             push_search: args.push_search.clone(),
-            mtu: args.mtu,
+            mtu: args.tunnel.mtu,
             client_queue: args.client_queue,
             client_queue_bytes: args.client_queue_kib * 1024,
             timers: Timers {
-                keepalive_interval: Duration::from_secs(args.keepalive),
-                dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout),
+                keepalive_interval: Duration::from_secs(args.tunnel.keepalive),
+                dead_peer_timeout: Duration::from_secs(args.tunnel.dead_peer_timeout),
                 ..Timers::default()
             },
             max_frame: (args.max_frame_kib as usize * 1024)
                 .min(sshvpn_common::proto::frame::MAX_PAYLOAD_LIMIT)
-                .max(args.mtu as usize),
+                .max(args.tunnel.mtu as usize),
             max_sessions_per_identity: args.max_sessions_per_identity,
         },
         slots: SessionSlots::new(args.max_clients),
@@ -261,9 +261,9 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     tracing::info!(
         "sshvpnd {ssh}; control socket {}; tunnel {} {addrs}",
         args.control.display(),
-        args.tun_name
+        args.tunnel.tun_name
     );
-    sshvpn_common::sd_notify::ready(&format!("serving; tunnel {} {addrs}", args.tun_name));
+    sshvpn_common::sd_notify::ready(&format!("serving; tunnel {} {addrs}", args.tunnel.tun_name));
     let mut tun_reader = tokio::spawn(switch.run_tun_reader(tun));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let ssh_listener = async {

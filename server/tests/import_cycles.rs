@@ -95,7 +95,12 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     rust_files(src, &mut files);
     let modules: BTreeMap<Module, String> = files
         .iter()
-        .map(|f| (module_of(src, f), f.strip_prefix(src).unwrap().display().to_string()))
+        .map(|f| {
+            (
+                module_of(src, f),
+                f.strip_prefix(src).expect("found under src").display().to_string(),
+            )
+        })
         .collect();
     let resolve = |path: &[String]| -> Option<&String> { (1..=path.len()).rev().find_map(|n| modules.get(&path[..n])) };
     let mut edges = BTreeMap::new();
@@ -103,7 +108,7 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         let me = module_of(src, f);
         let name = modules[&me].clone();
         let text: String = std::fs::read_to_string(f)
-            .unwrap()
+            .expect("a source file is readable")
             .lines()
             .map(|l| l.split("//").next().unwrap_or(""))
             .collect::<Vec<_>>()

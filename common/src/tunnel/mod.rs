@@ -4,12 +4,14 @@
 
 pub mod driver;
 pub mod feed;
+pub mod open;
 pub mod queue;
 pub mod stats;
 pub mod transport;
 
 pub use driver::{DataPath, Established, Tunnel, TunnelError};
 pub use feed::{WhenFull, feed_queue};
+pub use open::{SessionOptions, open};
 pub use queue::{QueueReceiver, QueueSender, packet_queue};
 pub use stats::{StatsSnapshot, TunnelStats};
 pub use transport::{ChannelRx, ChannelTx, StreamRx, StreamTx, TransportRx, TransportTx};

@@ -1,31 +1,31 @@
-//! The client's life: create the interface, then connect, run the tunnel, and reconnect with
-//! backoff after any transport failure until told to stop. The interface, its addresses and
-//! routes stay in place across reconnects; packets sent while disconnected are dropped.
+//! `sshvpn connect`, and the connect/reconnect loop `exec` shares: create the interface, then
+//! connect over a [`Transport`], run the tunnel, and reconnect with backoff after any transport
+//! failure until told to stop. The interface, its addresses and routes stay in place across
+//! reconnects; packets sent while disconnected are dropped. This module owns the session
+//! lifecycle; it must not configure the host itself (that is [`crate::interface`]) nor speak SSH
+//! (that is [`crate::transport`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use std::net::IpAddr;
 
-use sshvpn_common::accept_policy::Accepted;
 use sshvpn_common::allowed_ips::AllowedIps;
-use sshvpn_common::proto::{CloseCode, Features, Hello, Role, Timers, TunnelConfig};
+use sshvpn_common::proto::{CloseCode, Features, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, QueueSender, TransportRx, TransportTx, Tunnel, TunnelError, TunnelStats,
+    ChannelRx, ChannelTx, DataPath, QueueSender, SessionOptions, TransportRx, TransportTx, TunnelError, TunnelStats,
     packet_queue,
 };
 use tokio::sync::watch;
 
 use crate::backoff::Backoff;
 use crate::cli::ConnectArgs;
-use crate::credentials::{self, Credentials, Target};
-use crate::interface::{HostOptions, TunnelInterface};
-use crate::ssh_client;
+use crate::interface::{HostOptions, Interface, TunnelInterface};
 use crate::status::{ClientStatus, SessionInfo};
-use crate::system_ssh::{self, SshChild};
+use crate::transport::system_ssh::{self, SshChild};
+use crate::transport::{Transport, ssh_client};
 
 /// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
 const OUTBOUND_PACKETS: usize = 1024;
@@ -102,46 +102,10 @@ enum SessionEnd {
     Fatal(anyhow::Error),
 }
 
-/// How the client reaches the server.
-pub enum Route {
-    /// The built-in SSH client.
-    Builtin { target: Target, creds: Credentials },
-    /// The system `ssh`.
-    SystemSsh,
-}
-
-/// The tunnel interface as the loop sees it: a TUN, and a way to apply the server's assignment.
-#[allow(async_fn_in_trait)]
-pub trait Interface {
-    fn tun(&self) -> Arc<TunDevice>;
-    fn name(&self) -> &str;
-    /// Applies what this client accepts of the server's configuration (addresses, MTU, routes,
-    /// DNS; nothing if already applied) and returns it; an error if the configuration is refused.
-    async fn apply(
-        &mut self,
-        config: &TunnelConfig,
-        negotiated_mtu: u16,
-        server_addr: Option<IpAddr>,
-    ) -> anyhow::Result<Accepted>;
-    /// Undoes what `apply` did.
-    async fn teardown(&mut self);
-}
-
-/// How the client reaches the server, from the arguments.
-pub fn route(args: &ConnectArgs) -> anyhow::Result<Route> {
-    Ok(if args.ssh || args.ssh_command.is_some() {
-        Route::SystemSsh
-    } else {
-        let target = credentials::resolve_target(args)?;
-        let creds = credentials::load_credentials(args, &target)?;
-        Route::Builtin { target, creds }
-    })
-}
-
 /// `sshvpn connect`: a local interface, until SIGINT/SIGTERM.
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    args.validate().map_err(anyhow::Error::msg)?;
-    let route = route(&args)?;
+    args.validate()?;
+    let transport = Transport::from_args(&args)?;
     let shutdown = Shutdown::install()?;
     let options = HostOptions {
         accept_routes: !args.no_accept_routes,
@@ -150,8 +114,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         default_route: args.default_route,
     };
     let iface = TunnelInterface::create(
-        &args.tun_name,
-        !args.no_offload,
+        &args.tunnel.tun_name,
+        !args.tunnel.no_offload,
         args.routes.clone(),
         args.excludes.clone(),
         options,
@@ -162,15 +126,15 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         started: Some(std::time::SystemTime::now()),
         ..Default::default()
     });
-    crate::status::serve(status.clone(), &args.tun_name)?;
-    run_with(&args, &route, iface, shutdown, None, status).await
+    crate::status::serve(status.clone(), &args.tunnel.tun_name)?;
+    run_with(&args, &transport, iface, shutdown, None, status).await
 }
 
-/// Connects and reconnects over `route` until `shutdown`, moving packets for `iface`.
+/// Connects and reconnects over `transport` until `shutdown`, moving packets for `iface`.
 /// `instance` tags the sessions so that concurrent runs with one key get addresses of their own.
 pub async fn run_with<I: Interface>(
     args: &ConnectArgs,
-    route: &Route,
+    transport: &Transport,
     mut iface: I,
     mut shutdown: Shutdown,
     instance: Option<String>,
@@ -189,7 +153,7 @@ pub async fn run_with<I: Interface>(
     loop {
         let started = Instant::now();
         let end = tokio::select! {
-            end = session(args, route, &instance, &mut iface, &set_queue, &status, shutdown.clone()) => end,
+            end = session(args, transport, &instance, &mut iface, &set_queue, &status, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
         };
         let _ = set_queue.send(None);
@@ -235,15 +199,15 @@ pub async fn run_with<I: Interface>(
 /// One connection: transport, handshake, interface configuration, then the data path.
 async fn session<I: Interface>(
     args: &ConnectArgs,
-    route: &Route,
+    transport: &Transport,
     instance: &Option<String>,
     iface: &mut I,
     set_queue: &watch::Sender<Option<QueueSender>>,
     status: &ClientStatus,
     shutdown: Shutdown,
 ) -> SessionEnd {
-    match route {
-        Route::Builtin { target, creds } => {
+    match transport {
+        Transport::Builtin { target, creds } => {
             let timeout = Duration::from_secs(args.connect_timeout);
             let connected = match ssh_client::connect(target, creds, timeout).await {
                 Ok(c) => c,
@@ -266,7 +230,7 @@ async fn session<I: Interface>(
             drop(connected.handle);
             end
         }
-        Route::SystemSsh => {
+        Transport::SystemSsh => {
             let child = match system_ssh::spawn(args) {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Fatal(e),
@@ -295,21 +259,14 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     mut shutdown: Shutdown,
 ) -> SessionEnd {
     let tun = iface.tun();
-    let features = if tun.has_vnet_hdr() {
-        Features::GSO
-    } else {
-        Features::default()
-    };
-    let timers = Timers {
-        keepalive_interval: Duration::from_secs(args.keepalive.max(1)),
-        dead_peer_timeout: Duration::from_secs(args.dead_peer_timeout.max(2)),
-        ..Timers::default()
-    };
-    let hello = Hello {
+    let options = SessionOptions {
+        vnet_hdr: tun.has_vnet_hdr(),
+        mtu: args.tunnel.mtu,
+        timers: args.tunnel.timers(),
         instance: instance.clone(),
-        ..Hello::new(features, args.mtu)
+        ..SessionOptions::default()
     };
-    let mut tunnel = Tunnel::new(Role::Client, hello, timers, rx, tx);
+    let mut tunnel = sshvpn_common::tunnel::open(Role::Client, options, rx, tx);
     let established = match tunnel
         .handshake(|_| Err((CloseCode::ProtocolError, "not a server".into())))
         .await

@@ -14,7 +14,7 @@ use sshvpn_common::keys::fingerprint;
 use sshvpn_common::known_hosts::{self, HostCertStatus, HostKeyStatus};
 use sshvpn_common::ssh::SUBSYSTEM;
 
-use crate::credentials::{Credentials, Target};
+use crate::transport::credentials::{Credentials, Target};
 
 /// Why the host key was not accepted; reported after the connection fails.
 #[derive(Debug, Clone)]

@@ -56,7 +56,7 @@ fn expand_home(p: &Path) -> PathBuf {
 
 pub fn resolve_target(args: &ConnectArgs) -> anyhow::Result<Target> {
     let target = args.target.as_deref().ok_or_else(|| anyhow!("no server given"))?;
-    let (user, alias) = split_target(target).map_err(anyhow::Error::msg)?;
+    let (user, alias) = split_target(target)?;
     let config = ssh_config_for(&alias);
     let host = config
         .as_ref()

@@ -162,12 +162,29 @@ fn a_client_flooding_keepalives_without_reading_is_disconnected_with_bounded_mem
     let pid = t.process(s).child.id();
     let mut fake = FakeClient::attach(&t.control_socket(), None);
     let answer = fake.handshake(10.0);
-    assert!(matches!(answer, Some(Control::Config(_))), "{answer:?}");
+    let Some(Control::Config(config)) = answer else {
+        panic!("no configuration: {answer:?}")
+    };
     let before = rss_kib(pid);
-    // Flood: batches of 4096 keepalives (13 bytes each), never reading a byte.
+    // Flood: batches of 4096 keepalives (13 bytes each), never reading a byte. Each batch also
+    // pings the server's tunnel address, so that its answers fill our receive buffer quickly and
+    // the daemon's writes to us block (keepalive answers alone take long to fill it).
+    let (Some(own), Some(server)) = (config.addr4, config.peer4) else {
+        panic!("no IPv4 assignment: {config:?}")
+    };
+    let std::net::IpAddr::V4(own) = own.addr() else {
+        panic!("addr4 is not IPv4")
+    };
     let mut batch = bytes::BytesMut::new();
     for token in 0..4096u64 {
         Control::Keepalive(token).encode_frame(&mut batch);
+        if token % 256 == 0 {
+            let ping =
+                etherparse::PacketBuilder::ipv4(own.octets(), server.octets(), 64).icmpv4_echo_request(7, token as u16);
+            let mut pkt = Vec::new();
+            ping.write(&mut pkt, &[0u8; 1000]).unwrap();
+            sshvpn_common::proto::frame::encode(&mut batch, sshvpn_common::proto::frame::FrameType::Ip, &pkt);
+        }
     }
     fake.stream.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let started = Instant::now();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use russh::{MethodKind, MethodSet};
 use sshvpn_common::keys::{self, fingerprint};
-use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
+use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
 use sshvpn_common::tun::TunDevice;
@@ -134,7 +134,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
 
     let tun = Arc::new(TunDevice::create(&args.tunnel.tun_name, !args.tunnel.no_offload)?);
     let addresses = addressing.server_addresses();
-    let mut net = LinuxNetSetup::new()?;
+    let mut net = netconf::open()?;
     let iface = InterfaceConfig {
         name: args.tunnel.tun_name.clone(),
         mtu: u32::from(args.tunnel.mtu),
@@ -168,7 +168,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         )?),
         None => None,
     };
-    let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), LinuxNetSetup::new()?);
+    let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), netconf::open()?);
     // Key management (issue 13): the key files, watched while the daemon runs.
     let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use russh::{MethodKind, MethodSet};
 use sshvpn_common::keys::{self, fingerprint};
+use sshvpn_common::netconf::nat::Masquerade;
 use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
@@ -21,7 +22,6 @@ use crate::config::{self, Peers};
 use crate::control;
 use crate::leases::LeaseFile;
 use crate::limits::LogEvery;
-use crate::masquerade::Masquerade;
 use crate::routes::PeerRoutes;
 use crate::session_policy::{SessionPolicy, SessionSlots};
 use crate::ssh::admission::Admission;
@@ -161,11 +161,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let _masquerade = match &args.masquerade {
-        Some(iface) => Some(Masquerade::install(
-            &args.tunnel.tun_name,
-            args.pool.context("--pool")?,
-            iface,
-        )?),
+        Some(iface) => Some(
+            Masquerade::install(&args.tunnel.tun_name, args.pool.context("--pool")?, iface)
+                .context("installing the masquerade rule")?,
+        ),
         None => None,
     };
     let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), netconf::open()?);

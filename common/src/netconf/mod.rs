@@ -1,6 +1,6 @@
 //! OS network setup, in one place: the tunnel interface (MTU, addresses, link state, routes,
 //! with an undo log so that whatever was added is removed again on exit, and only that), DNS
-//! for the tunnel and IP forwarding. One [`NetSetup`] signature for every OS: the Linux
+//! for the tunnel, IP forwarding and source NAT. One [`NetSetup`] signature for every OS: the Linux
 //! implementation (rtnetlink, resolvectl or resolv.conf, /proc/sys) and the macOS/FreeBSD
 //! command plans ([`plan`]) side by side. Callers pass in where crash-restore records live
 //! ([`RestoreRecords`]); this module hard-codes no caller's paths.
@@ -11,6 +11,8 @@ pub mod dns;
 pub mod forwarding;
 #[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+pub mod nat;
 pub mod plan;
 #[cfg(target_os = "linux")]
 pub use linux::LinuxNetSetup;

@@ -189,6 +189,19 @@ pub fn resolv_conf_text(servers: &[IpAddr], search: &[String], header: &str) -> 
     text
 }
 
+/// The nftables table of the masquerade rule for tunnel `tun` (Linux): `sshvpn_<tun>`, with
+/// anything but ASCII letters and digits replaced by `_`.
+pub fn nat_table_name(tun: &str) -> String {
+    format!("sshvpn_{}", tun.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+}
+
+/// The nft script (Linux) that masquerades IPv4 traffic from `pool` leaving through `iface`.
+pub fn masquerade_nft(table: &str, pool: IpNet, iface: &str) -> String {
+    format!(
+        "table ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pool} oifname \"{iface}\" masquerade\n  }}\n}}\n"
+    )
+}
+
 /// Resolvers for the tunnel. macOS: a dynamic-store DNS entry through `scutil` (supplemental
 /// to the system's). FreeBSD: `resolvconf` with an interface-specific record.
 pub fn dns(os: Os, ifname: &str, servers: &[IpAddr], search: &[String]) -> Plan {
@@ -372,6 +385,17 @@ mod tests {
     fn resolv_conf_has_only_nameserver_and_search_lines() {
         let text = resolv_conf_text(&["10.0.0.53".parse().unwrap()], &["a.example".into()], "x");
         assert_eq!(text, "# x\nnameserver 10.0.0.53\nsearch a.example\n");
+    }
+
+    #[test]
+    fn masquerade_table_and_script() {
+        let table = nat_table_name("sshvpn-0.x");
+        assert_eq!(table, "sshvpn_sshvpn_0_x");
+        let script = masquerade_nft(&table, "10.9.0.0/24".parse().unwrap(), "eth0");
+        assert_eq!(
+            script,
+            "table ip sshvpn_sshvpn_0_x {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 10.9.0.0/24 oifname \"eth0\" masquerade\n  }\n}\n"
+        );
     }
 
     #[test]

@@ -10,11 +10,13 @@ use std::sync::Arc;
 use anyhow::Context;
 use ipnet::IpNet;
 use sshvpn_common::accept_policy::{self, AcceptOptions, Accepted, HostFacts};
-use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
+use sshvpn_common::netconf::dns::Dns;
+use sshvpn_common::netconf::forwarding::Forwarding;
+use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup, OsNetSetup, RestoreRecords};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
-use crate::host_settings::{Dns, Forwarding};
+use crate::run_dir::RestoreDir;
 
 /// The tunnel interface as the connect loop sees it: a TUN, and a way to apply the server's assignment.
 #[allow(async_fn_in_trait)]
@@ -36,7 +38,9 @@ pub trait Interface {
 /// The interface on the host (`sshvpn connect`).
 pub struct TunnelInterface {
     pub tun: Arc<TunDevice>,
-    net: LinuxNetSetup,
+    net: OsNetSetup,
+    /// Where DNS and forwarding keep their crash-restore records.
+    records: Arc<dyn RestoreRecords>,
     /// What is applied now.
     applied: Option<Accepted>,
     /// What the user allows the server to change.
@@ -67,16 +71,18 @@ impl TunnelInterface {
         options: HostOptions,
     ) -> anyhow::Result<TunnelInterface> {
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
-        crate::host_settings::recover_after_crash(name);
+        let records: Arc<dyn RestoreRecords> = Arc::new(RestoreDir::new(name));
+        netconf::recover_after_crash(&*records);
         let tun = Arc::new(TunDevice::create(name, offload)?);
         let forwarding = if options.forward {
-            Some(Forwarding::enable(name)?)
+            Some(Forwarding::enable(records.clone()).context("enabling IP forwarding")?)
         } else {
             None
         };
         Ok(TunnelInterface {
             tun,
-            net: LinuxNetSetup::new()?,
+            net: netconf::open()?,
+            records,
             applied: None,
             accept: AcceptOptions {
                 accept_routes: options.accept_routes,
@@ -163,8 +169,14 @@ impl Interface for TunnelInterface {
             }
         );
         if self.accept.accept_dns && self.dns.is_none() {
-            self.dns = Dns::apply(&name, &accepted.dns, &accepted.search, self.accept.default_route)
-                .context("applying pushed DNS")?;
+            self.dns = Dns::apply(
+                &name,
+                &accepted.dns,
+                &accepted.search,
+                self.accept.default_route,
+                self.records.clone(),
+            )
+            .context("applying pushed DNS")?;
         }
         self.applied = Some(accepted.clone());
         Ok(accepted)
@@ -203,7 +215,7 @@ impl TunnelInterface {
                     other => other,
                 };
                 if let Err(e) = pinned {
-                    tracing::warn!("cannot keep {net} outside the tunnel: {e}");
+                    tracing::warn!("cannot keep {net} outside the tunnel: {}", netconf::error_chain(&e));
                 }
             }
             for net in &accepted.unreachable {

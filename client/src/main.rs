@@ -7,7 +7,6 @@ mod backoff;
 mod cli;
 mod connect;
 mod exec;
-mod host_settings;
 mod interface;
 mod netns_helper;
 mod profile;

@@ -19,7 +19,7 @@ use std::os::unix::net::UnixStream;
 use anyhow::{Context, anyhow, bail};
 use nix::sched::CloneFlags;
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
-use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
+use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::proto::frame::FrameDecoder;
 use sshvpn_common::proto::{Control, TunnelConfig};
 
@@ -100,7 +100,7 @@ fn write_resolv_conf(config: &TunnelConfig) -> anyhow::Result<()> {
     if config.dns.is_empty() {
         return Ok(());
     }
-    let text = crate::host_settings::resolv_conf_text(
+    let text = sshvpn_common::netconf::plan::resolv_conf_text(
         &config.dns,
         &config.search,
         "written by sshvpn exec for this namespace only",
@@ -135,7 +135,7 @@ fn write_resolv_conf(config: &TunnelConfig) -> anyhow::Result<()> {
 }
 
 async fn apply(config: &TunnelConfig) -> anyhow::Result<()> {
-    let mut net = LinuxNetSetup::new()?;
+    let mut net = netconf::open()?;
     net.configure(&InterfaceConfig {
         name: "lo".into(),
         mtu: 65536,

@@ -1,5 +1,5 @@
 //! The client's runtime directory, `/run/sshvpn-client`: its status sockets and the restore
-//! records of host settings it changed. Kept apart from the daemon's `/run/sshvpn` (which a
+//! records of host settings it changed ([`RestoreDir`], handed to `netconf`). Kept apart from the daemon's `/run/sshvpn` (which a
 //! package may give to the `sshvpn` system user), and trusted only when owned by root (or this
 //! user) and writable by nobody else: what is in it is acted on as root (restored sysctls and
 //! resolv.conf), and its socket names must not be taken by another user.
@@ -49,4 +49,40 @@ pub fn existing(name: &str) -> Option<PathBuf> {
         return None;
     }
     Some(dir.join(name))
+}
+
+/// The restore records of one interface (in this network namespace) in the directory: what
+/// `netconf` saves while it has host settings changed, and reads back after a crash.
+pub struct RestoreDir {
+    link: String,
+}
+
+impl RestoreDir {
+    pub fn new(link: &str) -> RestoreDir {
+        RestoreDir { link: link.to_string() }
+    }
+
+    /// Per interface and network namespace (the same interface name may exist in many).
+    fn name(&self, kind: &str) -> String {
+        format!("{}-{}.{kind}.restore", self.link, netns_id())
+    }
+}
+
+impl sshvpn_common::netconf::RestoreRecords for RestoreDir {
+    fn save(&self, kind: &str, content: &[u8]) {
+        let saved = trusted().and_then(|dir| Ok(std::fs::write(dir.join(self.name(kind)), content)?));
+        if let Err(e) = saved {
+            tracing::debug!("cannot save restore information: {e:#}");
+        }
+    }
+
+    fn load(&self, kind: &str) -> Option<Vec<u8>> {
+        std::fs::read(existing(&self.name(kind))?).ok()
+    }
+
+    fn remove(&self, kind: &str) {
+        if let Some(path) = existing(&self.name(kind)) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }

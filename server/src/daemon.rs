@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use russh::{MethodKind, MethodSet};
 use sshvpn_common::keys::{self, fingerprint};
-use sshvpn_common::netconf::{InterfaceConfig, LinuxNetSetup, NetSetup};
+use sshvpn_common::netconf::nat::Masquerade;
+use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
 use sshvpn_common::tun::TunDevice;
@@ -21,7 +22,6 @@ use crate::config::{self, Peers};
 use crate::control;
 use crate::leases::LeaseFile;
 use crate::limits::LogEvery;
-use crate::masquerade::Masquerade;
 use crate::routes::PeerRoutes;
 use crate::session_policy::{SessionPolicy, SessionSlots};
 use crate::ssh::admission::Admission;
@@ -134,7 +134,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
 
     let tun = Arc::new(TunDevice::create(&args.tunnel.tun_name, !args.tunnel.no_offload)?);
     let addresses = addressing.server_addresses();
-    let mut net = LinuxNetSetup::new()?;
+    let mut net = netconf::open()?;
     let iface = InterfaceConfig {
         name: args.tunnel.tun_name.clone(),
         mtu: u32::from(args.tunnel.mtu),
@@ -161,14 +161,13 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let _masquerade = match &args.masquerade {
-        Some(iface) => Some(Masquerade::install(
-            &args.tunnel.tun_name,
-            args.pool.context("--pool")?,
-            iface,
-        )?),
+        Some(iface) => Some(
+            Masquerade::install(&args.tunnel.tun_name, args.pool.context("--pool")?, iface)
+                .context("installing the masquerade rule")?,
+        ),
         None => None,
     };
-    let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), LinuxNetSetup::new()?);
+    let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), netconf::open()?);
     // Key management (issue 13): the key files, watched while the daemon runs.
     let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),

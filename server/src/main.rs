@@ -16,7 +16,6 @@ mod firewall;
 mod firewall_runner;
 mod leases;
 mod limits;
-mod masquerade;
 mod metrics;
 mod metrics_http;
 mod policy;

@@ -5,16 +5,16 @@
 use std::collections::HashMap;
 
 use ipnet::IpNet;
-use sshvpn_common::netconf::{LinuxNetSetup, NetSetup};
+use sshvpn_common::netconf::{NetSetup, OsNetSetup, error_chain};
 use tokio::sync::Mutex;
 
 pub struct PeerRoutes {
     tun: String,
-    inner: Mutex<(LinuxNetSetup, HashMap<IpNet, usize>)>,
+    inner: Mutex<(OsNetSetup, HashMap<IpNet, usize>)>,
 }
 
 impl PeerRoutes {
-    pub fn new(tun: String, net: LinuxNetSetup) -> Self {
+    pub fn new(tun: String, net: OsNetSetup) -> Self {
         PeerRoutes {
             tun,
             inner: Mutex::new((net, HashMap::new())),
@@ -30,7 +30,7 @@ impl PeerRoutes {
             if *n == 1
                 && let Err(e) = net.add_route(&self.tun, *s).await
             {
-                tracing::warn!("cannot route {s} to {}: {e}", self.tun);
+                tracing::warn!("cannot route {s} to {}: {}", self.tun, error_chain(&e));
             }
         }
     }
@@ -44,7 +44,7 @@ impl PeerRoutes {
                 if *n == 0 {
                     counts.remove(s);
                     if let Err(e) = net.remove_route(&self.tun, *s).await {
-                        tracing::warn!("cannot remove route {s}: {e}");
+                        tracing::warn!("cannot remove route {s}: {}", error_chain(&e));
                     }
                 }
             }

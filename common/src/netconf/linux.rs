@@ -60,11 +60,8 @@ impl Drop for LinuxNetSetup {
     }
 }
 
-fn failed(step: impl Into<String>, e: impl std::fmt::Display) -> NetSetupError {
-    NetSetupError::Failed {
-        step: step.into(),
-        reason: e.to_string(),
-    }
+fn failed(step: impl Into<String>, e: impl Into<super::Cause>) -> NetSetupError {
+    NetSetupError::failed(step, e)
 }
 
 fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -91,105 +88,6 @@ impl LinuxNetSetup {
         match links.try_next().await {
             Ok(Some(link)) => Ok(link.header.index),
             Ok(None) | Err(_) => Err(NetSetupError::NoInterface(name.to_string())),
-        }
-    }
-
-    /// The networks of every address on the host's other interfaces (not `exclude`, not
-    /// loopback or link-local ones): what a pushed route must not take over.
-    pub async fn local_networks(&self, exclude: &str) -> Vec<IpNet> {
-        let skip = self.link_index(exclude).await.ok();
-        let mut out = Vec::new();
-        let mut addrs = self.handle.address().get().execute();
-        while let Ok(Some(msg)) = addrs.try_next().await {
-            if Some(msg.header.index) == skip {
-                continue;
-            }
-            for a in &msg.attributes {
-                if let AddressAttribute::Address(ip) = a {
-                    let local = match ip {
-                        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
-                        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local(),
-                    };
-                    if !local && let Ok(n) = IpNet::new(*ip, msg.header.prefix_len) {
-                        out.push(n.trunc());
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    /// How the kernel reaches `addr` now: (gateway, output interface index).
-    pub async fn route_to(&self, addr: IpAddr) -> Result<(Option<IpAddr>, u32), NetSetupError> {
-        let host = IpNet::from(addr);
-        let msg = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(addr, host.prefix_len())
-            .map_err(|e| failed(format!("route lookup {addr}"), e))?
-            .build();
-        let mut routes = self.handle.route().get(msg).execute();
-        let route = routes
-            .try_next()
-            .await
-            .map_err(|e| failed(format!("route lookup {addr}"), e))?
-            .ok_or_else(|| failed(format!("route lookup {addr}"), "no route"))?;
-        let mut gateway = None;
-        let mut oif = None;
-        for a in &route.attributes {
-            match a {
-                netlink_packet_route::route::RouteAttribute::Gateway(g) => {
-                    gateway = match g {
-                        netlink_packet_route::route::RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-                        netlink_packet_route::route::RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-                        _ => None,
-                    }
-                }
-                netlink_packet_route::route::RouteAttribute::Oif(i) => oif = Some(*i),
-                _ => {}
-            }
-        }
-        Ok((
-            gateway,
-            oif.ok_or_else(|| failed(format!("route lookup {addr}"), "no output interface"))?,
-        ))
-    }
-
-    /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
-    /// for undo like every other route.
-    pub async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
-        let net = net.trunc();
-        let (via, index) = self.route_to(addr).await?;
-        let route = AddedRoute {
-            index: Some(index),
-            net,
-            via,
-            unreachable: false,
-        };
-        match self.handle.route().add(route.message()?).execute().await {
-            Ok(()) => {
-                self.added.push(route);
-                Ok(())
-            }
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(failed(format!("add route {net}"), e)),
-        }
-    }
-
-    /// Makes `net` unreachable (applications get an immediate error instead of their packets
-    /// taking another path); recorded for undo like every other route.
-    pub async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {
-        let route = AddedRoute {
-            index: None,
-            net: net.trunc(),
-            via: None,
-            unreachable: true,
-        };
-        match self.handle.route().add(route.message()?).execute().await {
-            Ok(()) => {
-                self.added.push(route);
-                Ok(())
-            }
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
-            Err(e) => Err(failed(format!("add unreachable route {net}"), e)),
         }
     }
 }
@@ -294,5 +192,104 @@ impl NetSetup for LinuxNetSetup {
 
     fn routes(&self) -> Vec<IpNet> {
         self.added.iter().map(|r| r.net).collect()
+    }
+
+    /// The networks of every address on the host's other interfaces (not `exclude`, not
+    /// loopback or link-local ones): what a pushed route must not take over.
+    async fn local_networks(&self, exclude: &str) -> Vec<IpNet> {
+        let skip = self.link_index(exclude).await.ok();
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Ok(Some(msg)) = addrs.try_next().await {
+            if Some(msg.header.index) == skip {
+                continue;
+            }
+            for a in &msg.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    let local = match ip {
+                        IpAddr::V4(v4) => v4.is_loopback() || v4.is_link_local(),
+                        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unicast_link_local(),
+                    };
+                    if !local && let Ok(n) = IpNet::new(*ip, msg.header.prefix_len) {
+                        out.push(n.trunc());
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// How the kernel reaches `addr` now: (gateway, output interface index).
+    async fn route_to(&self, addr: IpAddr) -> Result<(Option<IpAddr>, u32), NetSetupError> {
+        let host = IpNet::from(addr);
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(addr, host.prefix_len())
+            .map_err(|e| failed(format!("route lookup {addr}"), e))?
+            .build();
+        let mut routes = self.handle.route().get(msg).execute();
+        let route = routes
+            .try_next()
+            .await
+            .map_err(|e| failed(format!("route lookup {addr}"), e))?
+            .ok_or_else(|| failed(format!("route lookup {addr}"), "no route"))?;
+        let mut gateway = None;
+        let mut oif = None;
+        for a in &route.attributes {
+            match a {
+                netlink_packet_route::route::RouteAttribute::Gateway(g) => {
+                    gateway = match g {
+                        netlink_packet_route::route::RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+                        netlink_packet_route::route::RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+                        _ => None,
+                    }
+                }
+                netlink_packet_route::route::RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        Ok((
+            gateway,
+            oif.ok_or_else(|| failed(format!("route lookup {addr}"), "no output interface"))?,
+        ))
+    }
+
+    /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
+    /// for undo like every other route.
+    async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
+        let net = net.trunc();
+        let (via, index) = self.route_to(addr).await?;
+        let route = AddedRoute {
+            index: Some(index),
+            net,
+            via,
+            unreachable: false,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
+            Ok(()) => {
+                self.added.push(route);
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add route {net}"), e)),
+        }
+    }
+
+    /// Makes `net` unreachable (applications get an immediate error instead of their packets
+    /// taking another path); recorded for undo like every other route.
+    async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {
+        let route = AddedRoute {
+            index: None,
+            net: net.trunc(),
+            via: None,
+            unreachable: true,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
+            Ok(()) => {
+                self.added.push(route);
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add unreachable route {net}"), e)),
+        }
     }
 }

@@ -1,20 +1,96 @@
-//! OS network setup for a tunnel interface: MTU, addresses, link state and routes, with an undo
-//! log so that whatever was added is removed again on exit (and only that).
+//! OS network setup, in one place: the tunnel interface (MTU, addresses, link state, routes,
+//! with an undo log so that whatever was added is removed again on exit, and only that), DNS
+//! for the tunnel, IP forwarding and source NAT. One [`NetSetup`] signature for every OS: the Linux
+//! implementation (rtnetlink, resolvectl or resolv.conf, /proc/sys) and the macOS/FreeBSD
+//! command plans ([`plan`]) side by side. Callers pass in where crash-restore records live
+//! ([`RestoreRecords`]); this module hard-codes no caller's paths.
 
 #[cfg(target_os = "linux")]
+pub mod dns;
+#[cfg(target_os = "linux")]
+pub mod forwarding;
+#[cfg(target_os = "linux")]
 mod linux;
+#[cfg(target_os = "linux")]
+pub mod nat;
 pub mod plan;
 #[cfg(target_os = "linux")]
 pub use linux::LinuxNetSetup;
 
+/// The [`NetSetup`] implementation of the OS this is built for.
+#[cfg(target_os = "linux")]
+pub type OsNetSetup = LinuxNetSetup;
+
+/// Opens the network setup of this OS (on Linux: a netlink connection in the calling
+/// thread's network namespace).
+#[cfg(target_os = "linux")]
+pub fn open() -> Result<OsNetSetup, NetSetupError> {
+    LinuxNetSetup::new()
+}
+
+use std::net::IpAddr;
+
 use ipnet::IpNet;
+
+/// The cause of a failed step, kept for the error chain.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetSetupError {
     #[error("interface {0} not found")]
     NoInterface(String),
-    #[error("{step} failed: {reason}")]
-    Failed { step: String, reason: String },
+    /// A step failed; `source` says why (print the chain, e.g. `{:#}` through anyhow).
+    #[error("{step} failed")]
+    Failed {
+        step: String,
+        #[source]
+        source: Cause,
+    },
+    /// Not implemented on this OS.
+    #[error("{0} is not supported on this system")]
+    Unsupported(&'static str),
+}
+
+impl NetSetupError {
+    /// `step` failed because of `source`.
+    pub fn failed(step: impl Into<String>, source: impl Into<Cause>) -> NetSetupError {
+        NetSetupError::Failed {
+            step: step.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// The error and every cause below it, joined with ": " (for log lines).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Where the caller keeps crash-restore records (what a killed run left changed on the host):
+/// one record per `kind` ("sysctl", "resolv"), named and placed by the caller (e.g. in its
+/// trusted runtime directory, per interface and namespace).
+pub trait RestoreRecords: Send + Sync {
+    /// Saves a record (failures are logged, not fatal: restoring on a clean exit still works).
+    fn save(&self, kind: &str, content: &[u8]);
+    /// A record left behind, if any.
+    fn load(&self, kind: &str) -> Option<Vec<u8>>;
+    /// Removes a record (a missing one is not an error).
+    fn remove(&self, kind: &str);
+}
+
+/// Restores what a killed previous run left changed (forwarding sysctls, resolv.conf), as
+/// its restore records say.
+#[cfg(target_os = "linux")]
+pub fn recover_after_crash(records: &dyn RestoreRecords) {
+    forwarding::recover(records);
+    dns::recover(records);
 }
 
 /// Addresses and MTU for a tunnel interface.
@@ -41,4 +117,32 @@ pub trait NetSetup {
     async fn undo(&mut self);
     /// Routes currently recorded as added by this setup.
     fn routes(&self) -> Vec<IpNet>;
+    /// The networks of every address on the host's other interfaces (not `exclude`, not
+    /// loopback or link-local ones): what a pushed route must not take over.
+    async fn local_networks(&self, exclude: &str) -> Vec<IpNet>;
+    /// How the host reaches `addr` now: (gateway, output interface index).
+    async fn route_to(&self, addr: IpAddr) -> Result<(Option<IpAddr>, u32), NetSetupError>;
+    /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
+    /// for undo like every other route.
+    async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError>;
+    /// Makes `net` unreachable (applications get an immediate error instead of their packets
+    /// taking another path); recorded for undo like every other route.
+    async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_keeps_its_cause() {
+        let io = std::io::Error::from_raw_os_error(17);
+        let e = NetSetupError::failed("add route 10.0.0.0/8", io);
+        assert_eq!(e.to_string(), "add route 10.0.0.0/8 failed");
+        let cause = std::error::Error::source(&e).expect("a source");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some());
+        let chain = error_chain(&e);
+        assert!(chain.starts_with("add route 10.0.0.0/8 failed: "), "{chain}");
+        assert!(chain.len() > "add route 10.0.0.0/8 failed: ".len(), "{chain}");
+    }
 }

@@ -1,6 +1,7 @@
-//! Network setup for systems without netlink, expressed as plans of commands: macOS (utun,
-//! `ifconfig`, `route`, `scutil` for DNS) and FreeBSD (tun, `ifconfig`, `route`). A plan is pure
-//! data, so it is unit-tested on any system; running it is a loop over `Command`s.
+//! Network setup expressed as plans of commands: macOS (utun, `ifconfig`, `route`, `scutil` for
+//! DNS) and FreeBSD (tun, `ifconfig`, `route`, `resolvconf`), and the command and text builders
+//! of the Linux DNS setup (`resolvectl` calls, resolv.conf text). A plan is pure data, so it is
+//! unit-tested on any system; running it is a loop over `Command`s.
 //!
 //! Status: planned and unit-tested here; not exercised on macOS or FreeBSD machines yet.
 
@@ -114,6 +115,91 @@ pub fn route(_os: Os, ifname: &str, net: IpNet) -> Plan {
             &["-q", "-n", "delete", family, &net, "-interface", ifname],
         )],
     }
+}
+
+/// A host route for `net` through `gateway` (or, without one, the interface `via_if`): keeps a
+/// path outside the tunnel, as `NetSetup::pin_route` does on Linux.
+pub fn pin_route(_os: Os, net: IpNet, gateway: Option<IpAddr>, via_if: &str) -> Plan {
+    let family = if net.addr().is_ipv4() { "-inet" } else { "-inet6" };
+    let net = net.trunc().to_string();
+    let gw = gateway.map(|g| g.to_string());
+    let target: Vec<&str> = match &gw {
+        Some(g) => vec![g.as_str()],
+        None => vec!["-interface", via_if],
+    };
+    let step = |verb: &str| {
+        let mut args = vec!["-q", "-n", verb, family, net.as_str()];
+        args.extend(&target);
+        Step::new("route", &args)
+    };
+    Plan {
+        apply: vec![step("add")],
+        undo: vec![step("delete")],
+    }
+}
+
+/// A reject route for `net` (applications get an immediate error), as
+/// `NetSetup::add_unreachable_route` does on Linux.
+pub fn unreachable_route(_os: Os, net: IpNet) -> Plan {
+    let (family, lo) = if net.addr().is_ipv4() {
+        ("-inet", "127.0.0.1")
+    } else {
+        ("-inet6", "::1")
+    };
+    let net = net.trunc().to_string();
+    Plan {
+        apply: vec![Step::new("route", &["-q", "-n", "add", family, &net, lo, "-reject"])],
+        undo: vec![Step::new("route", &["-q", "-n", "delete", family, &net, lo, "-reject"])],
+    }
+}
+
+/// The `resolvectl` calls (Linux, systemd-resolved) that give `link` these resolvers. With the
+/// full tunnel the link also gets the `~.` routing domain and becomes the default DNS route, so
+/// that no query goes to another link's resolvers.
+pub fn resolvectl_plan(link: &str, servers: &[IpAddr], search: &[String], full_tunnel: bool) -> Vec<Vec<String>> {
+    let mut dns = vec!["dns".to_string(), link.to_string()];
+    dns.extend(servers.iter().map(IpAddr::to_string));
+    let mut plan = vec![dns];
+    let mut domains: Vec<String> = search.to_vec();
+    if full_tunnel {
+        domains.push("~.".into());
+    }
+    if !domains.is_empty() {
+        let mut d = vec!["domain".to_string(), link.to_string()];
+        d.extend(domains);
+        plan.push(d);
+    }
+    if full_tunnel {
+        plan.push(vec!["default-route".into(), link.to_string(), "true".into()]);
+    }
+    plan
+}
+
+/// The resolv.conf written while the tunnel is up (Linux without systemd-resolved, and the
+/// namespace of `exec`). `servers` and `search` have been validated (addresses, RFC 1123
+/// names), so no line can carry anything else.
+pub fn resolv_conf_text(servers: &[IpAddr], search: &[String], header: &str) -> String {
+    let mut text = format!("# {header}\n");
+    for s in servers {
+        text.push_str(&format!("nameserver {s}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    text
+}
+
+/// The nftables table of the masquerade rule for tunnel `tun` (Linux): `sshvpn_<tun>`, with
+/// anything but ASCII letters and digits replaced by `_`.
+pub fn nat_table_name(tun: &str) -> String {
+    format!("sshvpn_{}", tun.replace(|c: char| !c.is_ascii_alphanumeric(), "_"))
+}
+
+/// The nft script (Linux) that masquerades IPv4 traffic from `pool` leaving through `iface`.
+pub fn masquerade_nft(table: &str, pool: IpNet, iface: &str) -> String {
+    format!(
+        "table ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pool} oifname \"{iface}\" masquerade\n  }}\n}}\n"
+    )
 }
 
 /// Resolvers for the tunnel. macOS: a dynamic-store DNS entry through `scutil` (supplemental
@@ -249,6 +335,67 @@ mod tests {
         assert!(dns(Os::MacOs, "utun4", &[], &[]).apply.is_empty());
         assert_eq!(netmask_v4(0), "0.0.0.0");
         assert_eq!(netmask_v4(30), "255.255.255.252");
+    }
+
+    #[test]
+    fn pinned_and_unreachable_routes() {
+        let pin = pin_route(
+            Os::MacOs,
+            "203.0.113.7/32".parse().unwrap(),
+            Some("192.168.1.1".parse().unwrap()),
+            "en0",
+        );
+        assert_eq!(shown(&pin.apply), ["route -q -n add -inet 203.0.113.7/32 192.168.1.1"]);
+        assert_eq!(
+            shown(&pin.undo),
+            ["route -q -n delete -inet 203.0.113.7/32 192.168.1.1"]
+        );
+        let direct = pin_route(Os::FreeBsd, "2001:db8::/64".parse().unwrap(), None, "em0");
+        assert_eq!(
+            shown(&direct.apply),
+            ["route -q -n add -inet6 2001:db8::/64 -interface em0"]
+        );
+        let blocked = unreachable_route(Os::FreeBsd, "::/1".parse().unwrap());
+        assert_eq!(shown(&blocked.apply), ["route -q -n add -inet6 ::/1 ::1 -reject"]);
+        assert_eq!(shown(&blocked.undo), ["route -q -n delete -inet6 ::/1 ::1 -reject"]);
+    }
+
+    #[test]
+    fn full_tunnel_makes_the_link_the_default_dns_route() {
+        let servers = ["10.0.0.53".parse().unwrap()];
+        let search = vec!["corp.example".to_string()];
+        let plan = resolvectl_plan("sshvpn0", &servers, &search, true);
+        let lines: Vec<String> = plan.iter().map(|a| a.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "dns sshvpn0 10.0.0.53",
+                "domain sshvpn0 corp.example ~.",
+                "default-route sshvpn0 true"
+            ]
+        );
+        let split = resolvectl_plan("sshvpn0", &servers, &[], false);
+        assert_eq!(
+            split,
+            vec![vec!["dns".to_string(), "sshvpn0".into(), "10.0.0.53".into()]]
+        );
+    }
+
+    #[test]
+    fn resolv_conf_has_only_nameserver_and_search_lines() {
+        let text = resolv_conf_text(&["10.0.0.53".parse().unwrap()], &["a.example".into()], "x");
+        assert_eq!(text, "# x\nnameserver 10.0.0.53\nsearch a.example\n");
+    }
+
+    #[test]
+    fn masquerade_table_and_script() {
+        let table = nat_table_name("sshvpn-0.x");
+        assert_eq!(table, "sshvpn_sshvpn_0_x");
+        let script = masquerade_nft(&table, "10.9.0.0/24".parse().unwrap(), "eth0");
+        assert_eq!(
+            script,
+            "table ip sshvpn_sshvpn_0_x {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 10.9.0.0/24 oifname \"eth0\" masquerade\n  }\n}\n"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use russh::keys::PublicKey;
 use serde::Deserialize;
 use sshvpn_common::keys::fingerprint;
 use sshvpn_common::pool::{AddressPool, PoolError};
+use sshvpn_common::toml_errors::{line_of, line_of_span, located};
 use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,14 +115,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
-}
-
 /// Parses the file's text; syntax and type errors carry toml's own line and column.
 pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError {
-        line: e.span().map(|s| line_of(text, s.start)),
+        line: line_of_span(text, e.span()),
         message: e.message().trim().to_string(),
     })
 }
@@ -228,10 +225,7 @@ pub fn load(path: &Path) -> Result<(FileConfig, String), String> {
 }
 
 pub fn format_error(path: &Path, e: &ConfigError) -> String {
-    match e.line {
-        Some(l) => format!("{}:{l}: {}", path.display(), e.message),
-        None => format!("{}: {}", path.display(), e.message),
-    }
+    located(path, e.line, &e.message)
 }
 
 // Access control (issue 14): the policy sections as written; `policy.rs` validates and compiles them.

@@ -10,11 +10,11 @@
 //! `inet_gso_segment`, `skb_checksum_help`) and wireguard-go's
 //! `tun/offload_linux.go` (`gsoSplit`, `handleVirtioRead`).
 
+use crate::packet::checksum::{checksum_add, checksum_fold, pseudo_header_sum};
 use crate::packet::vnet::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4, VirtioNetHdr,
 };
-use crate::packet::checksum::{checksum_add, checksum_fold, pseudo_header_sum};
 use core::fmt;
 
 /// Why a packet could not be turned into ordinary packets. Nothing has been
@@ -340,7 +340,6 @@ fn be16(b: &[u8], at: usize) -> u16 {
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use ipnet::IpNet;
 use russh::keys::PublicKey;
 use serde::Deserialize;
@@ -217,11 +218,23 @@ pub fn validate(
     if errors.is_empty() { Ok(peers) } else { Err(errors) }
 }
 
-/// Reads, parses and validates a file; errors are formatted `PATH:LINE: reason`, one per line.
-pub fn load(path: &Path) -> Result<(FileConfig, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = parse(&text).map_err(|e| format_error(path, &e))?;
+/// Reads and parses a file (the peers are checked by [`validate`]); returns it with its text.
+/// Errors read `PATH: reason` (the I/O error kept as the cause) or `PATH:LINE: reason`.
+pub fn load(path: &Path) -> anyhow::Result<(FileConfig, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let file = parse(&text).map_err(|e| anyhow::anyhow!(format_error(path, &e)))?;
     Ok((file, text))
+}
+
+/// Every problem of `errors`, `PATH:LINE: reason` one per line, as one error.
+pub fn problems(path: &Path, errors: &[ConfigError]) -> anyhow::Error {
+    anyhow::anyhow!(
+        errors
+            .iter()
+            .map(|e| format_error(path, e))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
 }
 
 pub fn format_error(path: &Path, e: &ConfigError) -> String {

@@ -86,7 +86,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("{e}");
+                eprintln!("{e:#}");
                 std::process::ExitCode::FAILURE
             }
         };

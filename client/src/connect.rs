@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use sshvpn_common::allowed_ips::AllowedIps;
-use sshvpn_common::proto::{CloseCode, Features, Role};
+use sshvpn_common::proto::{CloseCode, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
     ChannelRx, ChannelTx, DataPath, QueueSender, SessionOptions, TransportRx, TransportTx, TunnelError, TunnelStats,
@@ -285,13 +285,12 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
         Ok(a) => a,
         Err(e) => return SessionEnd::Fatal(e),
     };
-    let offload = if established.negotiated.features.contains(Features::GSO) {
-        "on"
-    } else {
-        "off"
-    };
     let via = server_addr.map(|a| a.to_string()).unwrap_or_else(|| "ssh".into());
-    tracing::info!("tunnel up: {} via {via} (offload {offload})", iface.name());
+    tracing::info!(
+        "tunnel up: {} via {via} ({})",
+        iface.name(),
+        established.negotiated.offload()
+    );
     sshvpn_common::sd_notify::ready(&format!("tunnel up via {via}"));
 
     let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 use ipnet::IpNet;
 use serde::Deserialize;
+use sshvpn_common::toml_errors;
 
 use crate::cli::ConnectArgs;
 
@@ -51,13 +52,11 @@ pub fn candidates(name: &str) -> Vec<PathBuf> {
 /// Parses a profile; errors name the file, the line and the reason.
 pub fn parse(path: &Path, text: &str) -> anyhow::Result<Profile> {
     toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1);
-        match line {
-            Some(l) => anyhow!("{}:{l}: {}", path.display(), e.message().trim()),
-            None => anyhow!("{}: {}", path.display(), e.message().trim()),
-        }
+        anyhow!(toml_errors::located(
+            path,
+            toml_errors::line_of_span(text, e.span()),
+            e.message().trim()
+        ))
     })
 }
 

@@ -6,10 +6,12 @@
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
-use sshvpn_common::report::{ClientReport, Traffic, mbps};
+use sshvpn_common::report::{
+    ClientReport, Traffic, mbps, render, to_line, traffic_over_one_second, unix_now, unix_secs,
+};
 use sshvpn_common::tunnel::TunnelStats;
 use tokio::io::AsyncWriteExt;
 
@@ -42,15 +44,11 @@ fn trusted_peer(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
 async fn report(status: &ClientStatus) -> String {
     let session = status.session.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut r = ClientReport {
         server: status.server.clone(),
-        started: status.started.map(secs).unwrap_or(0),
+        started: status.started.map(unix_secs).unwrap_or(0),
         reconnects: status.reconnects.load(Relaxed),
         dropped_while_disconnected: status.dropped_while_down.load(Relaxed),
         connected: session.is_some(),
@@ -61,16 +59,14 @@ async fn report(status: &ClientStatus) -> String {
         traffic: Traffic::default(),
     };
     if let Some(s) = session {
-        let a = s.stats.snapshot();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        r.traffic = Traffic::between(&a, &s.stats.snapshot());
-        r.since = Some(secs(s.since));
+        r.traffic = traffic_over_one_second(&[&s.stats]).await.pop().unwrap_or_default();
+        r.since = Some(unix_secs(s.since));
         r.addresses = s.addresses;
         r.routes = s.routes;
         let rtt = s.stats.rtt_us.load(Relaxed);
         r.rtt_ms = (rtt > 0).then(|| rtt as f64 / 1000.0);
     }
-    serde_json::to_string(&r).unwrap_or_default() + "\n"
+    to_line(&r)
 }
 
 /// Serves status requests for the client of interface `tun` until the process ends; fails if
@@ -138,14 +134,15 @@ pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
     }
     let mut text = String::new();
     s.read_to_string(&mut text)?;
-    if json {
-        return Ok(text);
-    }
-    let r: ClientReport = serde_json::from_str(&text).context("reading the status")?;
-    let now = secs(SystemTime::now());
+    Ok(render(text, json, "status", table)?)
+}
+
+/// What `sshvpn status` prints for people.
+fn table(r: ClientReport) -> String {
+    let now = unix_now();
     let t = &r.traffic;
     let d = &t.drops;
-    Ok(format!(
+    format!(
         "server:      {}\nconnected:   {}\nuptime:      {}s (this session {})\nreconnects:  {}\naddresses:   {}\n\
          routes:      {}\ntraffic:     rx {} bytes / {} packets, tx {} bytes / {} packets\n\
          rates:       rx {} Mbit/s, tx {} Mbit/s\nrtt:         {}\n\
@@ -173,5 +170,5 @@ pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
         d.too_big,
         d.tun_error,
         r.dropped_while_disconnected
-    ))
+    )
 }

@@ -11,7 +11,8 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read key {path}: {source}")]
+    /// The cause is the source, not repeated in the message (`{:#}` prints it once).
+    #[error("cannot read key {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("cannot load key {path}: {reason}")]
     Parse { path: PathBuf, reason: String },
@@ -57,6 +58,16 @@ pub fn load_or_generate_host_key(path: &Path) -> Result<(PrivateKey, bool), KeyE
 
 /// Loads an unencrypted OpenSSH private key.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    let key = read_private_key(path)?;
+    if key.is_encrypted() {
+        return Err(KeyError::Encrypted(path.into()));
+    }
+    Ok(key)
+}
+
+/// Reads an OpenSSH private key file, encrypted or not (the client then asks for the
+/// passphrase; the server refuses it, [`load_private_key`]).
+pub fn read_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
         path: path.into(),
         source,
@@ -65,9 +76,6 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
         path: path.into(),
         reason: e.to_string(),
     })?;
-    if key.is_encrypted() {
-        return Err(KeyError::Encrypted(path.into()));
-    }
     Ok(key)
 }
 

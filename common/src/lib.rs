@@ -19,5 +19,6 @@ pub mod proto;
 pub mod report;
 pub mod sd_notify;
 pub mod ssh;
+pub mod toml_errors;
 pub mod tun;
 pub mod tunnel;

@@ -1,9 +1,54 @@
 //! Status reports shared by the binaries and their `status` commands (JSON on the control
-//! sockets, a table for people).
+//! sockets, a table for people): the report types, rates measured over one second, one report
+//! written as a JSON line, and one answer read back as JSON or rendered for people. The sockets
+//! themselves (paths, permissions, who may ask) belong to each binary.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::tunnel::StatsSnapshot;
+use crate::tunnel::{StatsSnapshot, TunnelStats};
+
+/// An answer that is not the report it should be; `what` names the report ("status").
+#[derive(Debug, thiserror::Error)]
+#[error("reading the {what}")]
+pub struct ReportError {
+    pub what: &'static str,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// One report as a control socket carries it: JSON and a newline.
+pub fn to_line<T: Serialize>(report: &T) -> String {
+    serde_json::to_string(report).unwrap_or_default() + "\n"
+}
+
+/// A reporting command's output from the socket's answer `text`: the JSON as is with `json`,
+/// otherwise the parsed report (`what`, named in errors) rendered for people by `render`.
+pub fn render<T: DeserializeOwned>(
+    text: String,
+    json: bool,
+    what: &'static str,
+    render: impl FnOnce(T) -> String,
+) -> Result<String, ReportError> {
+    if json {
+        return Ok(text);
+    }
+    let report = serde_json::from_str(&text).map_err(|source| ReportError { what, source })?;
+    Ok(render(report))
+}
+
+/// The traffic of each of `stats`, rates measured over the coming second (one wait for all).
+pub async fn traffic_over_one_second(stats: &[&TunnelStats]) -> Vec<Traffic> {
+    let first: Vec<StatsSnapshot> = stats.iter().map(|s| s.snapshot()).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stats
+        .iter()
+        .zip(first)
+        .map(|(s, a)| Traffic::between(&a, &s.snapshot()))
+        .collect()
+}
 
 /// Packets dropped, by reason.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -87,12 +132,14 @@ pub struct ClientReport {
     pub traffic: Traffic,
 }
 
+/// Seconds since the Unix epoch at `t` (0 before it).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+    unix_secs(SystemTime::now())
 }
 
 /// Mbit/s with two decimals.

@@ -3,15 +3,11 @@
 
 use crate::config;
 
-/// `sshvpnd check-config`: every problem with its line, or a one-line summary.
-pub fn check_config(path: &std::path::Path) -> Result<String, String> {
+/// `sshvpnd check-config`: the one-line summary of a usable file, or an error listing every
+/// problem found, `PATH:LINE: reason` one per line (the peers first, then the policy).
+pub fn check_config(path: &std::path::Path) -> anyhow::Result<String> {
     let (file, text) = config::load(path)?;
-    let peers = config::validate(&text, &file, file.pool, file.pool6).map_err(|errs| {
-        errs.iter()
-            .map(|e| config::format_error(path, e))
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let peers = config::validate(&text, &file, file.pool, file.pool6).map_err(|errs| config::problems(path, &errs))?;
     // Access control (issue 14): the policy, checked against the peers.
     let (policy, _) = crate::policy_runtime::load(path, [None, None])?;
     Ok(format!(

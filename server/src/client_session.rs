@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use sshvpn_common::proto::{CloseCode, Features, Role, TunnelConfig};
+use sshvpn_common::proto::{CloseCode, Role, TunnelConfig};
 use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, TunnelError, TunnelStats, packet_queue};
 
 use crate::state::ServerState;
@@ -174,14 +174,10 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
         .map(|n| n.addr().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let offload = if established.negotiated.features.contains(Features::GSO) {
-        "on"
-    } else {
-        "off"
-    };
     tracing::info!(
-        "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, offload {offload})",
-        established.negotiated.peer_software
+        "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, {})",
+        established.negotiated.peer_software,
+        established.negotiated.offload()
     );
     state
         .policy

@@ -7,11 +7,13 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use ipnet::IpNet;
 use russh::keys::PublicKey;
 use serde::Deserialize;
 use sshvpn_common::keys::fingerprint;
 use sshvpn_common::pool::{AddressPool, PoolError};
+use sshvpn_common::toml_errors::{line_of, line_of_span, located};
 use toml::Spanned;
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,14 +116,10 @@ pub struct ConfigError {
     pub message: String,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
-}
-
 /// Parses the file's text; syntax and type errors carry toml's own line and column.
 pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError {
-        line: e.span().map(|s| line_of(text, s.start)),
+        line: line_of_span(text, e.span()),
         message: e.message().trim().to_string(),
     })
 }
@@ -220,18 +218,27 @@ pub fn validate(
     if errors.is_empty() { Ok(peers) } else { Err(errors) }
 }
 
-/// Reads, parses and validates a file; errors are formatted `PATH:LINE: reason`, one per line.
-pub fn load(path: &Path) -> Result<(FileConfig, String), String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = parse(&text).map_err(|e| format_error(path, &e))?;
+/// Reads and parses a file (the peers are checked by [`validate`]); returns it with its text.
+/// Errors read `PATH: reason` (the I/O error kept as the cause) or `PATH:LINE: reason`.
+pub fn load(path: &Path) -> anyhow::Result<(FileConfig, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let file = parse(&text).map_err(|e| anyhow::anyhow!(format_error(path, &e)))?;
     Ok((file, text))
 }
 
+/// Every problem of `errors`, `PATH:LINE: reason` one per line, as one error.
+pub fn problems(path: &Path, errors: &[ConfigError]) -> anyhow::Error {
+    anyhow::anyhow!(
+        errors
+            .iter()
+            .map(|e| format_error(path, e))
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
 pub fn format_error(path: &Path, e: &ConfigError) -> String {
-    match e.line {
-        Some(l) => format!("{}:{l}: {}", path.display(), e.message),
-        None => format!("{}: {}", path.display(), e.message),
-    }
+    located(path, e.line, &e.message)
 }
 
 // Access control (issue 14): the policy sections as written; `policy.rs` validates and compiles them.

@@ -141,7 +141,7 @@ fn describe(errors: &[LineError], path: &Path) -> String {
 /// partly understood must not be taken for a complete one.
 fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
     if let Kind::Config(pool, pool6) = kind {
-        let (file, text) = crate::config::load(path)?;
+        let (file, text) = crate::config::load(path).map_err(|e| format!("{e:#}"))?;
         let peers = crate::config::validate(&text, &file, pool, pool6).map_err(|errs| {
             errs.iter()
                 .map(|e| crate::config::format_error(path, e))

@@ -55,7 +55,7 @@ fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
     let Some(path) = args.config.clone() else {
         return Ok((Peers::default(), false));
     };
-    let (file, text) = config::load(&path).map_err(anyhow::Error::msg)?;
+    let (file, text) = config::load(&path)?;
     args.listen = args.listen.or(file.listen);
     args.host_key = args.host_key.take().or(file.host_key.clone());
     args.authorized_keys = args.authorized_keys.take().or(file.authorized_keys.clone());
@@ -189,7 +189,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // Access control and audit (issue 14): policy table and audit log, before privileges go.
     let pools = [args.pool, args.pool6];
     let (policy, audit_path) = match &args.config {
-        Some(path) => crate::policy_runtime::load(path, pools).map_err(anyhow::Error::msg)?,
+        Some(path) => crate::policy_runtime::load(path, pools)?,
         None => (Default::default(), None),
     };
     let policy =

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 pub use crate::config::DefaultPolicy;
 use crate::config::{ConfigError, FileConfig, Peers};
 use ipnet::IpNet;
+use sshvpn_common::toml_errors::line_of;
 
 /// Who belongs to a group.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +153,6 @@ fn parse_ports(s: &str) -> Result<PortSpec, String> {
         return Err(format!("port {s:?}: range is backwards"));
     }
     Ok(PortSpec::Port(proto, Some((lo, hi))))
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 /// Validates the policy part of a parsed file against the configured peers (by name). Returns

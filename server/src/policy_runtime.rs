@@ -29,14 +29,9 @@ pub const DENIED_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
 /// Reads the policy (and the audit log path) from the configuration file, with the pools in
 /// force; errors are `PATH:LINE: reason`, one per line.
-pub fn load(path: &Path, pools: [Option<IpNet>; 2]) -> Result<(Policy, Option<PathBuf>), String> {
+pub fn load(path: &Path, pools: [Option<IpNet>; 2]) -> anyhow::Result<(Policy, Option<PathBuf>)> {
     let (file, text) = config::load(path)?;
-    let fmt = |errs: Vec<config::ConfigError>| {
-        errs.iter()
-            .map(|e| config::format_error(path, e))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let fmt = |errs: Vec<config::ConfigError>| config::problems(path, &errs);
     // The peers are checked too (a reload of a file with broken peers is refused whole), and
     // names in the policy are those of the file's peers. Peers themselves (keys, addresses)
     // only change at a restart.
@@ -189,7 +184,7 @@ impl PolicyRuntime {
                     .map(|()| text)
                     .map_err(|e| format!("{e:#}"))
             }
-            Err(e) => Err(e),
+            Err(e) => Err(format!("{e:#}")),
         };
         match result {
             Ok(text) => {

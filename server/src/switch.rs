@@ -9,9 +9,12 @@ use bytes::Bytes;
 use ipnet::IpNet;
 use sshvpn_common::allowed_ips::AllowedIps;
 use sshvpn_common::packet::packet_addrs;
-use sshvpn_common::tun::{RecvArena, TunDevice, VNET_HDR_LEN};
+use sshvpn_common::tun::{RecvArena, TunIo, VNET_HDR_LEN};
 use sshvpn_common::tunnel::{QueueSender, TunnelStats};
 use tokio::sync::Notify;
+
+/// Most packets read from the TUN per table lock (one wait, then what is ready).
+const READ_BATCH: usize = 257;
 
 /// The switch's handle on one connected client.
 #[derive(Debug)]
@@ -108,19 +111,16 @@ impl Switch {
     }
 
     /// Reads the TUN forever, dispatching packets; returns only on a TUN error.
-    pub async fn run_tun_reader(self: Arc<Self>, tun: Arc<TunDevice>) -> std::io::Result<()> {
+    pub async fn run_tun_reader<T: TunIo>(self: Arc<Self>, tun: Arc<T>) -> std::io::Result<()> {
         let mut arena = RecvArena::default();
         let vnet = tun.has_vnet_hdr();
+        let mut batch = Vec::with_capacity(READ_BATCH);
         loop {
-            let first = tun.recv(&mut arena).await?;
+            tun.recv_batch(&mut arena, &mut batch, READ_BATCH).await?;
             // Take the table lock once for everything that is ready now.
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-            self.dispatch(&table, first, vnet);
-            for _ in 0..256 {
-                match tun.try_recv(&mut arena)? {
-                    Some(pkt) => self.dispatch(&table, pkt, vnet),
-                    None => break,
-                }
+            for pkt in batch.drain(..) {
+                self.dispatch(&table, pkt, vnet);
             }
         }
     }

@@ -208,8 +208,7 @@ fn load_certificate(path: &Path) -> anyhow::Result<Certificate> {
 
 /// Loads a private key, asking for its passphrase if it is encrypted.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read key {}", path.display()))?;
-    let key = PrivateKey::from_openssh(&text).map_err(|e| anyhow!("cannot load key {}: {e}", path.display()))?;
+    let key = sshvpn_common::keys::read_private_key(path)?;
     if !key.is_encrypted() {
         return Ok(key);
     }

@@ -19,7 +19,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::packet::gso::{checksum_add, checksum_fold, pseudo_header_sum};
+use crate::packet::checksum::{checksum_add, checksum_fold, pseudo_header_sum};
 
 const PROTO_ICMP: u8 = 1;
 const PROTO_ICMPV6: u8 = 58;

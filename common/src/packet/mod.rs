@@ -1,6 +1,7 @@
 //! IP packet inspection and rewriting used on the data path, and the rules the tunnel driver
 //! applies to each packet (`outbound`: send path, `inbound`: receive path). No I/O.
 
+pub mod checksum;
 pub mod gso;
 pub mod icmp;
 pub mod inbound;

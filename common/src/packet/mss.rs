@@ -13,7 +13,7 @@
 //! - every well-formed MSS option (kind 2, length 4) larger than the limit is lowered. If the
 //!   option list is malformed (length byte < 2 or running past the header) nothing is changed.
 
-use crate::packet::gso::{checksum_add, checksum_fold};
+use crate::packet::checksum::{checksum_add, checksum_fold};
 
 const PROTO_TCP: u8 = 6;
 const TCP_FLAG_SYN: u8 = 0x02;
@@ -160,7 +160,7 @@ fn replace_u16(seg: &mut [u8], off: usize, value: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::gso::pseudo_header_sum;
+    use crate::packet::checksum::pseudo_header_sum;
     use etherparse::{
         IpHeaders, IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice,
     };

@@ -7,4 +7,4 @@ pub mod session;
 
 pub use control::{CloseCode, Control, Features, Hello, TunnelConfig};
 pub use frame::{Frame, FrameDecoder, FrameError, FrameType};
-pub use session::{Event, Negotiated, Role, Session, SessionError, Timers};
+pub use session::{Event, Negotiated, Offload, Role, Session, SessionError, Timers};

@@ -52,6 +52,23 @@ pub struct Negotiated {
     pub peer_instance: Option<String>,
 }
 
+impl Negotiated {
+    /// Whether GSO offload was agreed, as both ends log it ("offload on" / "offload off").
+    pub fn offload(&self) -> Offload {
+        Offload(self.features.contains(Features::GSO))
+    }
+}
+
+/// The offload outcome of a handshake; displays as `offload on` or `offload off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offload(pub bool);
+
+impl std::fmt::Display for Offload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0 { "offload on" } else { "offload off" })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Server only: the client said hello; answer with [`Session::accept`] or [`Session::close`].

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
+use sshvpn_common::report::{render, to_line};
 
 use crate::control::request::{self, POLICY_REQUEST};
 use crate::firewall;
@@ -76,16 +76,17 @@ pub async fn report(policy_runtime: &PolicyRuntime) -> String {
             .collect(),
         denied_packets: get(firewall::DENIED_ALL).0,
     };
-    serde_json::to_string(&report).unwrap_or_default() + "\n"
+    to_line(&report)
 }
 
 /// Client side of `sshvpnd policy`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
     let text = request::ask(control, POLICY_REQUEST, "policy")?;
-    if json {
-        return Ok(text);
-    }
-    let r: PolicyReport = serde_json::from_str(&text).context("reading the policy")?;
+    Ok(render(text, json, "policy", table)?)
+}
+
+/// The table of `sshvpnd policy`.
+fn table(r: PolicyReport) -> String {
     let mut out = format!(
         "default policy: {}; {}\n",
         match r.default_policy {
@@ -113,5 +114,5 @@ pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
             out.push_str(&format!("{:<24} {:>9} {:>14}\n", g.name, g.sessions, g.denied_packets));
         }
     }
-    Ok(out)
+    out
 }

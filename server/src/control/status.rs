@@ -1,11 +1,9 @@
 //! `sshvpnd status`: one line per connected client (identity, peer, addresses, since, bytes,
 //! current rates, drops, access-control groups), or JSON; served on the control socket to root and the control group.
 
+use sshvpn_common::report::{ServerClient, mbps, to_line, traffic_over_one_second, unix_now, unix_secs};
+use sshvpn_common::tunnel::TunnelStats;
 use std::path::Path;
-use std::time::{Duration, UNIX_EPOCH};
-
-use anyhow::Context;
-use sshvpn_common::report::{ServerClient, Traffic, mbps, unix_now};
 
 use crate::control::request::{self, STATUS_REQUEST};
 use crate::state::ServerState;
@@ -14,30 +12,31 @@ use crate::state::ServerState;
 pub async fn report(state: &ServerState) -> String {
     let ports = state.switch.ports();
     let groups = state.policy.firewall.session_groups().await;
-    let first: Vec<_> = ports.iter().map(|p| p.stats.snapshot()).collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stats: Vec<&TunnelStats> = ports.iter().map(|p| &*p.stats).collect();
+    let traffic = traffic_over_one_second(&stats).await;
     let clients: Vec<ServerClient> = ports
         .iter()
-        .zip(first)
-        .map(|(p, a)| ServerClient {
+        .zip(traffic)
+        .map(|(p, traffic)| ServerClient {
             identity: p.identity.clone(),
             peer: p.peer.clone(),
             addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
-            since: p.since.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
-            traffic: Traffic::between(&a, &p.stats.snapshot()),
+            since: unix_secs(p.since),
+            traffic,
             groups: groups.get(&p.id).cloned().unwrap_or_default(),
         })
         .collect();
-    serde_json::to_string(&clients).unwrap_or_default() + "\n"
+    to_line(&clients)
 }
 
 /// Client side of `sshvpnd status`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
     let text = request::ask(control, STATUS_REQUEST, "status")?;
-    if json {
-        return Ok(text);
-    }
-    let clients: Vec<ServerClient> = serde_json::from_str(&text).context("reading the status")?;
+    Ok(sshvpn_common::report::render(text, json, "status", table)?)
+}
+
+/// The table of `sshvpnd status`.
+fn table(clients: Vec<ServerClient>) -> String {
     let now = unix_now();
     let mut out = format!(
         "{:<56} {:<24} {:<32} {:>8} {:>12} {:>12} {:>9} {:>9} {:>6} GROUPS\n",
@@ -62,5 +61,5 @@ pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
             }
         ));
     }
-    Ok(out)
+    out
 }

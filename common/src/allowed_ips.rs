@@ -1,9 +1,10 @@
 //! Longest-prefix-match table from IP prefixes to values (peers).
 //!
 //! One hash map per prefix length present, probed from the longest length down: a lookup costs
-//! a handful of hash probes whatever the number of peers. Used for both directions of the
-//! server's switch: destination lookup (which peer gets this packet) and source check
-//! (may this peer send from this address).
+//! a handful of hash probes whatever the number of peers. Used by the server's switch for the
+//! destination lookup (which peer gets this packet) and by the client for its source check (may
+//! the server send from this address: its tunnel address or a route through the tunnel). The
+//! server's per-session anti-spoofing check scans that session's few prefixes instead.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;

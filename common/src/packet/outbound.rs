@@ -112,7 +112,7 @@ pub fn too_big_reply(ip: &[u8], mtu: u16, sources: &[IpAddr], out: &mut Vec<u8>)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
     use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
@@ -144,7 +144,8 @@ mod tests {
         v
     }
 
-    fn mss_of(ip: &[u8]) -> Option<u16> {
+    /// The MSS option of a TCP packet (also used by the driver tests).
+    pub(crate) fn mss_of(ip: &[u8]) -> Option<u16> {
         let p = SlicedPacket::from_ip(ip).ok()?;
         let Some(TransportSlice::Tcp(tcp)) = p.transport else {
             return None;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::packet::VirtioNetHdr;
+use crate::packet::outbound::tests::mss_of;
 use crate::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
 use crate::tun::fake::FakeTun;
 use crate::tunnel::feed::{WhenFull, feed_queue};
@@ -183,16 +184,6 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], mss: u16) -> Vec<u8> {
     out
 }
 
-fn mss_of(ip: &[u8]) -> Option<u16> {
-    let p = SlicedPacket::from_ip(ip).ok()?;
-    let Some(TransportSlice::Tcp(tcp)) = p.transport else {
-        return None;
-    };
-    tcp.options_iterator().find_map(|o| match o {
-        Ok(TcpOptionElement::MaximumSegmentSize(m)) => Some(m),
-        _ => None,
-    })
-}
 
 async fn written(tun: &FakeTun) -> Bytes {
     tokio::time::timeout(PATIENCE, tun.next_written_ip())

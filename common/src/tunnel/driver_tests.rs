@@ -184,7 +184,6 @@ fn tcp_syn(src: [u8; 4], dst: [u8; 4], mss: u16) -> Vec<u8> {
     out
 }
 
-
 async fn written(tun: &FakeTun) -> Bytes {
     tokio::time::timeout(PATIENCE, tun.next_written_ip())
         .await

@@ -118,8 +118,13 @@ pub(crate) mod tests {
     use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
 
     fn syn_v4(mss: u16) -> Vec<u8> {
+        tcp_syn([10, 0, 0, 2], [10, 0, 0, 1], mss)
+    }
+
+    /// An IPv4 TCP SYN carrying an MSS option (also used by the driver tests).
+    pub(crate) fn tcp_syn(src: [u8; 4], dst: [u8; 4], mss: u16) -> Vec<u8> {
         let mut out = Vec::new();
-        PacketBuilder::ipv4([10, 0, 0, 2], [10, 0, 0, 1], 64)
+        PacketBuilder::ipv4(src, dst, 64)
             .tcp(40000, 80, 1, 64000)
             .syn()
             .options(&[TcpOptionElement::MaximumSegmentSize(mss)])

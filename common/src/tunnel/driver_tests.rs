@@ -8,14 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TcpOptionElement, TransportSlice};
+use etherparse::{Icmpv4Type, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::*;
 use crate::packet::VirtioNetHdr;
-use crate::packet::outbound::tests::mss_of;
+use crate::packet::outbound::tests::{mss_of, tcp_syn};
 use crate::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
 use crate::tun::fake::FakeTun;
 use crate::tunnel::feed::{WhenFull, feed_queue};
@@ -168,18 +168,6 @@ fn udp(src: [u8; 4], dst: [u8; 4], len: usize) -> Vec<u8> {
     PacketBuilder::ipv4(src, dst, 64)
         .udp(5000, 6000)
         .write(&mut out, &vec![0xab; len - 28])
-        .unwrap();
-    out
-}
-
-fn tcp_syn(src: [u8; 4], dst: [u8; 4], mss: u16) -> Vec<u8> {
-    let mut out = Vec::new();
-    PacketBuilder::ipv4(src, dst, 64)
-        .tcp(40000, 80, 1, 64000)
-        .syn()
-        .options(&[TcpOptionElement::MaximumSegmentSize(mss)])
-        .unwrap()
-        .write(&mut out, &[])
         .unwrap();
     out
 }

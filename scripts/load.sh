@@ -15,6 +15,9 @@
 #
 # Settings (environment):
 #   N=500 T=30 PPS=10 SIZE=100    clients, traffic seconds, packets/s per client, IPv4 packet bytes
+#   SETTLE=7                      idle seconds with everyone connected before the traffic (the
+#                                 "idle" memory sample is taken at its end; the server gives freed
+#                                 memory back within 5 s of connections coming or going)
 #   C=32                          SSH handshakes in flight at once (loadgen --concurrency)
 #   MAX_STARTUPS=64:30:128        server --max-startups; by default START = 2*C so that the early
 #                                 drop of unauthenticated connections never hits the paced clients
@@ -29,6 +32,11 @@
 #   SSHVPND=target/release/sshvpnd  the server binary to test (e.g. one built from another tree)
 #   NO_BUILD=1                    use the binaries already in target/release
 #   KEEP=1                        keep the work directory (keys, server log) for inspection
+#   ROUNDS=1                      repeat the whole client run (connect, idle, traffic, disconnect)
+#                                 this many times against the same server and print its VmRSS after
+#                                 each round (a leak grows it round after round; allocator retention
+#                                 does not after the first): "flat" means every later round within
+#                                 2 % of the first
 #   GOAL_KIB=200                  memory goal per client: (peak RSS - RSS before the clients) /
 #                                 clients, reported as met / NOT met (exit status unaffected).
 #                                 A default run moves only ~30 KB per client each
@@ -47,6 +55,8 @@ C=${C:-32}
 RETRIES=${RETRIES:-0}
 SOURCES=${SOURCES:-$N}
 GOAL_KIB=${GOAL_KIB:-200}
+ROUNDS=${ROUNDS:-1}
+SETTLE=${SETTLE:-7}
 MAX_STARTUPS=${MAX_STARTUPS:-$((2 * C)):30:$((4 * C))}
 MAX_CLIENTS=$((N > 1024 ? N : 1024))
 POOL=${POOL:-10.210.0.0/20}
@@ -112,12 +122,24 @@ read -r RSS0 HWM0 CPU0 < <(proc_sample "$SERVER")
 T0=$(date +%s.%N)
 echo "server $SSHVPND (built $(date -r "$SSHVPND" '+%F %T')) pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
 
-set +e
-ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \
-  --clients "$N" --duration "$T" --rate "$PPS" --size "$SIZE" --concurrency "$C" \
-  --retries "$RETRIES" --server-pid "$SERVER" "${SOURCE_ARGS[@]}" | tee "$WORK/loadgen.out"
-RC=${PIPESTATUS[0]}
-set -e
+ROUND_RSS=()
+RC=0
+for round in $(seq "$ROUNDS"); do
+  [ "$ROUNDS" -gt 1 ] && echo "--- round $round of $ROUNDS ---"
+  set +e
+  ip netns exec "$NS_LAPTOP" "$BIN/sshvpn-loadgen" run --server 10.200.0.2:4022 --dir "$WORK/keys" \
+    --clients "$N" --duration "$T" --rate "$PPS" --size "$SIZE" --concurrency "$C" \
+    --retries "$RETRIES" --settle "$SETTLE" --server-pid "$SERVER" "${SOURCE_ARGS[@]}" | tee "$WORK/loadgen.out"
+  rc=${PIPESTATUS[0]}
+  set -e
+  [ "$rc" != 0 ] && RC=$rc
+  kill -0 "$SERVER" 2>/dev/null || break
+  # Let the server notice every disconnect and free the sessions before sampling.
+  sleep 3
+  read -r rss _ _ < <(proc_sample "$SERVER")
+  ROUND_RSS+=("$rss")
+  [ "$ROUNDS" -gt 1 ] && echo "round $round: server VmRSS $rss KiB after the clients left"
+done
 
 if ! kill -0 "$SERVER" 2>/dev/null; then
   echo "sshvpnd DIED during the test; its log ends with:"; tail -20 "$WORK/server.log"
@@ -165,6 +187,10 @@ if [ "$S_WARN" != 0 ]; then grep -E " (WARN|ERROR) " "$WORK/server.log" | head -
 PEAK_PER_CLIENT=$(v server_rss_peak_delta_per_client_kib)
 GOAL=$(awk -v x="$PEAK_PER_CLIENT" -v g="$GOAL_KIB" 'BEGIN{ if (x !~ /^[0-9.]+$/) print "unknown"; else if (x + 0 < g + 0) print "met"; else print "NOT met" }')
 echo "memory goal           < $GOAL_KIB KiB per client ((peak RSS - base) / clients = $PEAK_PER_CLIENT KiB): $GOAL"
+if [ "$ROUNDS" -gt 1 ]; then
+  FLAT=$(printf '%s\n' "${ROUND_RSS[@]}" | awk 'NR == 1 { first = $1 } { if ($1 > first * 1.02) grow = 1 } END { print (grow ? "NO: grows" : "yes") }')
+  echo "RSS after each round  ${ROUND_RSS[*]} KiB (base $RSS0 KiB); flat within 2 % of round 1: $FLAT"
+fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$RC" = 0 ]; then echo "PASS"; else echo "FAIL (loadgen exit $RC)"; fi
 exit "$RC"

@@ -578,7 +578,7 @@ impl ClientTunnel {
         }));
         let data = DataPath {
             tun: tun.clone(),
-            outbound,
+            outbound: outbound.into(),
             // Whatever the server sends is counted (misrouted, other), not filtered.
             admit: Box::new(|_| true),
             stats: stats.clone(),

@@ -15,8 +15,7 @@ use sshvpn_common::allowed_ips::AllowedIps;
 use sshvpn_common::proto::{CloseCode, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
-    ChannelRx, ChannelTx, DataPath, QueueSender, SessionOptions, TransportRx, TransportTx, TunnelError, TunnelStats,
-    packet_queue,
+    ChannelRx, ChannelTx, DataPath, PacketSource, SessionOptions, TransportRx, TransportTx, TunnelError, TunnelStats,
 };
 use tokio::sync::watch;
 
@@ -27,9 +26,6 @@ use crate::status::{ClientStatus, SessionInfo};
 use crate::transport::system_ssh::{self, SshChild};
 use crate::transport::{Transport, ssh_client};
 
-/// Packets read from the TUN waiting for the transport: at most this many, and this many bytes.
-const OUTBOUND_PACKETS: usize = 1024;
-const OUTBOUND_BYTES: usize = 512 * 1024;
 /// A session that lasted this long resets the backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
@@ -64,29 +60,27 @@ impl Shutdown {
     }
 }
 
-/// Reads the TUN for the whole life of the client and hands packets to the current session's
-/// queue; with no session, packets are dropped (and counted), never buffered.
-fn spawn_tun_reader(tun: Arc<TunDevice>, mut current: watch::Receiver<Option<QueueSender>>, dropped: Arc<AtomicU64>) {
+/// Reads the TUN while no session is up, dropping (and counting) what it reads: packets sent
+/// while disconnected are never buffered for later. While a session is up, its writer reads the
+/// TUN itself (no task and queue between the TUN and the transport).
+fn spawn_drain_while_down(tun: Arc<TunDevice>, mut session_up: watch::Receiver<bool>, dropped: Arc<AtomicU64>) {
     tokio::spawn(async move {
-        let mut arena = RecvArena::default();
-        let mut queue = current.borrow_and_update().clone();
+        let mut arena = RecvArena::new(0);
         loop {
-            let pkt = match tun.recv(&mut arena).await {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::error!("reading the tunnel interface: {e}");
-                    return;
-                }
-            };
-            if current.has_changed().unwrap_or(false) {
-                queue = current.borrow_and_update().clone();
+            if session_up.wait_for(|up| !*up).await.is_err() {
+                return;
             }
-            let sent = match &queue {
-                Some(q) => q.push(pkt).await.is_ok(),
-                None => false,
-            };
-            if !sent {
-                dropped.fetch_add(1, Relaxed);
+            tokio::select! {
+                r = tun.recv(&mut arena) => match r {
+                    Ok(_) => {
+                        dropped.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::error!("reading the tunnel interface: {e}");
+                        return;
+                    }
+                },
+                _ = session_up.wait_for(|up| *up) => {}
             }
         }
     });
@@ -140,9 +134,9 @@ pub async fn run_with<I: Interface>(
     instance: Option<String>,
     status: Arc<ClientStatus>,
 ) -> anyhow::Result<()> {
-    let (set_queue, queue) = watch::channel(None);
+    let (set_session_up, session_up) = watch::channel(false);
     let dropped = status.dropped_while_down.clone();
-    spawn_tun_reader(iface.tun(), queue, dropped.clone());
+    spawn_drain_while_down(iface.tun(), session_up, dropped.clone());
 
     let mut backoff = Backoff::new(
         Duration::from_secs(1),
@@ -153,10 +147,10 @@ pub async fn run_with<I: Interface>(
     loop {
         let started = Instant::now();
         let end = tokio::select! {
-            end = session(args, transport, &instance, &mut iface, &set_queue, &status, shutdown.clone()) => end,
+            end = session(args, transport, &instance, &mut iface, &set_session_up, &status, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
         };
-        let _ = set_queue.send(None);
+        let _ = set_session_up.send(false);
         *status.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let reason = match end {
             SessionEnd::Shutdown => break,
@@ -202,7 +196,7 @@ async fn session<I: Interface>(
     transport: &Transport,
     instance: &Option<String>,
     iface: &mut I,
-    set_queue: &watch::Sender<Option<QueueSender>>,
+    session_up: &watch::Sender<bool>,
     status: &ClientStatus,
     shutdown: Shutdown,
 ) -> SessionEnd {
@@ -222,7 +216,7 @@ async fn session<I: Interface>(
                 ChannelTx(tx),
                 Some(connected.server_addr),
                 iface,
-                set_queue,
+                session_up,
                 status,
                 shutdown,
             )
@@ -238,7 +232,7 @@ async fn session<I: Interface>(
             let SshChild { child, rx, tx } = child;
             // Where the system ssh connects to, so that no route may cover it.
             let server_addr = system_ssh::server_address(args).await;
-            let end = tunnel_session(args, instance, rx, tx, server_addr, iface, set_queue, status, shutdown).await;
+            let end = tunnel_session(args, instance, rx, tx, server_addr, iface, session_up, status, shutdown).await;
             drop(child);
             end
         }
@@ -254,7 +248,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     tx: Tx,
     server_addr: Option<std::net::IpAddr>,
     iface: &mut I,
-    set_queue: &watch::Sender<Option<QueueSender>>,
+    session_up: &watch::Sender<bool>,
     status: &ClientStatus,
     mut shutdown: Shutdown,
 ) -> SessionEnd {
@@ -293,8 +287,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     );
     sshvpn_common::sd_notify::ready(&format!("tunnel up via {via}"));
 
-    let (queue, outbound) = packet_queue(OUTBOUND_PACKETS, OUTBOUND_BYTES);
-    let _ = set_queue.send(Some(queue));
+    let _ = session_up.send(true);
     let stats = Arc::new(TunnelStats::default());
     *status.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(SessionInfo {
         since: std::time::SystemTime::now(),
@@ -316,7 +309,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     }
     let data = DataPath {
         tun,
-        outbound,
+        outbound: PacketSource::Tun,
         admit: Box::new(move |a| sources.lookup(a.src).is_some()),
         stats: stats.clone(),
         icmp_sources,
@@ -333,6 +326,8 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
             code: CloseCode::NotAuthorized,
             reason,
         }) => SessionEnd::Fatal(anyhow!("server refused the tunnel: {reason}")),
+        // The interface is gone (deleted under us): reconnecting will not bring it back.
+        Err(e @ TunnelError::TunRead(_)) => SessionEnd::Fatal(e.into()),
         Err(e) => SessionEnd::Lost(format!("connection lost: {e}")),
     }
 }

@@ -194,7 +194,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let own = port.addresses.clone();
     let data = DataPath {
         tun: state.tun.clone(),
-        outbound,
+        outbound: outbound.into(),
         admit: Box::new(move |a| own.iter().any(|n| n.contains(&a.src))),
         stats: stats.clone(),
         // ICMP errors for packets too big for this client appear to come from the client.
@@ -222,7 +222,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let result = tunnel.run(data, evicted).await;
     state.switch.detach(&port);
     state.peer_routes.remove(&subnets).await;
-    state.metrics.totals.absorb(&stats.snapshot());
+    state.metrics.session_ended(&stats.snapshot());
     if !state.switch.has_identity(&identity) {
         state.addressing.release_ephemeral(&identity);
     }

@@ -248,6 +248,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     ));
     let background = state.clone();
     tokio::spawn(async move { background.policy.background(&background.audit, hangup).await });
+    tokio::spawn(release_memory_after_churn(state.clone()));
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
         (Some(l), Some(k)) => format!(
@@ -300,4 +301,20 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     crate::policy_runtime::shutting_down(&state.audit, &state.switch);
     state.audit.sync(Duration::from_secs(2));
     result
+}
+
+/// Every few seconds in which connections came or went, hands the memory they freed back to the
+/// OS, so that the daemon's RSS follows the clients it has rather than the most it ever had.
+async fn release_memory_after_churn(state: Arc<ServerState>) {
+    let mut seen = state.metrics.churn();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = state.metrics.churn();
+        if now != seen {
+            seen = now;
+            sshvpn_common::memory::release_free_memory();
+        }
+    }
 }

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub totals: TunnelStats,
     auth_failures: Counter,
     handshakes: Histogram,
+    /// Handshakes, refused logins and ended sessions: what allocates and frees per-connection
+    /// memory (see [`Metrics::churn`]).
+    churn: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Metrics {
@@ -34,6 +37,7 @@ impl Default for Metrics {
             totals: TunnelStats::default(),
             auth_failures: Counter::default(),
             handshakes: Histogram::new(HANDSHAKE_BUCKETS),
+            churn: Default::default(),
         }
     }
 }
@@ -50,11 +54,28 @@ pub fn by_label(label: &'static str, samples: impl IntoIterator<Item = (String, 
 impl Metrics {
     pub fn record_handshake(&self, took: Duration) {
         self.handshakes.observe(took.as_secs_f64());
+        self.churned();
     }
 
     /// One refused authentication attempt.
     pub fn auth_failed(&self) {
         self.auth_failures.inc();
+        self.churned();
+    }
+
+    /// A session ended.
+    pub fn session_ended(&self, stats: &sshvpn_common::tunnel::StatsSnapshot) {
+        self.totals.absorb(stats);
+        self.churned();
+    }
+
+    fn churned(&self) {
+        self.churn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Grows with every handshake, refused login and ended session.
+    pub fn churn(&self) -> u64 {
+        self.churn.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Registers these counters, the `clients` connected and the switch's, as they are now.

@@ -32,7 +32,7 @@ use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
 use crate::proto::{
     CloseCode, Control, Event, Features, Hello, Negotiated, Role, Session, SessionError, Timers, TunnelConfig,
 };
-use crate::tun::TunIo;
+use crate::tun::{RecvArena, TunIo};
 
 /// Packets taken from the outbound queue per batch.
 const BATCH_PACKETS: usize = 256;
@@ -64,6 +64,8 @@ pub enum TunnelError {
     Stalled(Duration),
     #[error("data frame before the handshake completed")]
     EarlyData,
+    #[error("reading the tunnel interface: {0}")]
+    TunRead(io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -92,15 +94,47 @@ pub struct Established {
 /// What the data phase needs besides the transport.
 pub struct DataPath<T> {
     pub tun: Arc<T>,
-    /// Packets read from the TUN for this peer, in the TUN's own format (with a virtio-net
-    /// header when the TUN has them).
-    pub outbound: QueueReceiver,
+    /// Where the packets for this peer come from.
+    pub outbound: PacketSource,
     /// Whether the peer may send a packet with these addresses (anti-spoofing).
     pub admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
     pub stats: Arc<TunnelStats>,
     /// Sources of the ICMP "packet too big" errors this side injects into its TUN: the far end
     /// of the tunnel (the kernel drops injected packets whose source is one of its own addresses).
     pub icmp_sources: Vec<IpAddr>,
+}
+
+/// Where the writer takes the packets it sends to the peer, in the TUN's own format (with a
+/// virtio-net header when the TUN has them).
+pub enum PacketSource {
+    /// A queue filled by another task (the server's switch: one TUN, many peers).
+    Queue(QueueReceiver),
+    /// The TUN itself, read by the writer: for a TUN with a single peer (the client). A packet
+    /// goes from the TUN to the transport without a hop through another task and a queue.
+    Tun,
+}
+
+impl From<QueueReceiver> for PacketSource {
+    fn from(q: QueueReceiver) -> Self {
+        PacketSource::Queue(q)
+    }
+}
+
+/// The writer's side of a [`PacketSource`].
+enum Source {
+    Queue(QueueReceiver),
+    Tun(RecvArena),
+}
+
+impl Source {
+    /// Appends the next packets to `batch`, waiting for at least one; `Ok(0)` means the queue
+    /// is closed.
+    async fn recv<T: TunIo>(&mut self, tun: &T, batch: &mut Vec<Bytes>) -> io::Result<usize> {
+        match self {
+            Source::Queue(q) => Ok(q.recv_many(batch, BATCH_PACKETS).await),
+            Source::Tun(arena) => tun.recv_batch(arena, batch, BATCH_PACKETS).await,
+        }
+    }
 }
 
 struct Shared {
@@ -136,9 +170,16 @@ const SEND_PIECE: usize = 64 * 1024;
 async fn send_bounded<Tx: TransportTx>(tx: &mut Tx, mut data: Bytes, stall: Duration) -> Result<(), TunnelError> {
     while !data.is_empty() {
         let piece = data.split_to(data.len().min(SEND_PIECE));
-        match tokio::time::timeout(stall, tx.send(piece)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(TunnelError::Stalled(stall)),
+        let mut send = std::pin::pin!(tx.send(piece));
+        // Most sends complete at once (there is room in the channel): only a send that has to
+        // wait gets a deadline (arming a timer per send is measurable at high packet rates).
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+        match first {
+            std::task::Poll::Ready(r) => r?,
+            std::task::Poll::Pending => match tokio::time::timeout(stall, send).await {
+                Ok(r) => r?,
+                Err(_) => return Err(TunnelError::Stalled(stall)),
+            },
         }
     }
     Ok(())
@@ -290,7 +331,10 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
         let writer = Writer {
             tx,
             shared: shared.clone(),
-            outbound,
+            source: match outbound {
+                PacketSource::Queue(q) => Source::Queue(q),
+                PacketSource::Tun => Source::Tun(RecvArena::default()),
+            },
             stats,
             rules: Outbound {
                 vnet_hdr: tun.has_vnet_hdr(),
@@ -450,7 +494,7 @@ impl<T: TunIo> Delivery<T> {
 struct Writer<Tx, T> {
     tx: Tx,
     shared: Arc<Shared>,
-    outbound: QueueReceiver,
+    source: Source,
     stats: Arc<TunnelStats>,
     /// The send-path rules: TUN format, peer offloads, tunnel MTU.
     rules: Outbound,
@@ -482,8 +526,8 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
                     self.shared.session().close(code, reason);
                 }
                 _ = self.shared.transmit.notified() => {}
-                n = self.outbound.recv_many(&mut batch, BATCH_PACKETS), if queue_open => {
-                    if n == 0 {
+                n = self.source.recv(&*self.tun, &mut batch), if queue_open => {
+                    if n.map_err(TunnelError::TunRead)? == 0 {
                         queue_open = false;
                         self.shared.session().close(CloseCode::Normal, "tunnel interface closed");
                     }

@@ -55,6 +55,8 @@ struct Side {
     /// Outbound queue size in packets.
     queue: usize,
     when_full: WhenFull,
+    /// The writer reads the TUN itself (the client's way) instead of a queue fed by a reader.
+    direct: bool,
 }
 
 impl Default for Side {
@@ -70,6 +72,7 @@ impl Default for Side {
             },
             queue: 1024,
             when_full: WhenFull::Wait,
+            direct: false,
         }
     }
 }
@@ -129,10 +132,13 @@ fn start(tunnel: Tunnel<Rx, Tx>, side: Side, stalled: Arc<AtomicBool>, peer: IpA
     let tun = Arc::new(FakeTun::new("fake0", side.vnet_hdr));
     let stats = Arc::new(TunnelStats::default());
     let (queue, outbound) = packet_queue(side.queue, 4 << 20);
-    {
+    let outbound = if side.direct {
+        PacketSource::Tun
+    } else {
         let (tun, queue, stats) = (tun.clone(), queue.clone(), stats.clone());
         tokio::spawn(async move { feed_queue(&*tun, &queue, &stats, side.when_full).await });
-    }
+        outbound.into()
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let data = DataPath {
         tun: tun.clone(),
@@ -185,6 +191,25 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn a_writer_reading_its_tun_directly_sends_what_it_reads() {
+    let direct = Side {
+        direct: true,
+        ..Side::default()
+    };
+    let (c, s) = running(direct, Side::default()).await;
+    for len in [64, 1400] {
+        let up = udp(CLIENT_ADDR, SERVER_ADDR, len);
+        assert!(c.tun.inject_ip(&up));
+        assert_eq!(&written(&s.tun).await[..], &up[..]);
+    }
+    assert_eq!(c.stats.snapshot().tx_packets, 2);
+    // A TUN that fails ends the session with that error.
+    c.tun.close();
+    let end = tokio::time::timeout(PATIENCE, c.run).await.expect("session ends").unwrap();
+    assert!(matches!(end, Err(TunnelError::TunRead(_))), "{end:?}");
 }
 
 #[tokio::test]

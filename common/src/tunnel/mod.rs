@@ -9,7 +9,7 @@ pub mod queue;
 pub mod stats;
 pub mod transport;
 
-pub use driver::{DataPath, Established, Tunnel, TunnelError};
+pub use driver::{DataPath, Established, PacketSource, Tunnel, TunnelError};
 pub use feed::{WhenFull, feed_queue};
 pub use open::{SessionOptions, open};
 pub use queue::{QueueReceiver, QueueSender, packet_queue};

@@ -96,7 +96,7 @@ fn raise_fd_limit() {
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     raise_fd_limit();
     let (peers, peers_only) = merge_config(&mut args)?;
-    args.validate().map_err(anyhow::Error::msg)?;
+    args.validate()?;
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
     let mut host_key = None;
     if let (Some(key_path), Some(_)) = (&args.host_key, &args.authorized_keys) {

@@ -779,6 +779,19 @@ mod tests {
             err.to_string(),
             format!("{}:2: unknown option \"frobnicate\"", ak.display())
         );
+        // The configuration file's own error, whole.
+        let cfg = d.join("sshvpnd.toml");
+        std::fs::write(&cfg, "pool = 7\n").unwrap();
+        let expected = format!("{:#}", crate::config::load(&cfg).unwrap_err());
+        let err = anyhow::Error::from(read(Kind::Config(None, None), &cfg, false).err().unwrap());
+        assert_eq!(format!("{err:#}"), expected);
+        assert_eq!(
+            format!(
+                "{:#}",
+                anyhow::Error::from(read(Kind::Config(None, None), &missing, false).err().unwrap())
+            ),
+            format!("{:#}", crate::config::load(&missing).unwrap_err())
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use ipnet::IpNet;
 use sshvpn_common::accept_policy::{self, AcceptOptions, Accepted, HostFacts};
-use sshvpn_common::netconf::dns::Dns;
-use sshvpn_common::netconf::forwarding::Forwarding;
-use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup, OsNetSetup, RestoreRecords};
+use sshvpn_common::netconf::{self, DnsConfig, InterfaceConfig, NetSetup, OsNetSetup, RestoreGuard, RestoreRecords};
 use sshvpn_common::proto::TunnelConfig;
 use sshvpn_common::tun::TunDevice;
 
@@ -45,8 +43,10 @@ pub struct TunnelInterface {
     applied: Option<Accepted>,
     /// What the user allows the server to change.
     accept: AcceptOptions,
-    dns: Option<Dns>,
-    _forwarding: Option<Forwarding>,
+    /// Pushed DNS while applied (restored on drop).
+    dns: Option<RestoreGuard>,
+    /// IP forwarding while the interface lives (restored on drop).
+    _forwarding: Option<RestoreGuard>,
 }
 
 /// What the client may change on the host besides its interface.
@@ -74,14 +74,18 @@ impl TunnelInterface {
         let records: Arc<dyn RestoreRecords> = Arc::new(RestoreDir::new(name));
         netconf::recover_after_crash(&*records);
         let tun = Arc::new(TunDevice::create(name, offload)?);
+        let net = netconf::open()?;
         let forwarding = if options.forward {
-            Some(Forwarding::enable(records.clone()).context("enabling IP forwarding")?)
+            Some(
+                net.enable_forwarding(records.clone())
+                    .context("enabling IP forwarding")?,
+            )
         } else {
             None
         };
         Ok(TunnelInterface {
             tun,
-            net: netconf::open()?,
+            net,
             records,
             applied: None,
             accept: AcceptOptions {
@@ -169,14 +173,15 @@ impl Interface for TunnelInterface {
             }
         );
         if self.accept.accept_dns && self.dns.is_none() {
-            self.dns = Dns::apply(
-                &name,
-                &accepted.dns,
-                &accepted.search,
-                self.accept.default_route,
-                self.records.clone(),
-            )
-            .context("applying pushed DNS")?;
+            let dns = DnsConfig {
+                servers: &accepted.dns,
+                search: &accepted.search,
+                full_tunnel: self.accept.default_route,
+            };
+            self.dns = self
+                .net
+                .apply_dns(&name, &dns, self.records.clone())
+                .context("applying pushed DNS")?;
         }
         self.applied = Some(accepted.clone());
         Ok(accepted)

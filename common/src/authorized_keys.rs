@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::certificate::CertType;
-use russh::keys::ssh_key::{Certificate, Fingerprint, HashAlg, public::KeyData};
+use russh::keys::ssh_key::{self, Certificate, Fingerprint, HashAlg, public::KeyData};
 
 /// Longest line considered (sshd's limit is 16 KiB per line too).
 pub const MAX_LINE: usize = 16 * 1024;
@@ -45,16 +45,154 @@ pub struct AuthorizedKey {
     pub key: PublicKey,
 }
 
+/// Why one line of an `authorized_keys` file or of a key list is unusable. A cause from the key
+/// parser is the source, not repeated in the message ([`LineError`] and `{:#}` print it once).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthorizedKeysError {
+    #[error("line longer than {} bytes", MAX_LINE)]
+    TooLong,
+    /// The options column is malformed, or an option makes the key unusable.
+    #[error(transparent)]
+    Option(#[from] KeyOptionError),
+    #[error("a certificate is not a key: list its CA with cert-authority instead")]
+    CertificateNotKey,
+    #[error("unknown key type {0:?}")]
+    UnknownKeyType(String),
+    #[error("unreadable key")]
+    UnreadableKey(#[source] ssh_key::Error),
+    /// A key list's certificate line (its key is listed) whose certificate cannot be read.
+    #[error("unreadable certificate")]
+    BadCertificate(#[source] ssh_key::Error),
+    /// A key list's line that is not a public key.
+    #[error("not a public key")]
+    NotAPublicKey(#[source] ssh_key::Error),
+}
+
+/// What is wrong with the options column of a line (sshd rejects the line for any of these).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyOptionError {
+    /// Not an option name where one must be; `near` is the text there (at most 20 characters).
+    #[error("bad options column near {near:?}")]
+    BadColumn { near: String },
+    #[error("option {name}= needs a double-quoted value")]
+    Unquoted { name: String },
+    #[error("option {name}= has no closing quote")]
+    NoClosingQuote { name: String },
+    #[error("options but no key")]
+    NoKey,
+    #[error("option {name} needs a value")]
+    NeedsValue { name: String },
+    #[error("option {name} takes no value")]
+    TakesNoValue { name: String },
+    #[error("{name}= given twice")]
+    Twice { name: &'static str },
+    #[error("unknown option {name:?}")]
+    Unknown { name: String },
+    #[error("command= (a forced command) cannot be honoured by a VPN tunnel: key not usable")]
+    ForcedCommand,
+    #[error("from= lists more than {} patterns", MAX_LIST)]
+    FromTooLong,
+    #[error("from=\"{list}\" has an empty pattern")]
+    FromEmptyPattern { list: String },
+    #[error("from= pattern {pattern:?} is not a valid network (address/prefix, no host bits)")]
+    FromBadNetwork { pattern: String },
+    #[error("expiry-time=\"{value}\" is not YYYYMMDD[HHMM[SS]][Z]")]
+    BadExpiry { value: String },
+    #[error("principals=\"{value}\" is not a list of names")]
+    BadPrincipals { value: String },
+    #[error("principals= is only allowed with cert-authority")]
+    PrincipalsWithoutCertAuthority,
+}
+
+/// Why a line's restrictions (`expiry-time=`, `from=`) refuse a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionRefusal {
+    #[error("expired (expiry-time {})", format_time(.expiry))]
+    Expired { expiry: SystemTime },
+    #[error("source {addr} does not match from=\"{}\"", .from.join(","))]
+    Source { addr: IpAddr, from: Vec<String> },
+}
+
+/// Why a user certificate is refused (by [`check_user_cert`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertRefusal {
+    #[error("it is a host certificate, not a user certificate")]
+    HostCertificate,
+    #[error("it is signed by another CA")]
+    OtherCa,
+    #[error("its signature is invalid")]
+    BadSignature,
+    #[error("not valid before {}", format_unix(*.after))]
+    NotYetValid { after: u64 },
+    #[error("expired at {}", format_unix(*.before))]
+    Expired { before: u64 },
+    #[error("it names no principals")]
+    NoPrincipals,
+    #[error("none of its principals ({}) is in principals=\"{}\"", .principals.join(","), .allowed.join(","))]
+    PrincipalNotAllowed {
+        principals: Vec<String>,
+        allowed: Vec<String>,
+    },
+    #[error("user {user:?} is not among its principals ({})", .principals.join(","))]
+    UserNotPrincipal { user: String, principals: Vec<String> },
+    #[error("its source-address {value:?} is not a CIDR list")]
+    BadSourceAddress { value: String },
+    #[error("source {addr} is not in its source-address {value}")]
+    SourceAddress { addr: IpAddr, value: String },
+    #[error("it has a force-command, which a VPN tunnel cannot honour")]
+    ForceCommand,
+    #[error("unknown critical option {name:?}")]
+    UnknownCriticalOption { name: String },
+}
+
+/// Why [`AuthorizedKeysFile::authorize_key`] refuses a plain key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefusal {
+    #[error("not in authorized keys")]
+    NotListed,
+    #[error("line {line} lists it as a cert-authority, which only signs certificates")]
+    CertAuthority { line: usize },
+    /// The first line listing the key refuses the request.
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: OptionRefusal },
+}
+
+/// Why [`AuthorizedKeysFile::authorize_cert`] refuses a user certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaRefusal {
+    #[error("its CA is not a cert-authority in authorized keys")]
+    NotListed,
+    /// The first `cert-authority` line of its CA refuses the request.
+    #[error("line {line}: {reason}")]
+    Line { line: usize, reason: OptionRefusal },
+    /// The certificate itself is refused (for the first `cert-authority` line of its CA).
+    #[error("line {line}: {reason}")]
+    Certificate { line: usize, reason: CertRefusal },
+}
+
 /// A line that was skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
+    /// 1-based line number in its file.
     pub line: usize,
-    pub message: String,
+    pub error: AuthorizedKeysError,
+}
+
+impl LineError {
+    /// Why, followed by the parser's error if there is one (`unreadable key: ...`): the text
+    /// of the warnings and logs that name the line. The parser's message already includes its
+    /// own causes, so only that one is added.
+    pub fn message(&self) -> String {
+        match std::error::Error::source(&self.error) {
+            Some(cause) => format!("{}: {cause}", self.error),
+            None => self.error.to_string(),
+        }
+    }
 }
 
 impl std::fmt::Display for LineError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {}: {}", self.line, self.message)
+        write!(f, "line {}: {}", self.line, self.message())
     }
 }
 
@@ -93,7 +231,7 @@ impl AuthorizedKeysFile {
                     key,
                 }),
                 Ok(None) => {}
-                Err(message) => file.errors.push(LineError { line: idx + 1, message }),
+                Err(error) => file.errors.push(LineError { line: idx + 1, error }),
             }
         }
         file
@@ -114,32 +252,27 @@ impl AuthorizedKeysFile {
     /// sshd's decision for a plain key: the first line listing the key whose options allow the
     /// request wins (Ok: its line number); otherwise the reason the first listing line refused.
     /// `cert-authority` lines never match a plain key.
-    pub fn authorize_key(&self, key: &KeyData, req: &Request<'_>) -> Result<usize, String> {
+    pub fn authorize_key(&self, key: &KeyData, req: &Request<'_>) -> Result<usize, KeyRefusal> {
         let mut refusal = None;
         for e in self.entries.iter().filter(|e| e.key.key_data() == key) {
             if e.options.cert_authority {
-                refusal.get_or_insert_with(|| {
-                    format!(
-                        "line {} lists it as a cert-authority, which only signs certificates",
-                        e.line
-                    )
-                });
+                refusal.get_or_insert(KeyRefusal::CertAuthority { line: e.line });
                 continue;
             }
             match e.options.check(req) {
                 Ok(()) => return Ok(e.line),
-                Err(why) => {
-                    refusal.get_or_insert_with(|| format!("line {}: {why}", e.line));
+                Err(reason) => {
+                    refusal.get_or_insert(KeyRefusal::Line { line: e.line, reason });
                 }
             }
         }
-        Err(refusal.unwrap_or_else(|| "not in authorized keys".to_string()))
+        Err(refusal.unwrap_or(KeyRefusal::NotListed))
     }
 
     /// sshd's decision for a user certificate against the `cert-authority` lines: the CA must be
     /// listed, its line's options must allow the request, and the certificate must be valid for
     /// the user (or, with `principals=`, for one of those principals).
-    pub fn authorize_cert(&self, cert: &Certificate, req: &Request<'_>) -> Result<CertGrant, String> {
+    pub fn authorize_cert(&self, cert: &Certificate, req: &Request<'_>) -> Result<CertGrant, CaRefusal> {
         let mut refusal = None;
         for e in self
             .entries
@@ -149,7 +282,11 @@ impl AuthorizedKeysFile {
             let r = e
                 .options
                 .check(req)
-                .and_then(|()| check_user_cert(cert, e.key.key_data(), e.options.principals.as_deref(), req));
+                .map_err(|reason| CaRefusal::Line { line: e.line, reason })
+                .and_then(|()| {
+                    check_user_cert(cert, e.key.key_data(), e.options.principals.as_deref(), req)
+                        .map_err(|reason| CaRefusal::Certificate { line: e.line, reason })
+                });
             match r {
                 Ok(principal) => {
                     return Ok(CertGrant {
@@ -158,30 +295,29 @@ impl AuthorizedKeysFile {
                     });
                 }
                 Err(why) => {
-                    refusal.get_or_insert_with(|| format!("line {}: {why}", e.line));
+                    refusal.get_or_insert(why);
                 }
             }
         }
-        Err(refusal.unwrap_or_else(|| "its CA is not a cert-authority in authorized keys".to_string()))
+        Err(refusal.unwrap_or(CaRefusal::NotListed))
     }
 }
 
 impl KeyOptions {
     /// Whether the line's restrictions allow `req`.
-    pub fn check(&self, req: &Request<'_>) -> Result<(), String> {
+    pub fn check(&self, req: &Request<'_>) -> Result<(), OptionRefusal> {
         if let Some(expiry) = self.expiry
             && req.now > expiry
         {
-            return Err(format!("expired (expiry-time {})", format_time(expiry)));
+            return Err(OptionRefusal::Expired { expiry });
         }
         if let Some(from) = &self.from
             && !match_source(from, req.source)
         {
-            return Err(format!(
-                "source {} does not match from=\"{}\"",
-                req.source,
-                from.join(",")
-            ));
+            return Err(OptionRefusal::Source {
+                addr: req.source,
+                from: from.clone(),
+            });
         }
         Ok(())
     }
@@ -196,51 +332,49 @@ pub fn check_user_cert(
     ca: &KeyData,
     allowed: Option<&[String]>,
     req: &Request<'_>,
-) -> Result<String, String> {
+) -> Result<String, CertRefusal> {
     if cert.cert_type() != CertType::User {
-        return Err("it is a host certificate, not a user certificate".into());
+        return Err(CertRefusal::HostCertificate);
     }
     if cert.signature_key() != ca {
-        return Err("it is signed by another CA".into());
+        return Err(CertRefusal::OtherCa);
     }
     let now = unix_seconds(req.now);
     let fp: Fingerprint = ca.fingerprint(HashAlg::Sha256);
     if cert.validate_at(now, [&fp]).is_err() {
         if cert.verify_signature().is_err() {
-            return Err("its signature is invalid".into());
+            return Err(CertRefusal::BadSignature);
         }
         return Err(if now < cert.valid_after() {
-            format!("not valid before {}", format_unix(cert.valid_after()))
+            CertRefusal::NotYetValid {
+                after: cert.valid_after(),
+            }
         } else {
-            format!("expired at {}", format_unix(cert.valid_before()))
+            CertRefusal::Expired {
+                before: cert.valid_before(),
+            }
         });
     }
     let principals = cert.valid_principals();
     if principals.is_empty() {
-        return Err("it names no principals".into());
+        return Err(CertRefusal::NoPrincipals);
     }
     let principal = match allowed {
         Some(list) => principals
             .iter()
             .find(|p| list.iter().any(|a| a == *p))
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "none of its principals ({}) is in principals=\"{}\"",
-                    principals.join(","),
-                    list.join(",")
-                )
+            .ok_or_else(|| CertRefusal::PrincipalNotAllowed {
+                principals: principals.to_vec(),
+                allowed: list.to_vec(),
             })?,
         None => principals
             .iter()
             .find(|p| p.as_str() == req.user)
             .cloned()
-            .ok_or_else(|| {
-                format!(
-                    "user {:?} is not among its principals ({})",
-                    req.user,
-                    principals.join(",")
-                )
+            .ok_or_else(|| CertRefusal::UserNotPrincipal {
+                user: req.user.to_string(),
+                principals: principals.to_vec(),
             })?,
     };
     for (name, value) in cert.critical_options().iter() {
@@ -251,26 +385,33 @@ pub fn check_user_cert(
                 for entry in &list {
                     match parse_net(entry) {
                         Some(net) => ok |= net.contains(&canonical(req.source)),
-                        None => return Err(format!("its source-address {value:?} is not a CIDR list")),
+                        None => return Err(CertRefusal::BadSourceAddress { value: value.clone() }),
                     }
                 }
                 if !ok {
-                    return Err(format!("source {} is not in its source-address {value}", req.source));
+                    return Err(CertRefusal::SourceAddress {
+                        addr: req.source,
+                        value: value.clone(),
+                    });
                 }
             }
             // A FIDO user-verification requirement: the signature was checked by the SSH layer.
             "verify-required" => {}
-            "force-command" => return Err("it has a force-command, which a VPN tunnel cannot honour".into()),
-            other => return Err(format!("unknown critical option {other:?}")),
+            "force-command" => return Err(CertRefusal::ForceCommand),
+            other => {
+                return Err(CertRefusal::UnknownCriticalOption {
+                    name: other.to_string(),
+                });
+            }
         }
     }
     Ok(principal)
 }
 
 /// Parses one line: Ok(None) for blank and comment lines.
-pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, String> {
+pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, AuthorizedKeysError> {
     if raw.len() > MAX_LINE {
-        return Err(format!("line longer than {MAX_LINE} bytes"));
+        return Err(AuthorizedKeysError::TooLong);
     }
     let line = raw.trim();
     if line.is_empty() || line.starts_with('#') {
@@ -285,12 +426,12 @@ pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, String> 
     let rest = rest.trim_start();
     let kind = rest.split_ascii_whitespace().next().unwrap_or_default();
     if kind.contains("-cert-v01@openssh.com") {
-        return Err("a certificate is not a key: list its CA with cert-authority instead".into());
+        return Err(AuthorizedKeysError::CertificateNotKey);
     }
     if !is_key_type(kind) {
-        return Err(format!("unknown key type {kind:?}"));
+        return Err(AuthorizedKeysError::UnknownKeyType(kind.to_string()));
     }
-    let key = PublicKey::from_openssh(rest).map_err(|e| format!("unreadable key: {e}"))?;
+    let key = PublicKey::from_openssh(rest).map_err(AuthorizedKeysError::UnreadableKey)?;
     Ok(Some((options, key)))
 }
 
@@ -317,7 +458,7 @@ const IGNORED_FLAGS: &[&str] = &[
 const IGNORED_VALUES: &[&str] = &["permitopen", "permitlisten", "environment", "tunnel"];
 
 /// Parses the options column at the start of `line`; returns the options and the rest.
-pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), String> {
+pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), KeyOptionError> {
     let mut opts = KeyOptions::default();
     let bytes = line.as_bytes();
     let mut i = 0;
@@ -328,18 +469,20 @@ pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), String> {
         }
         let name = line[start..i].to_ascii_lowercase();
         if name.is_empty() {
-            return Err(format!("bad options column near {:?}", snippet(&line[start..])));
+            return Err(KeyOptionError::BadColumn {
+                near: snippet(&line[start..]),
+            });
         }
         let value = if bytes.get(i) == Some(&b'=') {
             i += 1;
             if bytes.get(i) != Some(&b'"') {
-                return Err(format!("option {name}= needs a double-quoted value"));
+                return Err(KeyOptionError::Unquoted { name });
             }
             i += 1;
             let mut v = String::new();
             loop {
                 match bytes.get(i) {
-                    None => return Err(format!("option {name}= has no closing quote")),
+                    None => return Err(KeyOptionError::NoClosingQuote { name }),
                     Some(b'\\') if bytes.get(i + 1) == Some(&b'"') => {
                         v.push('"');
                         i += 2;
@@ -364,12 +507,16 @@ pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), String> {
         match bytes.get(i) {
             Some(b',') => i += 1,
             Some(b' ') | Some(b'\t') => break,
-            None => return Err("options but no key".into()),
-            Some(_) => return Err(format!("bad options column near {:?}", snippet(&line[i..]))),
+            None => return Err(KeyOptionError::NoKey),
+            Some(_) => {
+                return Err(KeyOptionError::BadColumn {
+                    near: snippet(&line[i..]),
+                });
+            }
         }
     }
     if opts.principals.is_some() && !opts.cert_authority {
-        return Err("principals= is only allowed with cert-authority".into());
+        return Err(KeyOptionError::PrincipalsWithoutCertAuthority);
     }
     Ok((opts, &line[i..]))
 }
@@ -378,72 +525,69 @@ fn snippet(s: &str) -> String {
     s.chars().take(20).collect()
 }
 
-fn apply_option(opts: &mut KeyOptions, name: &str, value: Option<String>) -> Result<(), String> {
-    let needs_value = |v: Option<String>| v.ok_or_else(|| format!("option {name} needs a value"));
+fn apply_option(opts: &mut KeyOptions, name: &str, value: Option<String>) -> Result<(), KeyOptionError> {
+    let needs_value = |v: Option<String>| v.ok_or_else(|| KeyOptionError::NeedsValue { name: name.to_string() });
+    let takes_no_value = |v: Option<String>| match v {
+        Some(_) => Err(KeyOptionError::TakesNoValue { name: name.to_string() }),
+        None => Ok(()),
+    };
     match name {
         "cert-authority" => {
-            if value.is_some() {
-                return Err("option cert-authority takes no value".into());
-            }
+            takes_no_value(value)?;
             opts.cert_authority = true;
         }
         "from" => {
             if opts.from.is_some() {
-                return Err("from= given twice".into());
+                return Err(KeyOptionError::Twice { name: "from" });
             }
             opts.from = Some(parse_from(&needs_value(value)?)?);
         }
         "expiry-time" => {
             if opts.expiry.is_some() {
-                return Err("expiry-time= given twice".into());
+                return Err(KeyOptionError::Twice { name: "expiry-time" });
             }
             let v = needs_value(value)?;
-            opts.expiry =
-                Some(parse_expiry(&v).ok_or_else(|| format!("expiry-time=\"{v}\" is not YYYYMMDD[HHMM[SS]][Z]"))?);
+            opts.expiry = Some(parse_expiry(&v).ok_or(KeyOptionError::BadExpiry { value: v })?);
         }
         "principals" => {
             if opts.principals.is_some() {
-                return Err("principals= given twice".into());
+                return Err(KeyOptionError::Twice { name: "principals" });
             }
             let v = needs_value(value)?;
             let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
             if list.len() > MAX_LIST || list.iter().any(String::is_empty) {
-                return Err(format!("principals=\"{v}\" is not a list of names"));
+                return Err(KeyOptionError::BadPrincipals { value: v });
             }
             opts.principals = Some(list);
         }
         "command" => {
             needs_value(value)?;
-            return Err("command= (a forced command) cannot be honoured by a VPN tunnel: key not usable".into());
+            return Err(KeyOptionError::ForcedCommand);
         }
-        n if IGNORED_FLAGS.contains(&n) => {
-            if value.is_some() {
-                return Err(format!("option {n} takes no value"));
-            }
-        }
+        n if IGNORED_FLAGS.contains(&n) => takes_no_value(value)?,
         n if IGNORED_VALUES.contains(&n) => {
             needs_value(value)?;
         }
-        n => return Err(format!("unknown option {n:?}")),
+        n => return Err(KeyOptionError::Unknown { name: n.to_string() }),
     }
     Ok(())
 }
 
 /// A `from=` pattern list: comma-separated, `!` negates; CIDR entries must be valid networks.
-fn parse_from(v: &str) -> Result<Vec<String>, String> {
+fn parse_from(v: &str) -> Result<Vec<String>, KeyOptionError> {
     let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
     if list.len() > MAX_LIST {
-        return Err(format!("from= lists more than {MAX_LIST} patterns"));
+        return Err(KeyOptionError::FromTooLong);
     }
     for p in &list {
         let body = p.strip_prefix('!').unwrap_or(p);
         if body.is_empty() {
-            return Err(format!("from=\"{v}\" has an empty pattern"));
+            return Err(KeyOptionError::FromEmptyPattern { list: v.to_string() });
         }
         if body.contains('/') && parse_net(body).is_none() {
-            return Err(format!(
-                "from= pattern {body:?} is not a valid network (address/prefix, no host bits)"
-            ));
+            return Err(KeyOptionError::FromBadNetwork {
+                pattern: body.to_string(),
+            });
         }
     }
     Ok(list)
@@ -532,8 +676,8 @@ fn format_unix(secs: u64) -> String {
     }
 }
 
-fn format_time(t: SystemTime) -> String {
-    format_unix(unix_seconds(t))
+fn format_time(t: &SystemTime) -> String {
+    format_unix(unix_seconds(*t))
 }
 
 /// A plain list of public keys, one per line (TrustedUserCAKeys, or revoked keys), with
@@ -549,7 +693,7 @@ pub fn parse_key_list(text: &str) -> (Vec<PublicKey>, Vec<LineError>) {
         if line.len() > MAX_LINE {
             errors.push(LineError {
                 line: idx + 1,
-                message: format!("line longer than {MAX_LINE} bytes"),
+                error: AuthorizedKeysError::TooLong,
             });
             continue;
         }
@@ -563,7 +707,7 @@ pub fn parse_key_list(text: &str) -> (Vec<PublicKey>, Vec<LineError>) {
                 Ok(c) => keys.push(PublicKey::new(c.public_key().clone(), "")),
                 Err(e) => errors.push(LineError {
                     line: idx + 1,
-                    message: format!("unreadable certificate: {e}"),
+                    error: AuthorizedKeysError::BadCertificate(e),
                 }),
             }
             continue;
@@ -572,7 +716,7 @@ pub fn parse_key_list(text: &str) -> (Vec<PublicKey>, Vec<LineError>) {
             Ok(k) => keys.push(k),
             Err(e) => errors.push(LineError {
                 line: idx + 1,
-                message: format!("not a public key: {e}"),
+                error: AuthorizedKeysError::NotAPublicKey(e),
             }),
         }
     }
@@ -690,7 +834,8 @@ mod tests {
         assert_eq!(f.authorize_key(k.public_key().key_data(), &req("10.2.0.1")), Ok(2));
         let why = f
             .authorize_key(k.public_key().key_data(), &req("10.3.0.1"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(why.starts_with("line 1: source 10.3.0.1 does not match"), "{why}");
         let ca = key();
         let f = AuthorizedKeysFile::parse(&format!("cert-authority {}\n", line(&ca)));
@@ -700,7 +845,7 @@ mod tests {
         let other = key();
         assert_eq!(
             f.authorize_key(other.public_key().key_data(), &req("10.1.0.1")),
-            Err("not in authorized keys".to_string())
+            Err(KeyRefusal::NotListed)
         );
     }
 
@@ -749,7 +894,8 @@ mod tests {
         let f = AuthorizedKeysFile::parse(&past);
         let why = f
             .authorize_key(k.public_key().key_data(), &req("10.0.0.1"))
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(why.contains("expired"), "{why}");
         let future = format!("expiry-time=\"20991231Z\" {}", line(&k));
         let f = AuthorizedKeysFile::parse(&future);
@@ -787,24 +933,27 @@ mod tests {
             user: "dave",
             ..req("10.0.0.1")
         };
-        let why = f.authorize_cert(&good, &dave).unwrap_err();
+        let why = f.authorize_cert(&good, &dave).unwrap_err().to_string();
         assert!(why.contains("not among its principals"), "{why}");
         let expired = cert(&ca, &user, &["carol"], now - 7200, now - 3600);
         assert!(
             f.authorize_cert(&expired, &req("10.0.0.1"))
                 .unwrap_err()
+                .to_string()
                 .contains("expired")
         );
         let early = cert(&ca, &user, &["carol"], now + 3600, now + 7200);
         assert!(
             f.authorize_cert(&early, &req("10.0.0.1"))
                 .unwrap_err()
+                .to_string()
                 .contains("not valid before")
         );
         let none = cert(&ca, &user, &[], now - 60, now + 3600);
         assert!(
             f.authorize_cert(&none, &req("10.0.0.1"))
                 .unwrap_err()
+                .to_string()
                 .contains("no principals")
         );
         let foreign = cert(&other_ca, &user, &["carol"], now - 60, now + 3600);
@@ -818,6 +967,7 @@ mod tests {
         assert!(
             f.authorize_cert(&good, &req("192.168.0.1"))
                 .unwrap_err()
+                .to_string()
                 .contains("does not match")
         );
         // A plain user key line for the CA's key does not make it a CA.
@@ -844,6 +994,137 @@ mod tests {
         assert!(check_user_cert(&c, ca_data, None, &req("192.0.2.8")).is_err());
         assert!(check_user_cert(&with("force-command", "/bin/true"), ca_data, None, &req("10.0.0.1")).is_err());
         assert!(check_user_cert(&with("no-such-option", ""), ca_data, None, &req("10.0.0.1")).is_err());
+    }
+
+    /// The typed errors print what sshd-style warnings, logs and the audit log showed before.
+    #[test]
+    fn messages_name_the_option_and_keep_their_cause() {
+        let l = line(&key());
+        let msg = |text: String| parse_line(&text).unwrap_err();
+        for (text, expected) in [
+            (format!("frobnicate {l}"), "unknown option \"frobnicate\"".to_string()),
+            (
+                format!("from=10.0.0.1 {l}"),
+                "option from= needs a double-quoted value".into(),
+            ),
+            (
+                format!("from=\"10.0.0.1 {l}"),
+                "option from= has no closing quote".into(),
+            ),
+            (
+                format!("from=\"10.0.0.1/8\" {l}"),
+                "from= pattern \"10.0.0.1/8\" is not a valid network (address/prefix, no host bits)".into(),
+            ),
+            (
+                format!("from=\"a,,b\" {l}"),
+                "from=\"a,,b\" has an empty pattern".into(),
+            ),
+            (format!("from=\"a\",from=\"b\" {l}"), "from= given twice".into()),
+            (
+                format!("expiry-time=\"2026131\" {l}"),
+                "expiry-time=\"2026131\" is not YYYYMMDD[HHMM[SS]][Z]".into(),
+            ),
+            (
+                format!("principals=\"carol\" {l}"),
+                "principals= is only allowed with cert-authority".into(),
+            ),
+            (
+                format!("cert-authority,principals=\"a,\" {l}"),
+                "principals=\"a,\" is not a list of names".into(),
+            ),
+            (
+                format!("cert-authority=\"x\" {l}"),
+                "option cert-authority takes no value".into(),
+            ),
+            (format!("permitopen {l}"), "option permitopen needs a value".into()),
+            (
+                format!("command=\"/bin/backup\" {l}"),
+                "command= (a forced command) cannot be honoured by a VPN tunnel: key not usable".into(),
+            ),
+            (
+                format!("cert-authority,,no-pty {l}"),
+                format!("bad options column near {:?}", ",no-pty ssh-ed25519 "),
+            ),
+            ("no-pty".into(), "options but no key".into()),
+            ("no-pty foo AAAA".into(), "unknown key type \"foo\"".into()),
+            (
+                "ssh-ed25519-cert-v01@openssh.com AAAA".into(),
+                "a certificate is not a key: list its CA with cert-authority instead".into(),
+            ),
+            ("x".repeat(MAX_LINE + 1), format!("line longer than {MAX_LINE} bytes")),
+        ] {
+            assert_eq!(msg(text.clone()).to_string(), expected, "{text}");
+        }
+        // A parser error is the source, printed once after the message.
+        let f = AuthorizedKeysFile::parse("ssh-ed25519 AAAAnotbase64\n");
+        let e = &f.errors[0];
+        assert!(matches!(e.error, AuthorizedKeysError::UnreadableKey(_)), "{e:?}");
+        assert_eq!(e.error.to_string(), "unreadable key");
+        let cause = std::error::Error::source(&e.error).expect("a source").to_string();
+        assert_eq!(e.to_string(), format!("line 1: unreadable key: {cause}"));
+        let (_, errors) = parse_key_list("ssh-ed25519 AAAAnotbase64\n");
+        assert!(errors[0].message().starts_with("not a public key: "), "{}", errors[0]);
+    }
+
+    #[test]
+    fn refusals_print_the_reason_sshd_would_log() {
+        let k = key();
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority {}\n", line(&k)));
+        assert_eq!(
+            f.authorize_key(k.public_key().key_data(), &req("10.0.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "line 1 lists it as a cert-authority, which only signs certificates"
+        );
+        let f = AuthorizedKeysFile::parse(&format!("from=\"10.1.0.0/16,!10.1.2.3\" {}\n", line(&k)));
+        assert_eq!(
+            f.authorize_key(k.public_key().key_data(), &req("10.2.0.1")),
+            Err(KeyRefusal::Line {
+                line: 1,
+                reason: OptionRefusal::Source {
+                    addr: "10.2.0.1".parse().unwrap(),
+                    from: pats("10.1.0.0/16,!10.1.2.3"),
+                },
+            })
+        );
+        assert_eq!(
+            f.authorize_key(k.public_key().key_data(), &req("10.2.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "line 1: source 10.2.0.1 does not match from=\"10.1.0.0/16,!10.1.2.3\""
+        );
+        let f = AuthorizedKeysFile::parse(&format!("expiry-time=\"20200101Z\" {}\n", line(&k)));
+        assert_eq!(
+            f.authorize_key(k.public_key().key_data(), &req("10.0.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "line 1: expired (expiry-time 2020-01-01T00:00:00Z)"
+        );
+        let (ca, user) = (key(), key());
+        let now = unix_seconds(SystemTime::now());
+        let c = cert(&ca, &user, &["dave", "ops"], now - 60, now + 3600);
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority {}\n", line(&ca)));
+        assert_eq!(
+            f.authorize_cert(&c, &req("10.0.0.1")).unwrap_err().to_string(),
+            "line 1: user \"carol\" is not among its principals (dave,ops)"
+        );
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority,principals=\"admins\" {}\n", line(&ca)));
+        assert_eq!(
+            f.authorize_cert(&c, &req("10.0.0.1")).unwrap_err().to_string(),
+            "line 1: none of its principals (dave,ops) is in principals=\"admins\""
+        );
+        let f = AuthorizedKeysFile::parse(&format!("{}\n", line(&ca)));
+        assert_eq!(
+            f.authorize_cert(&c, &req("10.0.0.1")).unwrap_err().to_string(),
+            "its CA is not a cert-authority in authorized keys"
+        );
+        let old = cert(&ca, &user, &["carol"], 0, 86_400);
+        assert_eq!(
+            check_user_cert(&old, ca.public_key().key_data(), None, &req("10.0.0.1"))
+                .unwrap_err()
+                .to_string(),
+            "expired at 1970-01-02T00:00:00Z"
+        );
     }
 
     #[test]

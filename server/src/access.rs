@@ -10,7 +10,7 @@ use nix::unistd::{Group, User};
 
 use crate::audit::Audit;
 use crate::config::Peers;
-use crate::credentials::{CHECK_INTERVAL, Credential, Grant, KeyStore};
+use crate::credentials::{CHECK_INTERVAL, Credential, Grant, KeyStore, Refusal};
 use crate::switch::Switch;
 
 /// Who may attach through the control socket (`--allow-user`, `--allow-group`).
@@ -52,8 +52,9 @@ pub struct Access {
 }
 
 impl Access {
-    /// The login decision for `credential` offered as `user` from `source`.
-    pub fn authorize(&self, credential: &Credential, user: &str, source: IpAddr) -> Result<Grant, String> {
+    /// The login decision for `credential` offered as `user` from `source`; a refusal says why
+    /// (for the log and the audit log).
+    pub fn authorize(&self, credential: &Credential, user: &str, source: IpAddr) -> Result<Grant, Refusal> {
         self.key_store
             .authorize(&self.peers, self.peers_only, credential, user, source)
     }

@@ -194,32 +194,31 @@ pub struct Args {
 
 impl Args {
     /// Checks relations between arguments that clap cannot express.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> anyhow::Result<()> {
         if self.listen.is_some() && (self.host_key.is_none() || self.authorized_keys.is_none()) {
-            return Err("--listen needs --host-key and --authorized-keys".into());
+            anyhow::bail!("--listen needs --host-key and --authorized-keys");
         }
         let Some(pool) = self.pool else {
-            return Err("--pool is required: the IPv4 prefix clients get their addresses from".into());
+            anyhow::bail!("--pool is required: the IPv4 prefix clients get their addresses from");
         };
         if !pool.addr().is_ipv4() {
-            return Err(format!("--pool {pool} is not an IPv4 prefix (use --pool6 for IPv6)"));
+            anyhow::bail!("--pool {pool} is not an IPv4 prefix (use --pool6 for IPv6)");
         }
         if let Some(p6) = self.pool6
             && !p6.addr().is_ipv6()
         {
-            return Err(format!("--pool6 {p6} is not an IPv6 prefix"));
+            anyhow::bail!("--pool6 {p6} is not an IPv6 prefix");
         }
-        self.tunnel.validate().map_err(|e| e.to_string())?;
+        self.tunnel.validate()?;
         if self.client_queue == 0 || self.client_queue_kib == 0 {
-            return Err("--client-queue and --client-queue-kib must be at least 1".into());
+            anyhow::bail!("--client-queue and --client-queue-kib must be at least 1");
         }
         if self.login_grace_time == 0
             || self.tunnel.keepalive == 0
             || self.tunnel.dead_peer_timeout <= self.tunnel.keepalive
         {
-            return Err(
+            anyhow::bail!(
                 "--login-grace-time and --keepalive must be positive, --dead-peer-timeout longer than --keepalive"
-                    .into(),
             );
         }
         Ok(())

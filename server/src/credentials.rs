@@ -20,7 +20,9 @@ use russh::keys::ssh_key::Certificate;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::public::KeyData;
 use russh::keys::{HashAlg, PublicKey};
-use sshvpn_common::authorized_keys::{self, AuthorizedKeysFile, LineError, Request};
+use sshvpn_common::authorized_keys::{
+    self, AuthorizedKeysFile, CaRefusal, CertRefusal, KeyRefusal, LineError, Request,
+};
 use sshvpn_common::keys::fingerprint;
 
 use crate::audit::Audit;
@@ -29,6 +31,70 @@ use crate::switch::Switch;
 
 /// How often the key files are checked and the live sessions re-evaluated.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a login (or a live session's credential) is refused: logged, audited (`reason`) and
+/// the cause of CLOSE "not authorized". `label` names the key or certificate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{label} is revoked")]
+    KeyRevoked { label: String },
+    #[error("{label} is not a configured peer (peers_only)")]
+    NotAPeer { label: String },
+    /// authorized_keys refuses the key.
+    #[error("{label}: {reason}")]
+    Key { label: String, reason: KeyRefusal },
+    #[error("{label}: its key is revoked")]
+    CertKeyRevoked { label: String },
+    #[error("{label}: its CA is revoked")]
+    CaRevoked { label: String },
+    #[error("{label}: it is revoked (serial or key ID in the KRL)")]
+    CertRevoked { label: String },
+    #[error("{label}: only configured peers may connect (peers_only)")]
+    CertPeersOnly { label: String },
+    /// Neither a trusted-CA file nor a `cert-authority` line knows its CA.
+    #[error("{label}: its CA {ca} is not trusted")]
+    UntrustedCa { label: String, ca: String },
+    /// A trusted CA (`--trusted-user-ca-keys`) signed it, but the certificate is refused.
+    #[error("{label}: {reason}")]
+    Cert { label: String, reason: CertRefusal },
+    /// authorized_keys' `cert-authority` lines refuse it.
+    #[error("{label}: {reason}")]
+    CertAuthority { label: String, reason: CaRefusal },
+}
+
+/// Why a key file (or the configuration file's peers) cannot be used. Causes are sources, not
+/// repeated in the message (`{:#}` prints the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFileError {
+    /// The configuration file cannot be read or parsed (its own error says which and where).
+    #[error(transparent)]
+    Config(anyhow::Error),
+    /// The configuration file's peers are invalid: `PATH:LINE: reason` for each.
+    #[error("{}", describe_config(.errors, .path))]
+    Peers {
+        path: PathBuf,
+        errors: Vec<crate::config::ConfigError>,
+    },
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("{} is a key revocation list, not a list of keys", .0.display())]
+    UnexpectedKrl(PathBuf),
+    #[error("{}: unreadable KRL", .path.display())]
+    Krl {
+        path: PathBuf,
+        #[source]
+        error: sshvpn_common::krl::KrlError,
+    },
+    #[error("{} is not a text file", .0.display())]
+    NotText(PathBuf),
+    /// Lines that are not keys: `PATH:LINE: reason` for each.
+    #[error("{}", describe(.errors, .path))]
+    BadLines { path: PathBuf, errors: Vec<LineError> },
+}
 
 /// What a client proved it holds.
 #[derive(Debug, Clone)]
@@ -130,7 +196,15 @@ enum Content {
 fn describe(errors: &[LineError], path: &Path) -> String {
     errors
         .iter()
-        .map(|e| format!("{}:{}: {}", path.display(), e.line, e.message))
+        .map(|e| format!("{}:{}: {}", path.display(), e.line, e.message()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn describe_config(errors: &[crate::config::ConfigError], path: &Path) -> String {
+    errors
+        .iter()
+        .map(|e| crate::config::format_error(path, e))
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -139,39 +213,49 @@ fn describe(errors: &[LineError], path: &Path) -> String {
 /// a warning, as sshd does; after an edit any bad line rejects the new version. Key lists
 /// (trusted CAs, revoked keys) must be entirely readable: a revocation list that is only
 /// partly understood must not be taken for a complete one.
-fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
+fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, KeyFileError> {
     if let Kind::Config(pool, pool6) = kind {
-        let (file, text) = crate::config::load(path).map_err(|e| format!("{e:#}"))?;
-        let peers = crate::config::validate(&text, &file, pool, pool6).map_err(|errs| {
-            errs.iter()
-                .map(|e| crate::config::format_error(path, e))
-                .collect::<Vec<_>>()
-                .join("; ")
+        let (file, text) = crate::config::load(path).map_err(KeyFileError::Config)?;
+        let peers = crate::config::validate(&text, &file, pool, pool6).map_err(|errors| KeyFileError::Peers {
+            path: path.to_path_buf(),
+            errors,
         })?;
         return Ok(Content::Peers(peers.0.into_keys().collect()));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(|error| KeyFileError::Read {
+        path: path.to_path_buf(),
+        error,
+    })?;
     if bytes.starts_with(sshvpn_common::krl::MAGIC) {
         if kind != Kind::Revoked {
-            return Err(format!(
-                "{} is a key revocation list, not a list of keys",
-                path.display()
-            ));
+            return Err(KeyFileError::UnexpectedKrl(path.to_path_buf()));
         }
         return sshvpn_common::krl::Krl::parse(&bytes)
             .map(Content::Krl)
-            .map_err(|e| format!("{}: unreadable KRL: {e}", path.display()));
+            .map_err(|error| KeyFileError::Krl {
+                path: path.to_path_buf(),
+                error,
+            });
     }
-    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not a text file", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| KeyFileError::NotText(path.to_path_buf()))?;
+    let bad_lines = |errors: Vec<LineError>| KeyFileError::BadLines {
+        path: path.to_path_buf(),
+        errors,
+    };
     match kind {
         Kind::AuthorizedKeys => {
             let file = AuthorizedKeysFile::parse(&text);
             if !file.errors.is_empty() {
                 if !initial {
-                    return Err(describe(&file.errors, path));
+                    return Err(bad_lines(file.errors));
                 }
                 for e in &file.errors {
-                    tracing::warn!("{}:{}: skipping authorized key: {}", path.display(), e.line, e.message);
+                    tracing::warn!(
+                        "{}:{}: skipping authorized key: {}",
+                        path.display(),
+                        e.line,
+                        e.message()
+                    );
                 }
             }
             Ok(Content::Authorized(file))
@@ -179,7 +263,7 @@ fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, String> {
         Kind::TrustedCas | Kind::Revoked | Kind::Config(..) => {
             let (keys, errors) = authorized_keys::parse_key_list(&text);
             if !errors.is_empty() {
-                return Err(describe(&errors, path));
+                return Err(bad_lines(errors));
             }
             Ok(Content::Keys(keys))
         }
@@ -225,7 +309,7 @@ impl KeyStore {
         {
             let Some(path) = path else { continue };
             let st = stamp(path);
-            let content = read(kind, path, true).map_err(anyhow::Error::msg)?;
+            let content = read(kind, path, true)?;
             install(&mut sets, kind, content);
             files.push(Watched {
                 kind,
@@ -284,7 +368,11 @@ impl KeyStore {
                     let n = install(sets, w.kind, content);
                     tracing::info!("re-read {}: {n} entries", w.path.display());
                 }
-                Err(e) => tracing::error!("{e}; keeping the previous version of {}", w.path.display()),
+                Err(e) => tracing::error!(
+                    "{:#}; keeping the previous version of {}",
+                    anyhow::Error::from(e),
+                    w.path.display()
+                ),
             }
         }
         if let Some(sets) = next {
@@ -308,7 +396,7 @@ impl KeyStore {
         credential: &Credential,
         user: &str,
         source: IpAddr,
-    ) -> Result<Grant, String> {
+    ) -> Result<Grant, Refusal> {
         let sets = self.current();
         let req = Request {
             user,
@@ -336,7 +424,7 @@ impl KeyStore {
             Credential::Key(key) => {
                 let label = format!("key {}", fingerprint(key));
                 if sets.is_revoked(key.key_data()) {
-                    return Err(format!("{label} is revoked"));
+                    return Err(Refusal::KeyRevoked { label });
                 }
                 if peers.contains_key(key) {
                     let fp = fingerprint(key);
@@ -348,26 +436,26 @@ impl KeyStore {
                     }
                 }
                 if peers_only {
-                    return Err(format!("{label} is not a configured peer (peers_only)"));
+                    return Err(Refusal::NotAPeer { label });
                 }
                 match sets.authorized.authorize_key(key.key_data(), &req) {
                     Ok(line) => Ok(grant(fingerprint(key), label, line_expiry(Some(line)))),
-                    Err(why) => Err(format!("{label}: {why}")),
+                    Err(reason) => Err(Refusal::Key { label, reason }),
                 }
             }
             Credential::Cert(cert) => {
                 let label = cert_label(cert);
                 if sets.is_revoked(cert.public_key()) {
-                    return Err(format!("{label}: its key is revoked"));
+                    return Err(Refusal::CertKeyRevoked { label });
                 }
                 if sets.is_revoked(cert.signature_key()) {
-                    return Err(format!("{label}: its CA is revoked"));
+                    return Err(Refusal::CaRevoked { label });
                 }
                 if sets.is_cert_revoked(cert) {
-                    return Err(format!("{label}: it is revoked (serial or key ID in the KRL)"));
+                    return Err(Refusal::CertRevoked { label });
                 }
                 if peers_only {
-                    return Err(format!("{label}: only configured peers may connect (peers_only)"));
+                    return Err(Refusal::CertPeersOnly { label });
                 }
                 let mut refusal = None;
                 if let Some(ca) = sets.cas.iter().find(|ca| ca.key_data() == cert.signature_key()) {
@@ -384,11 +472,17 @@ impl KeyStore {
                         let until = earliest(cert.valid_before_time(), line_expiry(g.line));
                         Ok(grant(cert_identity(cert, &g.principal), label, until))
                     }
-                    Err(_) if refusal.is_none() && !sets.authorized.has_cert_authorities() => Err(format!(
-                        "{label}: its CA {} is not trusted",
-                        cert.signature_key().fingerprint(HashAlg::Sha256)
-                    )),
-                    Err(why) => Err(format!("{label}: {}", refusal.unwrap_or(why))),
+                    Err(_) if refusal.is_none() && !sets.authorized.has_cert_authorities() => {
+                        Err(Refusal::UntrustedCa {
+                            label,
+                            ca: cert.signature_key().fingerprint(HashAlg::Sha256).to_string(),
+                        })
+                    }
+                    // The trusted CA file's reason first, as it is checked first.
+                    Err(reason) => Err(match refusal {
+                        Some(reason) => Refusal::Cert { label, reason },
+                        None => Refusal::CertAuthority { label, reason },
+                    }),
                 }
             }
         }
@@ -439,7 +533,7 @@ impl KeyStore {
                     port.peer,
                     g.user
                 );
-                audit.key_revoked(&port.identity, &why);
+                audit.key_revoked(&port.identity, &why.to_string());
                 port.not_authorized.store(true, Relaxed);
                 port.evict.notify_one();
                 closed += 1;
@@ -585,7 +679,7 @@ mod tests {
         k.public_key().to_openssh().unwrap() + "\n"
     }
 
-    fn allowed(store: &KeyStore, k: &PrivateKey) -> Result<Grant, String> {
+    fn allowed(store: &KeyStore, k: &PrivateKey) -> Result<Grant, Refusal> {
         store.authorize(
             &Peers::default(),
             false,
@@ -621,6 +715,86 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    /// The audit log's `reason` and the log lines are the refusal's text.
+    #[test]
+    fn refusals_and_file_errors_read_as_before() {
+        let d = dir();
+        let (ak, rk) = (d.join("ak"), d.join("revoked"));
+        let (a, b, c) = (key(), key(), key());
+        std::fs::write(&ak, line(&a) + "from=\"192.0.2.0/24\" " + &line(&c)).unwrap();
+        std::fs::write(&rk, line(&b)).unwrap();
+        let store = KeyStore::load(Some(&ak), None, Some(&rk)).unwrap();
+        let fp = |k: &PrivateKey| fingerprint(k.public_key());
+        assert_eq!(
+            allowed(&store, &b).unwrap_err().to_string(),
+            format!("key {} is revoked", fp(&b))
+        );
+        let stranger = key();
+        let why = allowed(&store, &stranger).unwrap_err();
+        assert!(
+            matches!(
+                why,
+                Refusal::Key {
+                    reason: KeyRefusal::NotListed,
+                    ..
+                }
+            ),
+            "{why:?}"
+        );
+        assert_eq!(
+            why.to_string(),
+            format!("key {}: not in authorized keys", fp(&stranger))
+        );
+        assert_eq!(
+            allowed(&store, &c).unwrap_err().to_string(),
+            format!(
+                "key {}: line 2: source 10.0.0.1 does not match from=\"192.0.2.0/24\"",
+                fp(&c)
+            )
+        );
+        let peers_only = store
+            .authorize(
+                &Peers::default(),
+                true,
+                &Credential::Key(a.public_key().clone()),
+                "root",
+                "10.0.0.1".parse().unwrap(),
+            )
+            .unwrap_err();
+        assert_eq!(
+            peers_only.to_string(),
+            format!("key {} is not a configured peer (peers_only)", fp(&a))
+        );
+        // File errors: the cause is the source, and the chain reads as the old message did.
+        let missing = d.join("missing");
+        let err = anyhow::Error::from(read(Kind::AuthorizedKeys, &missing, true).err().unwrap());
+        assert_eq!(err.to_string(), format!("cannot read {}", missing.display()));
+        assert!(
+            format!("{err:#}").starts_with(&format!("cannot read {}: No such file", missing.display())),
+            "{err:#}"
+        );
+        std::fs::write(&ak, line(&a) + "frobnicate " + &line(&c)).unwrap();
+        let err = read(Kind::AuthorizedKeys, &ak, false).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            format!("{}:2: unknown option \"frobnicate\"", ak.display())
+        );
+        // The configuration file's own error, whole.
+        let cfg = d.join("sshvpnd.toml");
+        std::fs::write(&cfg, "pool = 7\n").unwrap();
+        let expected = format!("{:#}", crate::config::load(&cfg).unwrap_err());
+        let err = anyhow::Error::from(read(Kind::Config(None, None), &cfg, false).err().unwrap());
+        assert_eq!(format!("{err:#}"), expected);
+        assert_eq!(
+            format!(
+                "{:#}",
+                anyhow::Error::from(read(Kind::Config(None, None), &missing, false).err().unwrap())
+            ),
+            format!("{:#}", crate::config::load(&missing).unwrap_err())
+        );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn revoked_keys_and_krl_files() {
         let d = dir();
@@ -632,7 +806,7 @@ mod tests {
         assert!(allowed(&store, &a).is_ok());
         std::fs::write(&rk, line(&a)).unwrap();
         store.refresh(false);
-        let why = allowed(&store, &a).unwrap_err();
+        let why = allowed(&store, &a).unwrap_err().to_string();
         assert!(why.contains("revoked"), "{why}");
         assert!(allowed(&store, &b).is_ok());
         // A truncated KRL is broken: the previous list stays, and it cannot start a daemon.
@@ -731,7 +905,7 @@ mod tests {
         let cas = d.join("cas");
         std::fs::write(&cas, line(&ca)).unwrap();
         let store = KeyStore::load(Some(&ak), Some(&cas), Some(&krl)).unwrap();
-        assert!(allowed(&store, &a).unwrap_err().contains("revoked"));
+        assert!(allowed(&store, &a).unwrap_err().to_string().contains("revoked"));
         assert!(allowed(&store, &b).is_ok());
         let cert = |serial: u64, id: &str| {
             let mut bld = Builder::new(vec![2u8; 32], user.public_key().key_data().clone(), 0, u64::MAX).unwrap();
@@ -749,7 +923,7 @@ mod tests {
             )
         };
         assert!(cert(4, "ok").is_ok());
-        assert!(cert(5, "ok").unwrap_err().contains("revoked"));
+        assert!(cert(5, "ok").unwrap_err().to_string().contains("revoked"));
         assert!(cert(15, "ok").is_err());
         assert!(cert(21, "ok").is_ok());
         assert!(cert(30, "lost-laptop").is_err());

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use russh::{MethodKind, MethodSet};
 use sshvpn_common::keys::{self, fingerprint};
-use sshvpn_common::netconf::nat::Masquerade;
 use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
@@ -96,7 +95,7 @@ fn raise_fd_limit() {
 pub async fn run(mut args: Args) -> anyhow::Result<()> {
     raise_fd_limit();
     let (peers, peers_only) = merge_config(&mut args)?;
-    args.validate().map_err(anyhow::Error::msg)?;
+    args.validate()?;
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
     let mut host_key = None;
     if let (Some(key_path), Some(_)) = (&args.host_key, &args.authorized_keys) {
@@ -162,7 +161,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _masquerade = match &args.masquerade {
         Some(iface) => Some(
-            Masquerade::install(&args.tunnel.tun_name, args.pool.context("--pool")?, iface)
+            net.masquerade(&args.tunnel.tun_name, args.pool.context("--pool")?, iface)
                 .context("installing the masquerade rule")?,
         ),
         None => None,

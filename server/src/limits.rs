@@ -27,11 +27,17 @@ impl Default for MaxStartups {
     }
 }
 
+/// A `--max-startups` value that is not `START:RATE:FULL` with START <= FULL, FULL > 0 and
+/// RATE a percentage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected START:RATE:FULL, e.g. 10:30:100")]
+pub struct MaxStartupsError(String);
+
 impl std::str::FromStr for MaxStartups {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = MaxStartupsError;
+    fn from_str(s: &str) -> Result<Self, MaxStartupsError> {
         let parts: Vec<&str> = s.split(':').collect();
-        let bad = || format!("{s:?}: expected START:RATE:FULL, e.g. 10:30:100");
+        let bad = || MaxStartupsError(s.to_string());
         let [start, rate, full] = parts[..] else {
             return Err(bad());
         };
@@ -206,7 +212,10 @@ mod tests {
         assert!(!m.admit(10, 0.29) && m.admit(10, 0.31));
         assert!(!m.admit(55, 0.6) && m.admit(55, 0.7), "65% drop halfway");
         assert!(!m.admit(100, 0.999));
-        assert!("1:2".parse::<MaxStartups>().is_err());
+        assert_eq!(
+            "1:2".parse::<MaxStartups>().unwrap_err().to_string(),
+            "\"1:2\": expected START:RATE:FULL, e.g. 10:30:100"
+        );
         assert!("50:30:10".parse::<MaxStartups>().is_err());
     }
 

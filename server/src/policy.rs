@@ -98,25 +98,48 @@ fn is_identity(s: &str) -> bool {
     ["SHA256:", "user:", "cert:"].iter().any(|p| s.starts_with(p))
 }
 
-fn check_identity(s: &str) -> Result<(), String> {
+/// Why an identity in `members` or `from` (`SHA256:...`, `user:NAME`, `cert:PRINCIPAL`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{identity:?}: nothing after \"{prefix}:\"")]
+    Empty { identity: String, prefix: String },
+    #[error("{0:?}: not a valid identity")]
+    Invalid(String),
+    #[error("{0:?}: not a key fingerprint (SHA256: and 43 base64 characters, as ssh-keygen -l prints)")]
+    NotAFingerprint(String),
+}
+
+/// Why an entry of `ports` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortError {
+    #[error("port {0:?}: expected tcp/PORT, udp/PORT, tcp/LOW-HIGH, tcp, udp or icmp")]
+    Protocol(String),
+    #[error("port {spec:?}: {port:?} is not a port number (1-65535)")]
+    Number { spec: String, port: String },
+    #[error("port {0:?}: range is backwards")]
+    Backwards(String),
+}
+
+fn check_identity(s: &str) -> Result<(), IdentityError> {
     let (prefix, rest) = s.split_once(':').unwrap_or((s, ""));
     if rest.is_empty() {
-        return Err(format!("{s:?}: nothing after \"{prefix}:\""));
+        return Err(IdentityError::Empty {
+            identity: s.to_string(),
+            prefix: prefix.to_string(),
+        });
     }
     if rest.len() > 256 || rest.chars().any(|c| c.is_control() || c == '"') {
-        return Err(format!("{s:?}: not a valid identity"));
+        return Err(IdentityError::Invalid(s.to_string()));
     }
     if prefix == "SHA256"
         && !(rest.len() == 43 && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'))
     {
-        return Err(format!(
-            "{s:?}: not a key fingerprint (SHA256: and 43 base64 characters, as ssh-keygen -l prints)"
-        ));
+        return Err(IdentityError::NotAFingerprint(s.to_string()));
     }
     Ok(())
 }
 
-fn parse_ports(s: &str) -> Result<PortSpec, String> {
+fn parse_ports(s: &str) -> Result<PortSpec, PortError> {
     let lower = s.trim().to_ascii_lowercase();
     if lower == "icmp" || lower == "icmpv6" {
         return Ok(PortSpec::Icmp);
@@ -127,19 +150,18 @@ fn parse_ports(s: &str) -> Result<PortSpec, String> {
     let proto = match proto {
         "tcp" => Proto::Tcp,
         "udp" => Proto::Udp,
-        _ => {
-            return Err(format!(
-                "port {s:?}: expected tcp/PORT, udp/PORT, tcp/LOW-HIGH, tcp, udp or icmp"
-            ));
-        }
+        _ => return Err(PortError::Protocol(s.to_string())),
     };
     let Some(range) = range else {
         return Ok(PortSpec::Port(proto, None));
     };
-    let port = |p: &str| -> Result<u16, String> {
+    let port = |p: &str| -> Result<u16, PortError> {
         match p.trim().parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(format!("port {s:?}: {p:?} is not a port number (1-65535)")),
+            _ => Err(PortError::Number {
+                spec: s.to_string(),
+                port: p.to_string(),
+            }),
         }
     };
     let (lo, hi) = match range.split_once('-') {
@@ -150,7 +172,7 @@ fn parse_ports(s: &str) -> Result<PortSpec, String> {
         }
     };
     if lo > hi {
-        return Err(format!("port {s:?}: range is backwards"));
+        return Err(PortError::Backwards(s.to_string()));
     }
     Ok(PortSpec::Port(proto, Some((lo, hi))))
 }

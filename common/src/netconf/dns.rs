@@ -2,6 +2,7 @@
 //! otherwise /etc/resolv.conf rewritten in place with the original restored. Applied while a
 //! [`Dns`] lives; the original resolv.conf is also saved as a restore record, so that the next
 //! run can undo what a killed one left. The commands and text come from [`super::plan`].
+//! Reached through `NetSetup::apply_dns` (the caller holds it as a `RestoreGuard`).
 
 use std::net::IpAddr;
 use std::path::Path;

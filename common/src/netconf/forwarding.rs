@@ -1,6 +1,7 @@
 //! IP forwarding for site gateways (Linux, /proc/sys): enabled while a [`Forwarding`] lives and
 //! restored when it is dropped; what was changed is also saved as a restore record, so that the
-//! next run can undo what a killed one left.
+//! next run can undo what a killed one left. Reached through `NetSetup::enable_forwarding` (the
+//! caller holds it as a `RestoreGuard`).
 
 use std::path::Path;
 use std::sync::Arc;

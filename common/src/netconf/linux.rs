@@ -1,13 +1,18 @@
-//! Linux implementation of [`NetSetup`] over rtnetlink.
+//! Linux implementation of [`NetSetup`]: the interface and routes over rtnetlink; DNS
+//! (`dns.rs`), forwarding sysctls (`forwarding.rs`) and the NAT table (`nat.rs`) as guards.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
-use super::{InterfaceConfig, NetSetup, NetSetupError};
+use super::dns::Dns;
+use super::forwarding::Forwarding;
+use super::nat::Masquerade;
+use super::{DnsConfig, InterfaceConfig, NetSetup, NetSetupError, RestoreGuard, RestoreRecords};
 
 const EEXIST: i32 = 17;
 const ESRCH: i32 = 3;
@@ -291,5 +296,23 @@ impl NetSetup for LinuxNetSetup {
             Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
             Err(e) => Err(failed(format!("add unreachable route {net}"), e)),
         }
+    }
+
+    fn apply_dns(
+        &self,
+        ifname: &str,
+        dns: &DnsConfig<'_>,
+        records: Arc<dyn RestoreRecords>,
+    ) -> Result<Option<RestoreGuard>, NetSetupError> {
+        let applied = Dns::apply(ifname, dns.servers, dns.search, dns.full_tunnel, records)?;
+        Ok(applied.map(RestoreGuard::new))
+    }
+
+    fn enable_forwarding(&self, records: Arc<dyn RestoreRecords>) -> Result<RestoreGuard, NetSetupError> {
+        Forwarding::enable(records).map(RestoreGuard::new)
+    }
+
+    fn masquerade(&self, tun: &str, pool: IpNet, out_iface: &str) -> Result<RestoreGuard, NetSetupError> {
+        Masquerade::install(tun, pool, out_iface).map(RestoreGuard::new)
     }
 }

@@ -1,18 +1,22 @@
 //! OS network setup, in one place: the tunnel interface (MTU, addresses, link state, routes,
 //! with an undo log so that whatever was added is removed again on exit, and only that), DNS
 //! for the tunnel, IP forwarding and source NAT. One [`NetSetup`] signature for every OS: the Linux
-//! implementation (rtnetlink, resolvectl or resolv.conf, /proc/sys) and the macOS/FreeBSD
-//! command plans ([`plan`]) side by side. Callers pass in where crash-restore records live
-//! ([`RestoreRecords`]); this module hard-codes no caller's paths.
+//! implementation (rtnetlink, resolvectl or resolv.conf, /proc/sys, nftables) and the
+//! macOS/FreeBSD command plans ([`plan`]) side by side. Callers use only the trait, [`open`],
+//! [`OsNetSetup`] and [`recover_after_crash`]; DNS, forwarding and NAT come back as
+//! [`RestoreGuard`]s, so no caller names an OS's own types. Callers pass in where crash-restore
+//! records live ([`RestoreRecords`]); this module hard-codes no caller's paths.
 
+// The Linux implementation: `linux.rs` (the trait, over rtnetlink) and the host settings it
+// applies (`dns.rs`, `forwarding.rs`, `nat.rs`), private to this module.
 #[cfg(target_os = "linux")]
-pub mod dns;
+mod dns;
 #[cfg(target_os = "linux")]
-pub mod forwarding;
+mod forwarding;
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
-pub mod nat;
+mod nat;
 pub mod plan;
 #[cfg(target_os = "linux")]
 pub use linux::LinuxNetSetup;
@@ -29,6 +33,7 @@ pub fn open() -> Result<OsNetSetup, NetSetupError> {
 }
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -93,6 +98,40 @@ pub fn recover_after_crash(records: &dyn RestoreRecords) {
     dns::recover(records);
 }
 
+/// A change to the host outside the interface (DNS, IP forwarding, a NAT rule), in force while
+/// this lives: dropping it restores what was there before. What it holds is the OS
+/// implementation's business.
+#[must_use = "dropping the guard undoes the change at once"]
+pub struct RestoreGuard {
+    _applied: Box<dyn Send + Sync>,
+}
+
+impl RestoreGuard {
+    /// Guards `applied`, whose `Drop` restores the host.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn new(applied: impl Send + Sync + 'static) -> RestoreGuard {
+        RestoreGuard {
+            _applied: Box::new(applied),
+        }
+    }
+}
+
+impl std::fmt::Debug for RestoreGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestoreGuard")
+    }
+}
+
+/// Resolvers for the tunnel, already validated (see `accept_policy`).
+#[derive(Debug, Clone, Copy)]
+pub struct DnsConfig<'a> {
+    pub servers: &'a [IpAddr],
+    pub search: &'a [String],
+    /// Full tunnel: the interface becomes the host's default DNS route, so that no query
+    /// goes to another link's resolvers.
+    pub full_tunnel: bool,
+}
+
 /// Addresses and MTU for a tunnel interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceConfig {
@@ -128,11 +167,48 @@ pub trait NetSetup {
     /// Makes `net` unreachable (applications get an immediate error instead of their packets
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError>;
+
+    // Host settings beyond the interface: each is undone when its guard is dropped, and saved
+    // in `records` where a killed run would leave it changed ([`recover_after_crash`]).
+
+    /// Gives `ifname` the resolvers of `dns` until the guard is dropped; nothing (`None`)
+    /// without servers. Linux: systemd-resolved per-link DNS when it runs, otherwise
+    /// /etc/resolv.conf rewritten in place (the original saved in `records`). macOS/FreeBSD:
+    /// [`plan::dns`].
+    fn apply_dns(
+        &self,
+        ifname: &str,
+        dns: &DnsConfig<'_>,
+        records: Arc<dyn RestoreRecords>,
+    ) -> Result<Option<RestoreGuard>, NetSetupError>;
+    /// Turns IPv4 and IPv6 forwarding on (site gateways) until the guard is dropped; what was
+    /// changed is saved in `records`. Linux: /proc/sys. macOS/FreeBSD: [`plan::forwarding`].
+    fn enable_forwarding(&self, records: Arc<dyn RestoreRecords>) -> Result<RestoreGuard, NetSetupError>;
+    /// Masquerades IPv4 traffic from `pool` leaving through `out_iface` (for LANs with no route
+    /// back to the pool) until the guard is dropped; `tun` names the rule set. Linux: an
+    /// nftables table of its own. macOS/FreeBSD: [`plan::masquerade`].
+    fn masquerade(&self, tun: &str, pool: IpNet, out_iface: &str) -> Result<RestoreGuard, NetSetupError>;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guard_restores_when_dropped() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        struct Applied(Arc<AtomicBool>);
+        impl Drop for Applied {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let restored = Arc::new(AtomicBool::new(false));
+        let guard = RestoreGuard::new(Applied(restored.clone()));
+        assert!(!restored.load(Ordering::SeqCst));
+        drop(guard);
+        assert!(restored.load(Ordering::SeqCst));
+    }
 
     #[test]
     fn a_failed_step_keeps_its_cause() {

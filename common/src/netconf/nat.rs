@@ -1,7 +1,8 @@
 //! Optional source NAT for LANs with no route back to the pools (Linux, nftables): one table of
 //! our own (`ip sshvpn_<tun>`), created by [`Masquerade::install`] and deleted when the
 //! [`Masquerade`] is dropped; nothing else in the ruleset is touched. Uses the `nft` program;
-//! the scripts come from [`super::plan`].
+//! the scripts come from [`super::plan`]. Reached through `NetSetup::masquerade` (the caller
+//! holds it as a `RestoreGuard`).
 
 use std::io::Write;
 use std::process::{Command, Stdio};

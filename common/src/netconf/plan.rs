@@ -1,9 +1,13 @@
 //! Network setup expressed as plans of commands: macOS (utun, `ifconfig`, `route`, `scutil` for
-//! DNS) and FreeBSD (tun, `ifconfig`, `route`, `resolvconf`), and the command and text builders
-//! of the Linux DNS setup (`resolvectl` calls, resolv.conf text). A plan is pure data, so it is
-//! unit-tested on any system; running it is a loop over `Command`s.
+//! DNS, `sysctl` for forwarding, a pf anchor for NAT) and FreeBSD (tun, `ifconfig`, `route`,
+//! `resolvconf`, `sysctl`, pf), one plan per [`NetSetup`](super::NetSetup) method, and the
+//! command and text builders of the Linux implementation (`resolvectl` calls, resolv.conf text,
+//! the nftables masquerade script). A plan is pure data, so it is unit-tested on any system;
+//! running it is a loop over `Command`s ([`run`]).
 //!
-//! Status: planned and unit-tested here; not exercised on macOS or FreeBSD machines yet.
+//! Status: the macOS/FreeBSD plans are plans only: unit-tested here, executed by nothing yet
+//! (there is no `NetSetup` implementation for those systems) and not exercised on macOS or
+//! FreeBSD machines.
 
 use std::net::IpAddr;
 
@@ -202,6 +206,56 @@ pub fn masquerade_nft(table: &str, pool: IpNet, iface: &str) -> String {
     )
 }
 
+/// The sysctls that turn on IPv4 and IPv6 forwarding; macOS and FreeBSD name them alike.
+pub fn forwarding_sysctls(_os: Os) -> [&'static str; 2] {
+    ["net.inet.ip.forwarding", "net.inet6.ip6.forwarding"]
+}
+
+/// IP forwarding on for both families (macOS, FreeBSD), as `NetSetup::enable_forwarding` does on
+/// Linux: `previous` is each of [`forwarding_sysctls`]' values as read before (`sysctl -n NAME`;
+/// `None` if unknown). A sysctl already at 1 is left alone; the undo restores only what the plan
+/// changed (to 0 where the old value is unknown). A plan only: nothing runs it yet.
+pub fn forwarding(os: Os, previous: [Option<&str>; 2]) -> Plan {
+    let mut plan = Plan::default();
+    for (name, old) in forwarding_sysctls(os).into_iter().zip(previous) {
+        let old = old.map(str::trim);
+        if old == Some("1") {
+            continue;
+        }
+        plan.apply.push(Step::new("sysctl", &["-w", &format!("{name}=1")]));
+        plan.undo
+            .push(Step::new("sysctl", &["-w", &format!("{name}={}", old.unwrap_or("0"))]));
+    }
+    plan.undo.reverse();
+    plan
+}
+
+/// The pf anchor (macOS, FreeBSD) holding the masquerade rule. pf evaluates it only if the main
+/// ruleset names it (`nat-anchor "sshvpn"` in /etc/pf.conf) and pf is enabled (`pfctl -e`);
+/// neither is changed by the plan.
+pub const PF_ANCHOR: &str = "sshvpn";
+
+/// The pf rule (macOS, FreeBSD) that masquerades IPv4 traffic from `pool` leaving through
+/// `iface`: translated to the interface's address, followed if it changes.
+pub fn masquerade_pf(pool: IpNet, iface: &str) -> String {
+    format!("nat on {iface} from {} to any -> ({iface})\n", pool.trunc())
+}
+
+/// Source NAT for `pool` out of `iface` (macOS, FreeBSD), as `NetSetup::masquerade` does on
+/// Linux with its own nftables table: the rule is loaded into the [`PF_ANCHOR`] anchor with
+/// `pfctl -a sshvpn -f -`, and the undo flushes that anchor's NAT rules only; nothing else in the
+/// ruleset is touched. A plan only: nothing runs it yet.
+pub fn masquerade(_os: Os, pool: IpNet, iface: &str) -> Plan {
+    Plan {
+        apply: vec![Step {
+            program: "pfctl",
+            args: vec!["-a".into(), PF_ANCHOR.into(), "-f".into(), "-".into()],
+            stdin: Some(masquerade_pf(pool, iface)),
+        }],
+        undo: vec![Step::new("pfctl", &["-a", PF_ANCHOR, "-F", "nat"])],
+    }
+}
+
 /// Resolvers for the tunnel. macOS: a dynamic-store DNS entry through `scutil` (supplemental
 /// to the system's). FreeBSD: `resolvconf` with an interface-specific record.
 pub fn dns(os: Os, ifname: &str, servers: &[IpAddr], search: &[String]) -> Plan {
@@ -396,6 +450,49 @@ mod tests {
             script,
             "table ip sshvpn_sshvpn_0_x {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr 10.9.0.0/24 oifname \"eth0\" masquerade\n  }\n}\n"
         );
+    }
+
+    #[test]
+    fn forwarding_plans_set_both_families_and_restore_only_what_they_changed() {
+        for os in [Os::MacOs, Os::FreeBsd] {
+            assert_eq!(
+                forwarding_sysctls(os),
+                ["net.inet.ip.forwarding", "net.inet6.ip6.forwarding"]
+            );
+            let off = forwarding(os, [Some("0"), Some("0\n")]);
+            assert_eq!(
+                shown(&off.apply),
+                [
+                    "sysctl -w net.inet.ip.forwarding=1",
+                    "sysctl -w net.inet6.ip6.forwarding=1"
+                ]
+            );
+            assert_eq!(
+                shown(&off.undo),
+                [
+                    "sysctl -w net.inet6.ip6.forwarding=0",
+                    "sysctl -w net.inet.ip.forwarding=0"
+                ]
+            );
+            // Already on: left alone, and not turned off on exit.
+            let v4_on = forwarding(os, [Some("1"), None]);
+            assert_eq!(shown(&v4_on.apply), ["sysctl -w net.inet6.ip6.forwarding=1"]);
+            assert_eq!(shown(&v4_on.undo), ["sysctl -w net.inet6.ip6.forwarding=0"]);
+            assert_eq!(forwarding(os, [Some("1"), Some("1")]), Plan::default());
+        }
+    }
+
+    #[test]
+    fn masquerade_plans_load_a_pf_anchor_and_flush_only_it() {
+        for os in [Os::MacOs, Os::FreeBsd] {
+            let plan = masquerade(os, "10.9.0.1/24".parse().unwrap(), "en0");
+            assert_eq!(shown(&plan.apply), ["pfctl -a sshvpn -f -"]);
+            assert_eq!(
+                plan.apply[0].stdin.as_deref(),
+                Some("nat on en0 from 10.9.0.0/24 to any -> (en0)\n")
+            );
+            assert_eq!(shown(&plan.undo), ["pfctl -a sshvpn -F nat"]);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use russh::{Channel, ChannelId};
 use sshvpn_common::ssh::SUBSYSTEM;
 use sshvpn_common::tunnel::{ChannelRx, ChannelTx};
 
-use crate::credentials::{Credential, Grant};
+use crate::credentials::{Credential, Grant, Refusal};
 use crate::state::ServerState;
 
 /// What the handler reports back about one connection.
@@ -52,15 +52,17 @@ impl ConnectionHandler {
 
 // Key management (issue 13): login decisions through the live key store.
 impl ConnectionHandler {
-    fn authorize(&self, credential: &Credential, user: &str) -> Result<Grant, String> {
+    fn authorize(&self, credential: &Credential, user: &str) -> Result<Grant, Refusal> {
         self.server.access.authorize(credential, user, self.peer.ip())
     }
 
-    fn refused(&self, user: &str, key: &PublicKey, why: &str) {
+    fn refused(&self, user: &str, key: &PublicKey, why: &Refusal) {
         self.state.auth_failures.fetch_add(1, Relaxed);
         self.server.metrics.auth_failed();
         tracing::info!("{}: refused user {user:?}: {why}", self.peer);
-        self.server.audit.auth_failed(self.peer, user, Some(key), why);
+        self.server
+            .audit
+            .auth_failed(self.peer, user, Some(key), &why.to_string());
     }
 
     fn accept(&mut self, user: &str, credential: &Credential, key: PublicKey) -> Result<Auth, russh::Error> {

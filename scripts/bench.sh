@@ -8,6 +8,7 @@
 #
 #   sudo scripts/bench.sh                 # T=8 seconds per iperf3 run
 #   sudo RATE=10mbit scripts/bench.sh     # with a tc tbf bottleneck on the laptop-gateway link
+#   sudo RATE=100mbit LOSS=10 scripts/bench.sh  # ... and 1 % random loss each way (LOSS is per mille)
 #   sudo ONLY=sshvpn scripts/bench.sh     # skip OpenSSH and the plain path
 # Needs root, iproute2, iperf3, iputils-ping, openssh-client; openssh-server for the OpenSSH rows.
 set -euo pipefail
@@ -51,6 +52,40 @@ try:
 except Exception: print("ERR")'
 }
 ping_avg() { inl ping -c "$1" -i "$2" -q $LAN 2>/dev/null | awk -F/ '/rtt/{print $5}'; }
+# Request/response: one TCP connection, a 64-byte request answered by a 64-byte response, the next
+# request sent when the response is in (what an interactive session or an RPC feels): transactions/s.
+RR_SERVER='
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.202.0.2", 7777)); s.listen(1); s.settimeout(30)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while True:
+    m = c.recv(64)
+    if not m: break
+    c.sendall(m)
+'
+RR_CLIENT='
+import socket, sys, time
+c = socket.create_connection(("10.202.0.2", 7777), timeout=5)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+msg, n, end = b"x" * 64, 0, time.monotonic() + float(sys.argv[1])
+start = time.monotonic()
+while time.monotonic() < end:
+    c.sendall(msg); got = 0
+    while got < 64:
+        r = c.recv(64 - got)
+        if not r: sys.exit("connection closed")
+        got += len(r)
+    n += 1
+print(round(n / (time.monotonic() - start)))
+'
+rr_tps() {
+  inlan python3 -c "$RR_SERVER" & local srv=$!
+  sleep 0.3
+  local r; r=$(inl python3 -c "$RR_CLIENT" 4 2>/dev/null || echo ERR)
+  kill $srv 2>/dev/null; wait $srv 2>/dev/null || true
+  echo "$r"
+}
 loaded_rtt() {
   iperf_server
   ip netns exec "$NS_LAPTOP" iperf3 -c $LAN -t 6 >/dev/null 2>&1 &
@@ -78,6 +113,7 @@ measure() { # name pids-var
   sleep 1 # let queues from the previous run drain
   R[$name,rtt_idle]=$(ping_avg 20 0.05)
   R[$name,rtt_loaded]=$(loaded_rtt)
+  R[$name,rr_tps]=$(rr_tps)
   # 64-byte UDP floods say nothing behind a 10 Mbit/s bottleneck (and starve iperf3's control connection).
   if [ -z "${RATE:-}" ]; then R[$name,udp_pps]=$(udp_pps); else R[$name,udp_pps]=-; fi
   echo "  $name: up ${R[$name,up1]} down ${R[$name,down1]} Mbit/s" >&2
@@ -142,12 +178,12 @@ run_sshvpn() {
   topology_down
 }
 
-echo "measuring (T=${T}s per run${RATE:+, bottleneck $RATE})..." >&2
+echo "measuring (T=${T}s per run${RATE:+, bottleneck $RATE}${LOSS:+, loss ${LOSS} per mille each way})..." >&2
 if [ "$ONLY" = all ]; then run_plain; run_openssh; fi
 run_sshvpn
 
-rows="up1:TCP up, 1 stream (Mbit/s) down1:TCP down, 1 stream (Mbit/s) up4:TCP up, 4 streams (Mbit/s) down4:TCP down, 4 streams (Mbit/s) rtt_idle:ping RTT idle (ms) rtt_loaded:ping RTT under upload (ms) udp_pps:UDP 64-byte packets/s rss_client:client peak RSS (MiB) rss_server:server peak RSS (MiB)"
-python3 - "$OUT" "${RATE:-none}" <<PY
+rows="up1:TCP up, 1 stream (Mbit/s) down1:TCP down, 1 stream (Mbit/s) up4:TCP up, 4 streams (Mbit/s) down4:TCP down, 4 streams (Mbit/s) rtt_idle:ping RTT idle (ms) rtt_loaded:ping RTT under upload (ms) rr_tps:TCP request/response, 64 B (transactions/s) udp_pps:UDP 64-byte packets/s rss_client:client peak RSS (MiB) rss_server:server peak RSS (MiB)"
+python3 - "$OUT" "${RATE:-none}${LOSS:+, loss ${LOSS} per mille}" <<PY
 import csv, sys
 out, rate = sys.argv[1], sys.argv[2]
 R = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
@@ -155,7 +191,7 @@ rows = [r.split(":", 1) for r in """$rows""".split(" ") if r]
 # re-join labels that contained spaces
 items, cur = [], None
 for part in """$rows""".split(" "):
-    if ":" in part and part.split(":")[0] in ("up1","down1","up4","down4","rtt_idle","rtt_loaded","udp_pps","rss_client","rss_server"):
+    if ":" in part and part.split(":")[0] in ("up1","down1","up4","down4","rtt_idle","rtt_loaded","rr_tps","udp_pps","rss_client","rss_server"):
         cur = part.split(":", 1); items.append(cur)
     elif cur: cur[1] += " " + part
 systems = [s for s in ("plain", "openssh", "sshvpn") if f"{s},up1" in R]
@@ -166,12 +202,13 @@ lower_better = {"rtt_idle", "rtt_loaded", "rss_client", "rss_server"}
 table = []
 for key, label in items:
     vals = [R.get(f"{s},{key}", "-") for s in systems]
-    ratio = "-"
-    a, b = num(R.get(f"sshvpn,{key}")), num(R.get(f"openssh,{key}"))
-    if a and b:
-        ratio = f"{(b / a if key in lower_better else a / b):.2f}x"
-    table.append([label] + vals + [ratio])
-hdr = ["metric"] + systems + ["sshvpn vs OpenSSH (higher is better)"]
+    def ratio(other):
+        a, b = num(R.get(f"sshvpn,{key}")), num(R.get(f"{other},{key}"))
+        if not (a and b):
+            return "-"
+        return f"{(b / a if key in lower_better else a / b):.2f}x"
+    table.append([label] + vals + [ratio("openssh"), ratio("plain")])
+hdr = ["metric"] + systems + ["sshvpn vs OpenSSH (higher is better)", "sshvpn vs plain"]
 w = [max(len(str(r[i])) for r in table + [hdr]) for i in range(len(hdr))]
 print(f"\nbottleneck: {rate}")
 print("  ".join(h.ljust(w[i]) for i, h in enumerate(hdr)))

@@ -59,7 +59,8 @@ ROUNDS=${ROUNDS:-1}
 SETTLE=${SETTLE:-7}
 MAX_STARTUPS=${MAX_STARTUPS:-$((2 * C)):30:$((4 * C))}
 MAX_CLIENTS=$((N > 1024 ? N : 1024))
-POOL=${POOL:-10.210.0.0/20}
+# The pool must hold every client: a /20 has 4094 addresses, a /18 16382.
+if [ "$N" -gt 4000 ]; then POOL=${POOL:-10.210.0.0/18}; else POOL=${POOL:-10.210.0.0/20}; fi
 OUT=target/load
 mkdir -p "$OUT"
 LOG=$OUT/load-N$N.txt

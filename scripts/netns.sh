@@ -5,7 +5,9 @@
 #
 # The gateway forwards; the LAN host routes everything via the gateway. Names get a per-run
 # prefix ($NS_PREFIX) so several runs never collide. RATE=10mbit adds a tc tbf bottleneck on the
-# laptop-gateway link in both directions.
+# laptop-gateway link in both directions. LOSS=10 drops that many per mille (10 = 1 %) of the IP
+# packets arriving at either end of the laptop-gateway link, at random (an nftables `numgen
+# random` rule: loss each way where netem is not available).
 
 NS_PREFIX=${NS_PREFIX:-svdemo$$}
 NS_LAPTOP=${NS_PREFIX}-laptop
@@ -40,6 +42,18 @@ topology_up() {
   if [ -n "${RATE:-}" ]; then
     ip netns exec "$NS_LAPTOP" tc qdisc add dev eth0 root tbf rate "$RATE" burst 64kb latency 400ms
     ip netns exec "$NS_GW" tc qdisc add dev eth0 root tbf rate "$RATE" burst 64kb latency 400ms
+  fi
+  if [ -n "${LOSS:-}" ] && [ "${LOSS}" != 0 ]; then
+    for n in "$NS_LAPTOP" "$NS_GW"; do
+      ip netns exec "$n" nft -f - <<EON
+table netdev sshvpn_loss {
+  chain ingress {
+    type filter hook ingress device eth0 priority 0;
+    meta protocol { ip, ip6 } numgen random mod 1000 < ${LOSS} counter drop
+  }
+}
+EON
+    done
   fi
 }
 

@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         eprintln!("sshvpn exec: {e:#}");
         return ExitCode::from(127);
     }
-    let runtime = match sshvpn_common::runtime::build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvpn: cannot start runtime: {e}");

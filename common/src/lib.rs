@@ -18,7 +18,6 @@ pub mod packet;
 pub mod pool;
 pub mod proto;
 pub mod report;
-pub mod runtime;
 pub mod sd_notify;
 pub mod ssh;
 pub mod toml_errors;

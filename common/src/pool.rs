@@ -137,6 +137,11 @@ impl AddressPool {
         }
     }
 
+    /// Whether `identity` holds a lease.
+    pub fn has_lease(&self, identity: &str) -> bool {
+        self.leases.contains_key(identity)
+    }
+
     pub fn leases(&self) -> impl Iterator<Item = (&str, IpAddr)> {
         self.leases.iter().map(|(k, v)| (k.as_str(), *v))
     }

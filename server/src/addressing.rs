@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use sshvpn_common::pool::{AddressPool, PoolError};
@@ -13,7 +15,16 @@ use crate::leases::LeaseFile;
 pub struct Addressing {
     pools: Mutex<(AddressPool, Option<AddressPool>)>,
     file: LeaseFile,
+    /// A lease was made that the file does not have yet.
+    unsaved: AtomicBool,
+    /// Signalled when `unsaved` is set.
+    changed: tokio::sync::Notify,
 }
+
+/// New leases are written out together, at most this often: rewriting the whole file for every
+/// new client made connecting N clients cost O(N²) (5000 clients: 28 connects/s instead of
+/// hundreds).
+const SAVE_DELAY: Duration = Duration::from_secs(1);
 
 /// The addresses of one client: host routes (/32, /128) it may send from, and the same addresses
 /// with the pools' prefix lengths, as configured on its interface.
@@ -89,6 +100,8 @@ impl Addressing {
         Addressing {
             pools: Mutex::new(pools),
             file,
+            unsaved: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -119,10 +132,51 @@ impl Addressing {
         }
     }
 
-    /// The identity's addresses, leasing new ones (and saving the lease file) if needed.
+    /// Writes new leases to the lease file, within [`SAVE_DELAY`] of their making; runs for the
+    /// daemon's life. (The daemon calls [`Addressing::save_now`] once more when it stops.)
+    pub async fn persist(&self) {
+        loop {
+            self.changed.notified().await;
+            tokio::time::sleep(SAVE_DELAY).await;
+            // The write ends with an fsync: keep it off the other tasks' way where possible.
+            if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| self.save_now());
+            } else {
+                self.save_now();
+            }
+        }
+    }
+
+    /// Writes the lease file now if a lease was made since the last write.
+    pub fn save_now(&self) {
+        if !self.unsaved.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let all = {
+            let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            let mut all: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+            for (id, a) in pools.0.leases() {
+                if !is_ephemeral(id) {
+                    all.entry(id.to_string()).or_default().push(a);
+                }
+            }
+            if let Some(p6) = &pools.1 {
+                for (id, a) in p6.leases() {
+                    if !is_ephemeral(id) {
+                        all.entry(id.to_string()).or_default().push(a);
+                    }
+                }
+            }
+            all
+        };
+        self.file.save(&all);
+    }
+
+    /// The identity's addresses, leasing new ones if needed (the lease file follows within
+    /// [`SAVE_DELAY`]).
     pub fn assign(&self, identity: &str) -> Result<Assignment, PoolError> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let known = pools.0.leases().any(|(id, _)| id == identity);
+        let known = pools.0.has_lease(identity);
         let a4 = pools.0.lease(identity)?;
         let a6 = match pools.1.as_mut() {
             Some(p6) => match p6.lease(identity) {
@@ -135,16 +189,8 @@ impl Addressing {
             None => None,
         };
         if !known && !is_ephemeral(identity) {
-            let mut all: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-            for (id, a) in pools.0.leases() {
-                all.entry(id.to_string()).or_default().push(a);
-            }
-            if let Some(p6) = &pools.1 {
-                for (id, a) in p6.leases() {
-                    all.entry(id.to_string()).or_default().push(a);
-                }
-            }
-            self.file.save(&all);
+            self.unsaved.store(true, Ordering::Release);
+            self.changed.notify_one();
         }
         let mut own = vec![IpNet::from(a4)];
         own.extend(a6.map(IpNet::from));
@@ -153,5 +199,46 @@ impl Addressing {
             addr4: pools.0.with_prefix(a4),
             addr6: a6.and_then(|a| pools.1.as_ref().map(|p| p.with_prefix(a))),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn new_leases_are_written_together_and_ephemeral_ones_never() {
+        let dir = std::env::temp_dir().join(format!("sshvpn-addressing-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("leases");
+        let pool = AddressPool::new("10.9.0.0/24".parse().unwrap()).unwrap();
+        let addressing = Addressing::new(pool, None, LeaseFile::new(Some(path.clone())), &[]);
+        let a = addressing.assign("SHA256:a").unwrap();
+        addressing.assign("SHA256:b").unwrap();
+        addressing.assign("SHA256:c#laptop").unwrap();
+        // Not written per lease: the background writer (or the daemon's stop) writes them.
+        assert!(!path.exists());
+        addressing.save_now();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.contains(&format!("SHA256:a {}", a.own[0].addr())), "{text}");
+        assert!(!text.contains('#'), "{text}");
+        // Nothing new: the file is left alone.
+        std::fs::remove_file(&path).unwrap();
+        addressing.assign("SHA256:a").unwrap();
+        addressing.save_now();
+        assert!(!path.exists());
+        // The writer task picks a new lease up within SAVE_DELAY.
+        let writer = tokio::spawn({
+            let addressing = std::sync::Arc::new(addressing);
+            let a2 = addressing.clone();
+            a2.assign("SHA256:d").unwrap();
+            async move { addressing.persist().await }
+        });
+        tokio::time::sleep(SAVE_DELAY * 3).await;
+        writer.abort();
+        let text = std::fs::read_to_string(&path).expect("written by the writer task");
+        assert!(text.contains("SHA256:d "), "{text}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

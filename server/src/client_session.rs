@@ -44,10 +44,7 @@ fn valid_instance(tag: &str) -> bool {
 fn concurrent_sessions(state: &ServerState, base: &str, identity: &str) -> usize {
     state
         .switch
-        .ports()
-        .iter()
-        .filter(|p| p.identity != identity && p.identity.split('#').next() == Some(base))
-        .count()
+        .count(|p| p.identity != identity && p.identity.split('#').next() == Some(base))
 }
 
 /// Runs one client's tunnel over any transport until it ends, and logs the outcome. `identity`

@@ -248,6 +248,8 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let background = state.clone();
     tokio::spawn(async move { background.policy.background(&background.audit, hangup).await });
     tokio::spawn(release_memory_after_churn(state.clone()));
+    let leases = state.clone();
+    tokio::spawn(async move { leases.addressing.persist().await });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
     let ssh = match (&listener, &host_key) {
         (Some(l), Some(k)) => format!(
@@ -297,6 +299,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_file(&args.control);
     tracing::info!("shutting down");
+    state.addressing.save_now();
     crate::policy_runtime::shutting_down(&state.audit, &state.switch);
     state.audit.sync(Duration::from_secs(2));
     result

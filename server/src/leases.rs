@@ -3,7 +3,7 @@
 //! A lease file (not a hash of the key) because a hash maps two keys to the same address sooner
 //! or later, and resolving that collision by order of arrival would move addresses around
 //! between restarts. One line per identity: `IDENTITY ADDRESS [ADDRESS]`. Written atomically
-//! (temporary file + rename) whenever a new lease is made.
+//! (temporary file + rename) within a second of new leases being made, and when the daemon stops.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -57,12 +57,12 @@ impl LeaseFile {
                 std::fs::create_dir_all(dir)?;
             }
             let tmp = path.with_extension("tmp");
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
             for (identity, addrs) in leases {
                 let addrs: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
                 writeln!(f, "{identity} {}", addrs.join(" "))?;
             }
-            f.sync_all()?;
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             std::fs::rename(&tmp, path)
         };
         if let Err(e) = write() {

@@ -92,7 +92,7 @@ fn main() -> std::process::ExitCode {
     }
     let args = cli.serve;
     sshvpn_common::logging::init(args.verbose);
-    let runtime = match sshvpn_common::runtime::build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sshvpnd: cannot start runtime: {e}");

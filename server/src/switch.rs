@@ -2,6 +2,7 @@
 //! owning the destination address (longest-prefix match), through that client's bounded queue;
 //! a full queue drops the packet and counts it, so one slow client never stalls the others.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
@@ -43,8 +44,17 @@ pub struct SwitchStats {
 
 #[derive(Debug, Default)]
 pub struct Switch {
-    table: RwLock<AllowedIps<Arc<PeerPort>>>,
+    table: RwLock<Table>,
     pub stats: SwitchStats,
+}
+
+/// Who owns which address, and every attached session by id: listing the sessions must not
+/// walk the routes (with 5000 clients, `ports` did so for every new connection, quadratically,
+/// and connecting all of them took minutes).
+#[derive(Debug, Default)]
+struct Table {
+    routes: AllowedIps<Arc<PeerPort>>,
+    ports: BTreeMap<u64, Arc<PeerPort>>,
 }
 
 impl Switch {
@@ -52,42 +62,43 @@ impl Switch {
     /// are unhooked and told to leave (the newest session of an identity wins).
     pub fn attach(&self, port: Arc<PeerPort>) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let Table { routes, ports } = &mut *table;
+        ports.insert(port.id, port.clone());
         for net in &port.addresses {
-            if let Some(old) = table.insert(*net, port.clone())
+            if let Some(old) = routes.insert(*net, port.clone())
                 && old.id != port.id
             {
-                table.retain(|p| p.id != old.id);
+                routes.retain(|p| p.id != old.id);
+                ports.remove(&old.id);
                 tracing::info!("session {} of {} replaced by session {}", old.id, old.identity, port.id);
                 old.evict.notify_one();
             }
         }
     }
 
-    /// Every attached session, once each.
+    /// Every attached session, once each, by id.
     pub fn ports(&self) -> Vec<Arc<PeerPort>> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<Arc<PeerPort>> = Vec::new();
-        table.for_each(|p| {
-            if !v.iter().any(|q| q.id == p.id) {
-                v.push(p.clone());
-            }
-        });
-        v.sort_by_key(|p| p.id);
-        v
+        table.ports.values().cloned().collect()
+    }
+
+    /// How many attached sessions `pred` holds for.
+    pub fn count(&self, pred: impl Fn(&PeerPort) -> bool) -> usize {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.ports.values().filter(|p| pred(p)).count()
     }
 
     /// Whether some session of `identity` is attached.
     pub fn has_identity(&self, identity: &str) -> bool {
-        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let mut found = false;
-        table.for_each(|p| found |= p.identity == identity);
-        found
+        self.count(|p| p.identity == identity) > 0
     }
 
     /// Removes the port's routes, if they still point at it.
     pub fn detach(&self, port: &PeerPort) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-        table.retain(|p| p.id != port.id);
+        if table.ports.remove(&port.id).is_some() {
+            table.routes.retain(|p| p.id != port.id);
+        }
     }
 
     /// Hands one packet read from the TUN to its client.
@@ -120,8 +131,49 @@ impl Switch {
             // Take the table lock once for everything that is ready now.
             let table = self.table.read().unwrap_or_else(|e| e.into_inner());
             for pkt in batch.drain(..) {
-                self.dispatch(&table, pkt, vnet);
+                self.dispatch(&table.routes, pkt, vnet);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sshvpn_common::tunnel::packet_queue;
+
+    fn port(id: u64, identity: &str, addr: &str) -> Arc<PeerPort> {
+        Arc::new(PeerPort {
+            id,
+            identity: identity.into(),
+            addresses: vec![addr.parse().unwrap()],
+            queue: packet_queue(4, 4096).0,
+            stats: Arc::default(),
+            peer: "test".into(),
+            since: std::time::SystemTime::now(),
+            evict: Notify::new(),
+            not_authorized: Default::default(),
+        })
+    }
+
+    #[test]
+    fn sessions_are_listed_once_replaced_ones_leave_and_detach_frees_the_routes() {
+        let switch = Switch::default();
+        switch.attach(port(1, "a", "10.9.0.2/32"));
+        switch.attach(port(2, "b", "10.9.0.3/32"));
+        let ids = |s: &Switch| s.ports().iter().map(|p| p.id).collect::<Vec<_>>();
+        assert_eq!(ids(&switch), [1, 2]);
+        assert!(switch.has_identity("a"));
+        // A newer session of the same address replaces the older one.
+        let newer = port(3, "a", "10.9.0.2/32");
+        switch.attach(newer.clone());
+        assert_eq!(ids(&switch), [2, 3]);
+        assert_eq!(switch.count(|p| p.identity == "a"), 1);
+        switch.detach(&newer);
+        assert_eq!(ids(&switch), [2]);
+        assert!(!switch.has_identity("a"));
+        let table = switch.table.read().unwrap();
+        assert!(table.routes.lookup("10.9.0.2".parse().unwrap()).is_none());
+        assert!(table.routes.lookup("10.9.0.3".parse().unwrap()).is_some());
     }
 }

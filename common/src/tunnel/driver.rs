@@ -40,9 +40,11 @@ const BATCH_PACKETS: usize = 256;
 const FLUSH_BYTES: usize = 256 * 1024;
 /// ICMP replies written back to the TUN per batch at most; the rest of a burst gets none.
 const MAX_REPLIES: usize = 64;
-/// Initial size of the receive and batch buffers: small, so that an idle session costs little;
-/// they grow with the traffic (a busy session's batches reach FLUSH_BYTES).
-const INITIAL_BUFFER: usize = 16 * 1024;
+/// Initial size of the handshake's receive buffer: small, so that a session costs little; it
+/// grows with the traffic. (The batch buffer is allocated per batch, at the batch's size.)
+const INITIAL_BUFFER: usize = 4 * 1024;
+/// Bytes a frame adds to its payload, at most.
+const FRAME_OVERHEAD: usize = frame::HEADER_LEN;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -342,7 +344,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
                 mtu: negotiated.mtu,
             },
             peer_max_payload: negotiated.peer_max_payload,
-            out: BytesMut::with_capacity(INITIAL_BUFFER),
+            out: BytesMut::new(),
             scratch: Vec::new(),
             tun: tun.clone(),
             icmp_sources,
@@ -540,6 +542,10 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
                 }
                 session.is_closed()
             };
+            // One allocation per batch, sized for it (frames add a few bytes per packet); the
+            // buffer goes to the transport whole, so an idle session keeps none.
+            let wanted: usize = batch.iter().map(|p| p.len() + FRAME_OVERHEAD).sum();
+            self.out.reserve(wanted.min(FLUSH_BYTES + SEND_PIECE));
             for pkt in batch.drain(..) {
                 self.encode_packet(&pkt);
                 if self.out.len() >= FLUSH_BYTES {
@@ -549,6 +555,7 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
             if !self.out.is_empty() {
                 send_bounded(&mut self.tx, self.out.split().freeze(), self.stall).await?;
             }
+            self.out = BytesMut::new();
             for reply in self.replies.drain(..) {
                 if self.tun.send_ip(&reply).await.is_err() {
                     TunnelStats::add(&self.stats.drop_tun_error, 1);

@@ -208,7 +208,10 @@ async fn a_writer_reading_its_tun_directly_sends_what_it_reads() {
     assert_eq!(c.stats.snapshot().tx_packets, 2);
     // A TUN that fails ends the session with that error.
     c.tun.close();
-    let end = tokio::time::timeout(PATIENCE, c.run).await.expect("session ends").unwrap();
+    let end = tokio::time::timeout(PATIENCE, c.run)
+        .await
+        .expect("session ends")
+        .unwrap();
     assert!(matches!(end, Err(TunnelError::TunRead(_))), "{end:?}");
 }
 

@@ -57,8 +57,21 @@ impl TransportRx for ChannelRx {
                     if data.is_empty() {
                         continue;
                     }
-                    buf.extend_from_slice(&data);
-                    return Ok(data.len());
+                    let n = data.len();
+                    if buf.is_empty() {
+                        // Nothing left over: take russh's buffer as is (no copy), and let go of
+                        // ours, so that an idle session keeps no receive buffer at all.
+                        match data.try_into_mut() {
+                            Ok(owned) => *buf = owned,
+                            Err(shared) => {
+                                *buf = BytesMut::new();
+                                buf.extend_from_slice(&shared);
+                            }
+                        }
+                    } else {
+                        buf.extend_from_slice(&data);
+                    }
+                    return Ok(n);
                 }
                 Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return Ok(0),
                 // Extended data (stderr), window adjustments, exit status: not tunnel bytes.

@@ -2,6 +2,7 @@
 //! applies to each packet (`outbound`: send path, `inbound`: receive path). No I/O.
 
 pub mod checksum;
+pub mod coalesce;
 pub mod gso;
 pub mod icmp;
 pub mod inbound;

@@ -20,6 +20,7 @@ use super::{RecvArena, TunIo, VNET_HDR_LEN};
 pub struct FakeTun {
     name: String,
     vnet_hdr: bool,
+    udp_gso: bool,
     /// Injected packets waiting to be read; `None` once [`FakeTun::close`] was called.
     to_read_tx: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     to_read_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Bytes>>,
@@ -36,11 +37,21 @@ impl FakeTun {
         FakeTun {
             name: name.to_string(),
             vnet_hdr,
+            udp_gso: false,
             to_read_tx: Mutex::new(Some(to_read_tx)),
             to_read_rx: tokio::sync::Mutex::new(to_read_rx),
             written_tx,
             written_rx: tokio::sync::Mutex::new(written_rx),
             fail_writes: AtomicBool::new(false),
+        }
+    }
+
+    /// A fake with virtio-net headers that also takes UDP GSO super-packets (as a kernel with
+    /// USO does).
+    pub fn with_udp_gso(name: &str) -> FakeTun {
+        FakeTun {
+            udp_gso: true,
+            ..FakeTun::new(name, true)
         }
     }
 
@@ -114,6 +125,10 @@ impl TunIo for FakeTun {
 
     fn has_vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    fn takes_udp_gso(&self) -> bool {
+        self.udp_gso
     }
 
     /// The arena is not used: injected packets are handed over as they are.

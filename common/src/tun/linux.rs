@@ -35,6 +35,8 @@ pub struct TunDevice {
     fd: AsyncFd<OwnedFd>,
     name: String,
     vnet_hdr: bool,
+    /// The kernel took the USO offload (UDP GSO super-packets may be written).
+    uso: bool,
 }
 
 impl TunDevice {
@@ -50,11 +52,19 @@ impl TunDevice {
     pub fn from_fd(fd: OwnedFd, name: String, vnet_hdr: bool) -> Result<TunDevice, TunError> {
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
             .map_err(io::Error::from)?;
+        // Setting the offloads again is harmless and tells whether USO is on (there is no
+        // ioctl to read them back); a descriptor from a helper gets the same answer.
+        let uso = vnet_hdr && enable_offloads(&fd).unwrap_or(false);
         // SAFETY: an OwnedFd is a valid open descriptor that stays open, and keeps returning the
         // same number, until the AsyncFd owning it is dropped.
         let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
             .map_err(|e| e.into_parts().1)?;
-        Ok(TunDevice { fd, name, vnet_hdr })
+        Ok(TunDevice {
+            fd,
+            name,
+            vnet_hdr,
+            uso,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -115,6 +125,10 @@ impl TunIo for TunDevice {
 
     fn has_vnet_hdr(&self) -> bool {
         self.vnet_hdr
+    }
+
+    fn takes_udp_gso(&self) -> bool {
+        self.uso
     }
 
     /// One readiness wait, then non-blocking reads (one system call per packet) until the
@@ -184,17 +198,18 @@ fn open(name: &str, vnet_hdr: bool) -> Result<OwnedFd, TunError> {
     }
 }
 
-fn enable_offloads(fd: &OwnedFd) -> io::Result<()> {
+/// Turns the offloads on; `Ok(true)` if the kernel also took USO (UDP segmentation).
+fn enable_offloads(fd: &OwnedFd) -> io::Result<bool> {
     let base = libc::c_ulong::from(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6);
     let uso = libc::c_ulong::from(TUN_F_USO4 | TUN_F_USO6);
     // SAFETY: TUNSETOFFLOAD takes an integer argument by value on a TUN descriptor we own.
     let with_uso = unsafe { tunsetoffload(fd.as_raw_fd(), base | uso) };
     if with_uso.is_ok() {
-        return Ok(());
+        return Ok(true);
     }
     // SAFETY: as above.
     unsafe { tunsetoffload(fd.as_raw_fd(), base) }
-        .map(|_| ())
+        .map(|_| false)
         .map_err(io::Error::from)
 }
 

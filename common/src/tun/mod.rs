@@ -38,6 +38,12 @@ pub trait TunIo: Send + Sync + 'static {
     /// Whether packets carry a virtio-net header (offloads on).
     fn has_vnet_hdr(&self) -> bool;
 
+    /// Whether the device takes UDP GSO super-packets (`VIRTIO_NET_HDR_GSO_UDP_L4`, the kernel's
+    /// USO offload, Linux 6.2 and later), so that datagrams of one flow can be written together.
+    fn takes_udp_gso(&self) -> bool {
+        false
+    }
+
     /// Waits until at least one packet can be read, then appends to `out` every packet that is
     /// ready, `max` at most (at least one even if `max` is 0). Returns how many were appended.
     fn recv_batch(

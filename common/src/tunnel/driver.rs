@@ -24,6 +24,8 @@ use super::queue::QueueReceiver;
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
 use crate::packet::PacketAddrs;
+use crate::packet::VirtioNetHdr;
+use crate::packet::coalesce::{Checksum, Push, UdpCoalescer};
 use crate::packet::gso;
 use crate::packet::inbound::{self, Reject};
 use crate::packet::outbound::{self, Action, Outbound, Plain};
@@ -324,6 +326,8 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             decoder,
             shared: shared.clone(),
             delivery: Delivery {
+                coalescer: tun.takes_udp_gso().then(UdpCoalescer::default),
+                held: (0, 0),
                 tun: tun.clone(),
                 admit,
                 stats: stats.clone(),
@@ -412,6 +416,11 @@ struct Delivery<T> {
     tun: Arc<T>,
     admit: Box<dyn Fn(&PacketAddrs) -> bool + Send + Sync>,
     stats: Arc<TunnelStats>,
+    /// Datagrams of one flow, written together at the end of each received chunk (when the TUN
+    /// takes UDP GSO super-packets).
+    coalescer: Option<UdpCoalescer>,
+    /// Packets and bytes held in the coalescer, counted once written.
+    held: (u64, u64),
 }
 
 impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
@@ -448,6 +457,7 @@ impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
             if control {
                 self.shared.transmit.notify_one();
             }
+            self.delivery.flush().await;
             if self.rx.recv(&mut self.rbuf).await? == 0 {
                 return Err(TunnelError::Eof);
             }
@@ -457,9 +467,10 @@ impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
 }
 
 impl<T: TunIo> Delivery<T> {
-    /// Checks one packet from the peer and writes it to the TUN. Bad packets are counted and
-    /// dropped; they do not end the session.
-    async fn deliver(&self, payload: &Bytes, gso: bool) {
+    /// Checks one packet from the peer and writes it to the TUN (or holds it, to be written
+    /// with the next datagrams of its flow). Bad packets are counted and dropped; they do not
+    /// end the session.
+    async fn deliver(&mut self, payload: &Bytes, gso: bool) {
         let (ip, addrs) = match inbound::check(payload, gso, self.tun.has_vnet_hdr()) {
             Ok(a) => (a.ip, a.addrs),
             Err(Reject::Malformed) => {
@@ -475,21 +486,62 @@ impl<T: TunIo> Delivery<T> {
             TunnelStats::add(&self.stats.drop_spoofed, 1);
             return;
         }
+        if let Some(c) = self.coalescer.as_mut() {
+            // A frame with a virtio-net header may still be a lone datagram whose checksum the
+            // sender left for the kernel to complete (the usual case from a TUN with offloads).
+            let csum = if gso {
+                VirtioNetHdr::decode(payload).and_then(|h| UdpCoalescer::checksum_of(&h, ip))
+            } else {
+                Some(Checksum::Complete)
+            };
+            let mut held = csum.map_or(Push::Alone, |k| c.push(ip, k));
+            if held == Push::FlushFirst {
+                self.flush().await;
+                held = match (self.coalescer.as_mut(), csum) {
+                    (Some(c), Some(k)) => c.push(ip, k),
+                    _ => Push::Alone,
+                };
+            }
+            if held == Push::Held {
+                self.held.0 += 1;
+                self.held.1 += ip.len() as u64;
+                return;
+            }
+            // Written on its own, after what was held (packets keep their order).
+            self.flush().await;
+        }
         let result = if gso {
             self.tun.send_raw(&[], payload).await
         } else {
             self.tun.send_ip(ip).await
         };
+        self.count_write(result, 1, ip.len() as u64);
+    }
+
+    fn count_write(&self, result: io::Result<()>, packets: u64, bytes: u64) {
         match result {
             Ok(()) => {
-                TunnelStats::add(&self.stats.rx_packets, 1);
-                TunnelStats::add(&self.stats.rx_bytes, ip.len() as u64);
+                TunnelStats::add(&self.stats.rx_packets, packets);
+                TunnelStats::add(&self.stats.rx_bytes, bytes);
             }
             Err(e) => {
                 tracing::debug!("TUN write failed: {e}");
-                TunnelStats::add(&self.stats.drop_tun_error, 1);
+                TunnelStats::add(&self.stats.drop_tun_error, packets);
             }
         }
+    }
+
+    /// Writes the held datagrams, as one UDP GSO super-packet when there are several.
+    async fn flush(&mut self) {
+        let Some((hdr, pkt)) = self.coalescer.as_mut().and_then(UdpCoalescer::flush) else {
+            return;
+        };
+        let result = match hdr {
+            Some(hdr) => self.tun.send_raw(&hdr.to_bytes(), pkt).await,
+            None => self.tun.send_ip(pkt).await,
+        };
+        let (packets, bytes) = std::mem::take(&mut self.held);
+        self.count_write(result, packets, bytes);
     }
 }
 

@@ -15,8 +15,10 @@ use tokio::task::JoinHandle;
 
 use super::*;
 use crate::packet::VirtioNetHdr;
+use crate::packet::checksum::{checksum_add, checksum_fold};
 use crate::packet::outbound::tests::{mss_of, tcp_syn};
 use crate::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4};
+use crate::tun::VNET_HDR_LEN;
 use crate::tun::fake::FakeTun;
 use crate::tunnel::feed::{WhenFull, feed_queue};
 use crate::tunnel::queue::{QueueSender, packet_queue};
@@ -57,6 +59,8 @@ struct Side {
     when_full: WhenFull,
     /// The writer reads the TUN itself (the client's way) instead of a queue fed by a reader.
     direct: bool,
+    /// The fake TUN takes UDP GSO super-packets (implies `vnet_hdr`).
+    udp_gso: bool,
 }
 
 impl Default for Side {
@@ -73,6 +77,7 @@ impl Default for Side {
             queue: 1024,
             when_full: WhenFull::Wait,
             direct: false,
+            udp_gso: false,
         }
     }
 }
@@ -129,7 +134,11 @@ async fn connect(client: Side, server: Side, pipe: usize) -> (Tunnel<Rx, Tx>, Tu
 /// Starts the data phase of one end: a fake TUN read into its queue, the driver over it.
 /// `peer`: the one address the peer may send from, and the source of ICMP replies.
 fn start(tunnel: Tunnel<Rx, Tx>, side: Side, stalled: Arc<AtomicBool>, peer: IpAddr) -> End {
-    let tun = Arc::new(FakeTun::new("fake0", side.vnet_hdr));
+    let tun = Arc::new(if side.udp_gso {
+        FakeTun::with_udp_gso("fake0")
+    } else {
+        FakeTun::new("fake0", side.vnet_hdr)
+    });
     let stats = Arc::new(TunnelStats::default());
     let (queue, outbound) = packet_queue(side.queue, 4 << 20);
     let outbound = if side.direct {
@@ -213,6 +222,54 @@ async fn a_writer_reading_its_tun_directly_sends_what_it_reads() {
         .expect("session ends")
         .unwrap();
     assert!(matches!(end, Err(TunnelError::TunRead(_))), "{end:?}");
+}
+
+#[tokio::test]
+async fn datagrams_of_one_flow_arriving_together_are_written_as_one_udp_gso_packet() {
+    let gso = Side {
+        udp_gso: true,
+        vnet_hdr: true,
+        ..Side::default()
+    };
+    let (c, s) = running(Side::default(), gso).await;
+    // IDs counting up, as a connected socket sends them.
+    let sent: Vec<Vec<u8>> = (0..3u16)
+        .map(|i| {
+            let mut out = Vec::new();
+            PacketBuilder::ipv4(CLIENT_ADDR, SERVER_ADDR, 64)
+                .udp(5000, 6000)
+                .write(&mut out, &[i as u8; 36])
+                .unwrap();
+            out[4..6].copy_from_slice(&(100 + i).to_be_bytes());
+            out[10..12].copy_from_slice(&[0, 0]);
+            let sum = !checksum_fold(checksum_add(0, &out[..20]));
+            out[10..12].copy_from_slice(&sum.to_be_bytes());
+            out
+        })
+        .collect();
+    for p in &sent {
+        assert!(c.tun.inject_ip(p));
+    }
+    // One write: a GSO header, then the super-packet, which splits back into the datagrams.
+    let write = tokio::time::timeout(PATIENCE, s.tun.next_written())
+        .await
+        .expect("a write");
+    let hdr = VirtioNetHdr::decode(&write).unwrap();
+    assert_eq!(
+        (hdr.gso_type, hdr.gso_size),
+        (crate::packet::vnet::VIRTIO_NET_HDR_GSO_UDP_L4, 36)
+    );
+    let mut segments = Vec::new();
+    crate::packet::gso::segment(&hdr, &write[VNET_HDR_LEN..], &mut Vec::new(), |p| {
+        segments.push(p.to_vec())
+    })
+    .unwrap();
+    assert_eq!(segments, sent);
+    assert_eq!(s.stats.snapshot().rx_packets, 3);
+    // Another flow's datagram comes out on its own.
+    let other = udp(CLIENT_ADDR, SERVER_ADDR, 100);
+    assert!(c.tun.inject_ip(&other));
+    assert_eq!(&written(&s.tun).await[..], &other[..]);
 }
 
 #[tokio::test]

@@ -38,6 +38,8 @@ use crate::tun::{RecvArena, TunIo};
 
 /// Packets taken from the outbound queue per batch.
 const BATCH_PACKETS: usize = 256;
+/// A batch this small means the load is light: the batch vector shrinks back to this.
+const IDLE_BATCH: usize = 16;
 /// A batch is handed to the transport once it holds this many bytes.
 const FLUSH_BYTES: usize = 256 * 1024;
 /// ICMP replies written back to the TUN per batch at most; the rest of a burst gets none.
@@ -571,7 +573,9 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
         F: Future<Output = (CloseCode, String)> + Send,
     {
         tokio::pin!(shutdown);
-        let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH_PACKETS);
+        // Grows to BATCH_PACKETS under load and shrinks back once the load is gone (256 packet
+        // handles are 8 KiB: most of an idle session's share of the driver).
+        let mut batch: Vec<Bytes> = Vec::new();
         let mut queue_open = true;
         loop {
             tokio::select! {
@@ -598,6 +602,9 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
             // buffer goes to the transport whole, so an idle session keeps none.
             let wanted: usize = batch.iter().map(|p| p.len() + FRAME_OVERHEAD).sum();
             self.out.reserve(wanted.min(FLUSH_BYTES + SEND_PIECE));
+            if batch.len() < IDLE_BATCH {
+                batch.shrink_to(IDLE_BATCH);
+            }
             for pkt in batch.drain(..) {
                 self.encode_packet(&pkt);
                 if self.out.len() >= FLUSH_BYTES {

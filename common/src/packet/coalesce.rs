@@ -17,14 +17,11 @@
 //! Pure: no I/O; the driver writes what [`UdpCoalescer::flush`] returns.
 
 use super::checksum::{checksum_add, checksum_fold, pseudo_header_sum};
+use super::ip::{IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN};
 use super::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_UDP_L4, VirtioNetHdr};
 
 /// Datagrams per super-packet at most (the kernel's UDP_MAX_SEGMENTS is 128).
 pub const MAX_SEGMENTS: usize = 64;
-const IPPROTO_UDP: u8 = 17;
-const UDP_HDR_LEN: usize = 8;
-const IPV4_HDR_LEN: usize = 20;
-const IPV6_HDR_LEN: usize = 40;
 /// Largest super-packet: its IPv4 total length (IPv6: payload length) is a 16-bit field.
 const MAX_LEN: usize = 65535;
 

@@ -11,6 +11,7 @@
 //! `tun/offload_linux.go` (`gsoSplit`, `handleVirtioRead`).
 
 use crate::packet::checksum::{checksum_add, checksum_fold, pseudo_header_sum};
+use crate::packet::ip::{IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN};
 use crate::packet::vnet::{
     VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
     VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP_L4, VirtioNetHdr,
@@ -53,8 +54,6 @@ impl std::error::Error for GsoError {}
 pub const MAX_SEGMENTS: usize = 65535;
 
 const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_DSTOPTS: u8 = 60;
 
@@ -222,8 +221,6 @@ enum Kind {
     Tcp { v6: bool },
     Udp,
 }
-
-const IPV6_HDR_LEN: usize = 40;
 
 /// Offsets of a GSO super-packet, derived from the packet itself.
 struct Layout {

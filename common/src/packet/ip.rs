@@ -3,6 +3,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+/// IP protocol numbers the data path looks at.
+pub(crate) const IPPROTO_TCP: u8 = 6;
+pub(crate) const IPPROTO_UDP: u8 = 17;
+/// Fixed header sizes: IPv4 without options, IPv6 without extension headers, UDP.
+pub(crate) const IPV4_HDR_LEN: usize = 20;
+pub(crate) const IPV6_HDR_LEN: usize = 40;
+pub(crate) const UDP_HDR_LEN: usize = 8;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpVersion {
     V4,

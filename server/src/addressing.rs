@@ -155,17 +155,9 @@ impl Addressing {
         let all = {
             let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             let mut all: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
-            for (id, a) in pools.0.leases() {
-                if !is_ephemeral(id) {
-                    all.entry(id.to_string()).or_default().push(a);
-                }
-            }
-            if let Some(p6) = &pools.1 {
-                for (id, a) in p6.leases() {
-                    if !is_ephemeral(id) {
-                        all.entry(id.to_string()).or_default().push(a);
-                    }
-                }
+            let leases = pools.0.leases().chain(pools.1.iter().flat_map(AddressPool::leases));
+            for (id, a) in leases.filter(|(id, _)| !is_ephemeral(id)) {
+                all.entry(id.to_string()).or_default().push(a);
             }
             all
         };

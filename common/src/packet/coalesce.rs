@@ -64,6 +64,15 @@ pub struct UdpCoalescer {
     first_partial: bool,
 }
 
+/// Source and destination address bytes of an IPv4 or IPv6 header.
+fn addr_bytes(ip: &[u8], v6: bool) -> (&[u8], &[u8]) {
+    if v6 {
+        (&ip[8..24], &ip[24..40])
+    } else {
+        (&ip[12..16], &ip[16..20])
+    }
+}
+
 fn ipv4_id(ip: &[u8]) -> u16 {
     u16::from_be_bytes([ip[4], ip[5]])
 }
@@ -119,11 +128,7 @@ fn parse(ip: &[u8], csum: Checksum) -> Option<(Flow, usize)> {
     }
     key[40..44].copy_from_slice(&udp[0..4]);
     // A checksum that is absent (IPv4 allows it) or wrong is left to the kernel to judge.
-    let (src, dst) = if v6 {
-        (&ip[8..24], &ip[24..40])
-    } else {
-        (&ip[12..16], &ip[16..20])
-    };
+    let (src, dst) = addr_bytes(ip, v6);
     if csum == Checksum::Complete {
         let sum = checksum_add(pseudo_header_sum(src, dst, IPPROTO_UDP, udp.len() as u32), udp);
         if u16::from_be_bytes([udp[6], udp[7]]) == 0 || checksum_fold(sum) != 0xffff {
@@ -221,11 +226,7 @@ impl UdpCoalescer {
         b[l4 + 4..l4 + 6].copy_from_slice(&(udp_len as u16).to_be_bytes());
         // A partial checksum (NEEDS_CSUM): the pseudo-header sum, folded, not complemented; the
         // kernel completes it for every segment.
-        let (src, dst) = if flow.v6 {
-            (&b[8..24], &b[24..40])
-        } else {
-            (&b[12..16], &b[16..20])
-        };
+        let (src, dst) = addr_bytes(b, flow.v6);
         let partial = checksum_fold(pseudo_header_sum(src, dst, IPPROTO_UDP, udp_len as u32));
         b[l4 + 6..l4 + 8].copy_from_slice(&partial.to_be_bytes());
         let hdr = VirtioNetHdr {

@@ -87,15 +87,6 @@ impl TunDevice {
         }
     }
 
-    /// Reads one packet if one is ready, without waiting.
-    pub fn try_recv(&self, arena: &mut RecvArena) -> io::Result<Option<Bytes>> {
-        match read_into(self.fd.get_ref(), arena) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// Writes `head` followed by `body` as one packet, as is: together they must carry a
     /// virtio-net header if the device has them. `head` may be empty.
     pub async fn send_raw(&self, head: &[u8], body: &[u8]) -> io::Result<()> {
@@ -132,18 +123,28 @@ impl TunIo for TunDevice {
     }
 
     /// One readiness wait, then non-blocking reads (one system call per packet) until the
-    /// device has nothing more or `max` packets were read.
+    /// device has nothing more or `max` packets were read. The read that finds the device empty
+    /// clears its readiness, so the next call waits instead of paying that read again.
     async fn recv_batch(&self, arena: &mut RecvArena, out: &mut Vec<Bytes>, max: usize) -> io::Result<usize> {
-        out.push(self.recv(arena).await?);
-        let mut n = 1;
-        while n < max {
-            match self.try_recv(arena)? {
-                Some(pkt) => out.push(pkt),
-                None => break,
+        let max = max.max(1);
+        let mut n = 0;
+        loop {
+            let mut guard = self.fd.readable().await?;
+            while n < max {
+                match guard.try_io(|fd| read_into(fd.get_ref(), arena)) {
+                    Ok(Ok(pkt)) => {
+                        out.push(pkt);
+                        n += 1;
+                    }
+                    Ok(Err(e)) => return if n > 0 { Ok(n) } else { Err(e) },
+                    // Empty now (readiness cleared): done if anything was read, else wait.
+                    Err(_would_block) => break,
+                }
             }
-            n += 1;
+            if n > 0 {
+                return Ok(n);
+            }
         }
-        Ok(n)
     }
 
     async fn send_raw(&self, head: &[u8], body: &[u8]) -> io::Result<()> {

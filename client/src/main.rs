@@ -19,6 +19,8 @@ use std::process::ExitCode;
 use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    // Before anything allocates: buffers freed on the data path are reused, not re-faulted.
+    sshvpn_common::memory::tune_allocator();
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let mut cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
         Ok(c) => c,

@@ -247,7 +247,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     ));
     let background = state.clone();
     tokio::spawn(async move { background.policy.background(&background.audit, hangup).await });
-    tokio::spawn(release_memory_after_churn(state.clone()));
+    tokio::spawn(release_memory_when_quieter(state.clone()));
     let leases = state.clone();
     tokio::spawn(async move { leases.addressing.persist().await });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
@@ -305,18 +305,33 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Every few seconds in which connections came or went, hands the memory they freed back to the
-/// OS, so that the daemon's RSS follows the clients it has rather than the most it ever had.
-async fn release_memory_after_churn(state: Arc<ServerState>) {
-    let mut seen = state.metrics.churn();
+/// Hands freed memory back to the OS (the allocator keeps it otherwise, see
+/// `sshvpn_common::memory`) after every few seconds in which connections came or went, and once
+/// when traffic stops, so that the daemon's RSS follows the clients it has and what they send
+/// now rather than the most it ever had.
+async fn release_memory_when_quieter(state: Arc<ServerState>) {
+    let packets = |state: &ServerState| -> u64 {
+        let ports = state.switch.ports();
+        ports
+            .iter()
+            .map(|p| {
+                let s = p.stats.snapshot();
+                s.rx_packets + s.tx_packets
+            })
+            .sum()
+    };
+    let mut churn = state.metrics.churn();
+    let mut moved = packets(&state);
+    let mut busy = false;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now = state.metrics.churn();
-        if now != seen {
-            seen = now;
+        let (churn_now, moved_now) = (state.metrics.churn(), packets(&state));
+        let moving = moved_now != moved;
+        if churn_now != churn || (busy && !moving) {
             sshvpn_common::memory::release_free_memory();
         }
+        (churn, moved, busy) = (churn_now, moved_now, moving);
     }
 }

@@ -30,6 +30,8 @@ mod switch;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Before anything allocates: buffers freed on the data path are reused, not re-faulted.
+    sshvpn_common::memory::tune_allocator();
     let cli = cli::Cli::parse();
     if let Some(cli::Command::Attach { control }) = &cli.command {
         // Run by sshd: stdout is the tunnel, errors go to stderr (which ssh shows the user).

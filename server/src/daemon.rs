@@ -306,9 +306,10 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
 }
 
 /// Hands freed memory back to the OS (the allocator keeps it otherwise, see
-/// `sshvpn_common::memory`) after every few seconds in which connections came or went, and once
-/// when traffic stops, so that the daemon's RSS follows the clients it has and what they send
-/// now rather than the most it ever had.
+/// `sshvpn_common::memory`): after every few seconds in which connections came or went, and once
+/// more when things went quiet (no new connections, no packets), which also catches what ended
+/// sessions free late. So the daemon's RSS follows the clients it has and what they send now,
+/// not the most it ever had.
 async fn release_memory_when_quieter(state: Arc<ServerState>) {
     let packets = |state: &ServerState| -> u64 {
         let ports = state.switch.ports();
@@ -322,16 +323,17 @@ async fn release_memory_when_quieter(state: Arc<ServerState>) {
     };
     let mut churn = state.metrics.churn();
     let mut moved = packets(&state);
-    let mut busy = false;
+    let mut was_active = false;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let (churn_now, moved_now) = (state.metrics.churn(), packets(&state));
-        let moving = moved_now != moved;
-        if churn_now != churn || (busy && !moving) {
+        let churned = churn_now != churn;
+        let active = churned || moved_now != moved;
+        if churned || (was_active && !active) {
             sshvpn_common::memory::release_free_memory();
         }
-        (churn, moved, busy) = (churn_now, moved_now, moving);
+        (churn, moved, was_active) = (churn_now, moved_now, active);
     }
 }

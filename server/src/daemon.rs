@@ -247,7 +247,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     ));
     let background = state.clone();
     tokio::spawn(async move { background.policy.background(&background.audit, hangup).await });
-    tokio::spawn(release_memory_when_quieter(state.clone()));
+    tokio::spawn(crate::memory_release::run(state.clone()));
     let leases = state.clone();
     tokio::spawn(async move { leases.addressing.persist().await });
     let addrs = addresses.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
@@ -303,37 +303,4 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     crate::policy_runtime::shutting_down(&state.audit, &state.switch);
     state.audit.sync(Duration::from_secs(2));
     result
-}
-
-/// Hands freed memory back to the OS (the allocator keeps it otherwise, see
-/// `sshvpn_common::memory`): after every few seconds in which connections came or went, and once
-/// more when things went quiet (no new connections, no packets), which also catches what ended
-/// sessions free late. So the daemon's RSS follows the clients it has and what they send now,
-/// not the most it ever had.
-async fn release_memory_when_quieter(state: Arc<ServerState>) {
-    let packets = |state: &ServerState| -> u64 {
-        let ports = state.switch.ports();
-        ports
-            .iter()
-            .map(|p| {
-                let s = p.stats.snapshot();
-                s.rx_packets + s.tx_packets
-            })
-            .sum()
-    };
-    let mut churn = state.metrics.churn();
-    let mut moved = packets(&state);
-    let mut was_active = false;
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let (churn_now, moved_now) = (state.metrics.churn(), packets(&state));
-        let churned = churn_now != churn;
-        let active = churned || moved_now != moved;
-        if churned || (was_active && !active) {
-            sshvpn_common::memory::release_free_memory();
-        }
-        (churn, moved, was_active) = (churn_now, moved_now, active);
-    }
 }

@@ -198,8 +198,19 @@ impl UdpCoalescer {
         (usize::from(hdr.csum_start) == l4 && hdr.csum_offset == 6).then_some(Checksum::Partial)
     }
 
+    /// The datagrams held and their bytes as they came (each with its own IP and UDP header).
+    pub fn held(&self) -> (u64, u64) {
+        let Some(flow) = self.flow else {
+            return (0, 0);
+        };
+        let headers = if flow.v6 { IPV6_HDR_LEN } else { IPV4_HDR_LEN } + UDP_HDR_LEN;
+        let bytes = self.buf.len() + (self.segments - 1) * headers;
+        (self.segments as u64, bytes as u64)
+    }
+
     /// Takes the pending packet: a single datagram as it came (`None`, or `NEEDS_CSUM` for one
-    /// whose checksum is partial), or a GSO header and the super-packet for several. The slice is valid until the next `push`.
+    /// whose checksum is partial), or a GSO header and the super-packet for several. The slice
+    /// is valid until the next `push`.
     pub fn flush(&mut self) -> Option<(Option<VirtioNetHdr>, &[u8])> {
         let flow = self.flow.take()?;
         let l4 = if flow.v6 { IPV6_HDR_LEN } else { IPV4_HDR_LEN };
@@ -311,6 +322,23 @@ mod tests {
                 "valid checksum after completion"
             );
             assert!(c.is_empty());
+        }
+    }
+
+    #[test]
+    fn held_counts_the_datagrams_and_their_bytes_as_they_came() {
+        let v4 = |p: &[u8]| udp4(1, p);
+        for make in [&v4 as &dyn Fn(&[u8]) -> Vec<u8>, &udp6] {
+            let mut c = UdpCoalescer::default();
+            assert_eq!(c.held(), (0, 0));
+            let sent = [make(&[1; 36]), make(&[2; 36]), make(&[3; 7])];
+            for p in &sent {
+                assert_eq!(c.push(p, Checksum::Complete), Push::Held);
+            }
+            let bytes: usize = sent.iter().map(Vec::len).sum();
+            assert_eq!(c.held(), (3, bytes as u64));
+            c.flush().unwrap();
+            assert_eq!(c.held(), (0, 0));
         }
     }
 

@@ -329,7 +329,6 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             shared: shared.clone(),
             delivery: Delivery {
                 coalescer: tun.takes_udp_gso().then(UdpCoalescer::default),
-                held: (0, 0),
                 tun: tun.clone(),
                 admit,
                 stats: stats.clone(),
@@ -421,8 +420,6 @@ struct Delivery<T> {
     /// Datagrams of one flow, written together at the end of each received chunk (when the TUN
     /// takes UDP GSO super-packets).
     coalescer: Option<UdpCoalescer>,
-    /// Packets and bytes held in the coalescer, counted once written.
-    held: (u64, u64),
 }
 
 impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
@@ -505,9 +502,7 @@ impl<T: TunIo> Delivery<T> {
                 };
             }
             if held == Push::Held {
-                self.held.0 += 1;
-                self.held.1 += ip.len() as u64;
-                return;
+                return; // counted when written
             }
             // Written on its own, after what was held (packets keep their order).
             self.flush().await;
@@ -535,14 +530,17 @@ impl<T: TunIo> Delivery<T> {
 
     /// Writes the held datagrams, as one UDP GSO super-packet when there are several.
     async fn flush(&mut self) {
-        let Some((hdr, pkt)) = self.coalescer.as_mut().and_then(UdpCoalescer::flush) else {
+        let Some(coalescer) = self.coalescer.as_mut() else {
+            return;
+        };
+        let (packets, bytes) = coalescer.held();
+        let Some((hdr, pkt)) = coalescer.flush() else {
             return;
         };
         let result = match hdr {
             Some(hdr) => self.tun.send_raw(&hdr.to_bytes(), pkt).await,
             None => self.tun.send_ip(pkt).await,
         };
-        let (packets, bytes) = std::mem::take(&mut self.held);
         self.count_write(result, packets, bytes);
     }
 }

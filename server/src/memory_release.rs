@@ -49,18 +49,10 @@ impl QuietWatch {
 }
 
 fn activity(state: &ServerState) -> Activity {
-    let packets = state
-        .switch
-        .ports()
-        .iter()
-        .map(|p| {
-            let s = p.stats.snapshot();
-            s.rx_packets + s.tx_packets
-        })
-        .sum();
+    let traffic = state.switch.traffic();
     Activity {
         churn: state.metrics.churn(),
-        packets,
+        packets: traffic.rx_packets + traffic.tx_packets,
     }
 }
 

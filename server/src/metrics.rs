@@ -81,19 +81,7 @@ impl Metrics {
     /// Registers these counters, the `clients` connected and the switch's, as they are now.
     pub fn register(&self, clients: usize, switch: &Switch, registry: &mut Registry) {
         let mut totals = self.totals.snapshot();
-        for p in switch.ports() {
-            let s = p.stats.snapshot();
-            totals.rx_bytes += s.rx_bytes;
-            totals.tx_bytes += s.tx_bytes;
-            totals.rx_packets += s.rx_packets;
-            totals.tx_packets += s.tx_packets;
-            totals.drop_spoofed += s.drop_spoofed;
-            totals.drop_local_scope += s.drop_local_scope;
-            totals.drop_malformed += s.drop_malformed;
-            totals.drop_queue_full += s.drop_queue_full;
-            totals.drop_too_big += s.drop_too_big;
-            totals.drop_tun_error += s.drop_tun_error;
-        }
+        totals += switch.traffic();
         let connected = Gauge::<i64>::default();
         connected.set(i64::try_from(clients).unwrap_or(i64::MAX));
         registry.register("sshvpn_clients", "Connected clients", connected);

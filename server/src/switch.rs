@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use sshvpn_common::allowed_ips::AllowedIps;
 use sshvpn_common::packet::packet_addrs;
 use sshvpn_common::tun::{RecvArena, TunIo, VNET_HDR_LEN};
-use sshvpn_common::tunnel::{QueueSender, TunnelStats};
+use sshvpn_common::tunnel::{QueueSender, StatsSnapshot, TunnelStats};
 use tokio::sync::Notify;
 
 /// Most packets read from the TUN per table lock (one wait, then what is ready).
@@ -80,6 +80,16 @@ impl Switch {
     pub fn ports(&self) -> Vec<Arc<PeerPort>> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         table.ports.values().cloned().collect()
+    }
+
+    /// The counters of all attached sessions, added up.
+    pub fn traffic(&self) -> StatsSnapshot {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut sum = StatsSnapshot::default();
+        for p in table.ports.values() {
+            sum += p.stats.snapshot();
+        }
+        sum
     }
 
     /// How many attached sessions `pred` holds for.
@@ -175,5 +185,20 @@ mod tests {
         let table = switch.table.read().unwrap();
         assert!(table.routes.lookup("10.9.0.2".parse().unwrap()).is_none());
         assert!(table.routes.lookup("10.9.0.3".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn traffic_adds_up_the_attached_sessions_only() {
+        let switch = Switch::default();
+        let (a, b) = (port(1, "a", "10.9.0.2/32"), port(2, "b", "10.9.0.3/32"));
+        TunnelStats::add(&a.stats.rx_packets, 3);
+        TunnelStats::add(&b.stats.rx_packets, 4);
+        TunnelStats::add(&b.stats.tx_bytes, 100);
+        switch.attach(a.clone());
+        switch.attach(b);
+        let t = switch.traffic();
+        assert_eq!((t.rx_packets, t.tx_bytes), (7, 100));
+        switch.detach(&a);
+        assert_eq!(switch.traffic().rx_packets, 4);
     }
 }

@@ -82,6 +82,21 @@ impl TunnelStats {
     }
 }
 
+impl std::ops::AddAssign for StatsSnapshot {
+    fn add_assign(&mut self, o: StatsSnapshot) {
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.drop_spoofed += o.drop_spoofed;
+        self.drop_local_scope += o.drop_local_scope;
+        self.drop_malformed += o.drop_malformed;
+        self.drop_queue_full += o.drop_queue_full;
+        self.drop_too_big += o.drop_too_big;
+        self.drop_tun_error += o.drop_tun_error;
+    }
+}
+
 impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

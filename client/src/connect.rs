@@ -209,11 +209,15 @@ async fn session<I: Interface>(
                 Err(e) => return SessionEnd::Fatal(e.error),
             };
             let (rx, tx) = connected.channel.split();
+            // The built-in transport lets the writer see what russh has written to the socket:
+            // packets wait in the writer's fair queue instead of russh's (docs/performance.md).
+            let outbound = PacketSource::FairTun(connected.downstream);
             let end = tunnel_session(
                 args,
                 instance,
                 ChannelRx(rx),
                 ChannelTx(tx),
+                outbound,
                 Some(connected.server_addr),
                 iface,
                 session_up,
@@ -232,7 +236,19 @@ async fn session<I: Interface>(
             let SshChild { child, rx, tx } = child;
             // Where the system ssh connects to, so that no route may cover it.
             let server_addr = system_ssh::server_address(args).await;
-            let end = tunnel_session(args, instance, rx, tx, server_addr, iface, session_up, status, shutdown).await;
+            let end = tunnel_session(
+                args,
+                instance,
+                rx,
+                tx,
+                PacketSource::Tun,
+                server_addr,
+                iface,
+                session_up,
+                status,
+                shutdown,
+            )
+            .await;
             drop(child);
             end
         }
@@ -246,6 +262,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     instance: &Option<String>,
     rx: Rx,
     tx: Tx,
+    outbound: PacketSource,
     server_addr: Option<std::net::IpAddr>,
     iface: &mut I,
     session_up: &watch::Sender<bool>,
@@ -309,7 +326,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     }
     let data = DataPath {
         tun,
-        outbound: PacketSource::Tun,
+        outbound,
         admit: Box::new(move |a| sources.lookup(a.src).is_some()),
         stats: stats.clone(),
         icmp_sources,

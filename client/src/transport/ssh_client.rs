@@ -1,6 +1,7 @@
 //! The built-in SSH transport: TCP connect, host key verification against known_hosts,
 //! public-key authentication, and the `sshvpn` subsystem channel.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +14,8 @@ use russh::{Channel, ChannelMsg};
 use sshvpn_common::keys::fingerprint;
 use sshvpn_common::known_hosts::{self, HostCertStatus, HostKeyStatus};
 use sshvpn_common::ssh::SUBSYSTEM;
+use sshvpn_common::tunnel::wire_meter::Downstream;
+use sshvpn_common::tunnel::{MeteredStream, WireMeter};
 
 use crate::transport::credentials::{Credentials, Target};
 
@@ -117,6 +120,9 @@ pub struct Connected {
     pub channel: Channel<Msg>,
     /// The server's IP address as connected to.
     pub server_addr: std::net::IpAddr,
+    /// What russh has written to the socket, and the socket: the tunnel paces its hand-offs by
+    /// them.
+    pub downstream: Downstream,
 }
 
 /// Why connecting failed, and whether trying again can help.
@@ -185,6 +191,11 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
     };
     checker.cert_names.push(server_addr.to_string());
     tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
+    let downstream = Downstream {
+        meter: WireMeter::new(),
+        socket: tcp.as_fd().try_clone_to_owned().ok(),
+    };
+    let tcp = MeteredStream::new(tcp, downstream.meter.clone());
     let handshake = tokio::time::timeout(timeout, client::connect_stream(config, tcp, checker)).await;
     let mut handle = match handshake {
         Err(_) => bail!(transient, "SSH handshake with {host}:{} timed out", port),
@@ -263,6 +274,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         handle,
         channel,
         server_addr,
+        downstream,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod checksum;
 pub mod coalesce;
+pub mod flow;
 pub mod gso;
 pub mod icmp;
 pub mod inbound;

@@ -55,10 +55,7 @@ impl TunDevice {
         // Setting the offloads again is harmless and tells whether USO is on (there is no
         // ioctl to read them back); a descriptor from a helper gets the same answer.
         let uso = vnet_hdr && enable_offloads(&fd).unwrap_or(false);
-        // SAFETY: an OwnedFd is a valid open descriptor that stays open, and keeps returning the
-        // same number, until the AsyncFd owning it is dropped.
-        let fd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let fd = register_fd(fd, Interest::READABLE | Interest::WRITABLE)?;
         Ok(TunDevice {
             fd,
             name,
@@ -237,4 +234,12 @@ fn write_parts(fd: &OwnedFd, head: &[u8], body: &[u8]) -> io::Result<usize> {
         nix::sys::uio::writev(fd, &[io::IoSlice::new(head), io::IoSlice::new(body)])
     };
     result.map_err(io::Error::from)
+}
+
+/// Registers a descriptor this process owns with the runtime's reactor (the TUN's, and the
+/// duplicate of the SSH socket that the tunnel writer polls).
+pub fn register_fd(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is a valid open descriptor that stays open, and keeps returning the
+    // same number, until the AsyncFd owning it is dropped.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
 }

@@ -9,13 +9,13 @@
 //! This module moves packets; what is done with them (segmentation, MSS clamping, ICMP replies)
 //! belongs to `crate::packet`.
 
-// The only module with unsafe code (ioctls, reads into uninitialised buffers); every block
-// carries a SAFETY comment.
+// The only module with unsafe code (ioctls, reads into uninitialised buffers, registering a
+// descriptor with the reactor); every block carries a SAFETY comment.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
 mod linux;
 #[cfg(target_os = "linux")]
-pub use linux::{TunDevice, TunError, open_device};
+pub use linux::{TunDevice, TunError, open_device, register_fd};
 
 pub mod fake;
 

@@ -11,6 +11,7 @@
 //! the I/O, the framing and the counting. The TUN is any [`TunIo`] (the Linux device, or the
 //! in-memory fake in tests).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -20,9 +21,11 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use super::fair_queue::FairQueue;
 use super::queue::QueueReceiver;
 use super::stats::TunnelStats;
 use super::transport::{TransportRx, TransportTx};
+use super::wire_meter::{Downstream, HandOff, SshSocket, WireMeter};
 use crate::packet::PacketAddrs;
 use crate::packet::VirtioNetHdr;
 use crate::packet::coalesce::{Checksum, Push, UdpCoalescer};
@@ -49,6 +52,12 @@ const MAX_REPLIES: usize = 64;
 const INITIAL_BUFFER: usize = 4 * 1024;
 /// Bytes a frame adds to its payload, at most.
 const FRAME_OVERHEAD: usize = frame::HEADER_LEN;
+/// The fair queue of [`PacketSource::FairTun`]: packets and bytes it holds at most.
+const FAIR_QUEUE_PACKETS: usize = 2048;
+const FAIR_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes of sparse flows' packets that go ahead of a backlog per wake-up, at most (a flow is
+/// sparse for one quantum after a quiet gap: see `FairQueue::pop_sparse`).
+const URGENT_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TunnelError {
@@ -118,6 +127,10 @@ pub enum PacketSource {
     /// The TUN itself, read by the writer: for a TUN with a single peer (the client). A packet
     /// goes from the TUN to the transport without a hop through another task and a queue.
     Tun,
+    /// The TUN, read by the writer into a per-flow fair queue, and handed to a transport whose
+    /// socket writes this meter counts one batch at a time: the standing queue of a bulk upload
+    /// waits where an interactive packet can overtake it (see [`super::fair_queue`]).
+    FairTun(Downstream),
 }
 
 impl From<QueueReceiver> for PacketSource {
@@ -130,6 +143,72 @@ impl From<QueueReceiver> for PacketSource {
 enum Source {
     Queue(QueueReceiver),
     Tun(RecvArena),
+}
+
+/// The writer's fair queue and the pacing of its hand-offs ([`PacketSource::FairTun`]).
+struct Paced {
+    queue: FairQueue,
+    /// Segments of an offloaded packet that was too big for one batch: sent first.
+    carry: VecDeque<Bytes>,
+    scratch: Vec<u8>,
+    meter: Arc<WireMeter>,
+    socket: Option<SshSocket>,
+    handoff: HandOff,
+    /// Since when packets have been waiting for the socket with no progress: after the stall
+    /// timeout the peer is taken to have stopped reading.
+    waiting_since: Option<tokio::time::Instant>,
+}
+
+impl Paced {
+    /// A batch of `bytes` went to the transport when the meter read `mark`.
+    fn handed(&mut self, mark: u64, bytes: usize) {
+        self.handoff.handed(Instant::now(), mark, bytes);
+        if let Some(socket) = self.socket.as_mut() {
+            socket.set_unsent_mark(self.handoff.unsent_mark());
+        }
+    }
+
+    fn has_backlog(&self) -> bool {
+        !self.queue.is_empty() || !self.carry.is_empty()
+    }
+
+    /// Splits the offloaded packet `pkt` (with its virtio-net header) into its segments, each
+    /// with an empty virtio-net header, into [`Self::carry`]. False if it is not an offloaded
+    /// TCP/UDP packet (it is then sent whole).
+    fn split(&mut self, pkt: &Bytes) -> bool {
+        let (Some(hdr), Some(ip)) = (VirtioNetHdr::decode(pkt), pkt.get(crate::tun::VNET_HDR_LEN..)) else {
+            return false;
+        };
+        if hdr.gso_type == crate::packet::vnet::VIRTIO_NET_HDR_GSO_NONE {
+            return false;
+        }
+        let carry = &mut self.carry;
+        gso::segment(&hdr, ip, &mut self.scratch, |seg| {
+            let mut framed = BytesMut::with_capacity(crate::tun::VNET_HDR_LEN + seg.len());
+            framed.extend_from_slice(&[0; crate::tun::VNET_HDR_LEN]);
+            framed.extend_from_slice(seg);
+            carry.push_back(framed.freeze());
+        })
+        .is_ok()
+    }
+
+    fn may_hand_off(&mut self) -> bool {
+        // A full socket is pushing back as much as a write that would not complete.
+        let full = self.meter.is_blocked() || !self.socket.as_ref().is_none_or(SshSocket::has_room);
+        self.handoff.ready(self.meter.written(), full)
+    }
+
+    /// Resolves when the SSH layer or its socket has made progress (`progress` was taken from the
+    /// meter before [`Self::may_hand_off`] said no).
+    async fn progress(&self, progress: tokio::sync::futures::Notified<'_>) {
+        match &self.socket {
+            Some(socket) => tokio::select! {
+                _ = progress => {}
+                _ = socket.room() => {}
+            },
+            None => progress.await,
+        }
+    }
 }
 
 impl Source {
@@ -335,13 +414,29 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
             },
         };
         let mut reader = AbortOnDrop(tokio::spawn(reader.run()));
+        let (source, paced) = match outbound {
+            PacketSource::Queue(q) => (Source::Queue(q), None),
+            PacketSource::Tun => (Source::Tun(RecvArena::default()), None),
+            PacketSource::FairTun(Downstream { meter, socket }) => (
+                Source::Tun(RecvArena::default()),
+                Some(Paced {
+                    queue: FairQueue::new(FAIR_QUEUE_PACKETS, FAIR_QUEUE_BYTES, tun.has_vnet_hdr()),
+                    carry: VecDeque::new(),
+                    scratch: Vec::new(),
+                    meter,
+                    socket: socket
+                        .map(|fd| SshSocket::new(fd, HandOff::default().unsent_mark()))
+                        .transpose()?,
+                    handoff: HandOff::default(),
+                    waiting_since: None,
+                }),
+            ),
+        };
         let writer = Writer {
             tx,
             shared: shared.clone(),
-            source: match outbound {
-                PacketSource::Queue(q) => Source::Queue(q),
-                PacketSource::Tun => Source::Tun(RecvArena::default()),
-            },
+            source,
+            paced,
             stats,
             rules: Outbound {
                 vnet_hdr: tun.has_vnet_hdr(),
@@ -549,6 +644,8 @@ struct Writer<Tx, T> {
     tx: Tx,
     shared: Arc<Shared>,
     source: Source,
+    /// With [`PacketSource::FairTun`]: packets wait here, not in the transport.
+    paced: Option<Paced>,
     stats: Arc<TunnelStats>,
     /// The send-path rules: TUN format, peer offloads, tunnel MTU.
     rules: Outbound,
@@ -576,6 +673,22 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
         let mut batch: Vec<Bytes> = Vec::new();
         let mut queue_open = true;
         loop {
+            // Paced: packets that wait for the socket to take the previous batch wake the writer
+            // at the socket's next progress (and end the session if there is none for too long).
+            let meter = self.paced.as_ref().map(|p| p.meter.clone());
+            let progress = meter.as_deref().map(WireMeter::progress);
+            let (send_now, wire_deadline) = match self.paced.as_mut() {
+                Some(p) if p.has_backlog() => {
+                    if p.may_hand_off() {
+                        p.waiting_since = None;
+                        (true, None)
+                    } else {
+                        let since = *p.waiting_since.get_or_insert_with(tokio::time::Instant::now);
+                        (false, Some(since + self.stall))
+                    }
+                }
+                _ => (false, None),
+            };
             tokio::select! {
                 biased;
                 (code, reason) = &mut shutdown => {
@@ -588,7 +701,25 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
                         self.shared.session().close(CloseCode::Normal, "tunnel interface closed");
                     }
                 }
+                _ = std::future::ready(()), if send_now => {}
+                Some(()) = async {
+                    match (self.paced.as_ref(), progress) {
+                        (Some(paced), Some(p)) => {
+                            paced.progress(p).await;
+                            Some(())
+                        }
+                        _ => None,
+                    }
+                }, if wire_deadline.is_some() => {
+                    // Progress: the deadline counts from here again (a slow link is not a dead one).
+                    if let Some(p) = self.paced.as_mut() {
+                        p.waiting_since = None;
+                    }
+                }
+                _ = tokio::time::sleep_until(wire_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if wire_deadline.is_some() => return Err(TunnelError::Stalled(self.stall)),
             }
+            let (handoff_mark, urgent) = self.take_fair_share(&mut batch);
             let closed = {
                 let mut session = self.shared.session();
                 while let Some(c) = session.poll_transmit() {
@@ -603,16 +734,26 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
             if batch.len() < IDLE_BATCH {
                 batch.shrink_to(IDLE_BATCH);
             }
-            for pkt in batch.drain(..) {
+            let mut handed = 0;
+            for (i, pkt) in batch.drain(..).enumerate() {
                 self.encode_packet(&pkt);
-                if self.out.len() >= FLUSH_BYTES {
+                // What goes ahead of the backlog goes in an SSH packet of its own: the peer can
+                // decrypt it without waiting for a bulk batch to arrive whole.
+                if self.out.len() >= FLUSH_BYTES || i + 1 == urgent {
+                    handed += self.out.len();
                     send_bounded(&mut self.tx, self.out.split().freeze(), self.stall).await?;
                 }
             }
             if !self.out.is_empty() {
+                handed += self.out.len();
                 send_bounded(&mut self.tx, self.out.split().freeze(), self.stall).await?;
             }
             self.out = BytesMut::new();
+            if let (Some(p), Some(mark)) = (self.paced.as_mut(), handoff_mark)
+                && handed > 0
+            {
+                p.handed(mark, handed);
+            }
             for reply in self.replies.drain(..) {
                 if self.tun.send_ip(&reply).await.is_err() {
                     TunnelStats::add(&self.stats.drop_tun_error, 1);
@@ -623,6 +764,53 @@ impl<Tx: TransportTx, T: TunIo> Writer<Tx, T> {
                 return Ok(());
             }
         }
+    }
+
+    /// Paced: moves what was just read into the fair queue and takes out what goes now: the
+    /// packets of sparse flows go at once (up to [`URGENT_BYTES`]), in an SSH packet of their own, the
+    /// rest only when the socket has taken the previous batch. Returns the meter's reading at this
+    /// hand-off (`None`: no batch is handed over now, or not paced) and how many packets at the
+    /// front of `batch` go ahead.
+    fn take_fair_share(&mut self, batch: &mut Vec<Bytes>) -> (Option<u64>, usize) {
+        let Some(p) = self.paced.as_mut() else {
+            return (None, 0);
+        };
+        let now = Instant::now();
+        for pkt in batch.drain(..) {
+            let dropped = p.queue.push(pkt, now);
+            if dropped > 0 {
+                TunnelStats::add(&self.stats.drop_queue_full, dropped as u64);
+            }
+        }
+        let mut urgent_bytes = 0;
+        while urgent_bytes < URGENT_BYTES
+            && let Some(pkt) = p.queue.pop_sparse()
+        {
+            urgent_bytes += pkt.len();
+            batch.push(pkt);
+        }
+        let urgent = batch.len();
+        // Read the meter before looking at readiness: bytes written after this count for the batch.
+        let mark = p.meter.written();
+        if !p.has_backlog() || !p.may_hand_off() {
+            // Control messages and new flows' packets go at once; they do not count as a batch.
+            return (None, urgent);
+        }
+        let limit = p.handoff.batch_limit();
+        let mut taken = 0;
+        while taken < limit {
+            let Some(pkt) = p.carry.pop_front().or_else(|| p.queue.pop()) else {
+                break;
+            };
+            // An offloaded packet larger than a whole batch (a slow link) goes in pieces: its
+            // segments, spread over the next hand-offs.
+            if pkt.len() > limit && self.rules.vnet_hdr && p.split(&pkt) {
+                continue;
+            }
+            taken += pkt.len();
+            batch.push(pkt);
+        }
+        (Some(mark), urgent)
     }
 
     /// Appends one packet from the TUN as one frame, or as several when an offloaded packet must

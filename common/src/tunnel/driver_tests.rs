@@ -23,6 +23,7 @@ use crate::tun::fake::FakeTun;
 use crate::tunnel::feed::{WhenFull, feed_queue};
 use crate::tunnel::queue::{QueueSender, packet_queue};
 use crate::tunnel::transport::{StreamRx, StreamTx};
+use crate::tunnel::wire_meter::{Downstream, WireMeter};
 
 const CLIENT_ADDR: [u8; 4] = [10, 9, 0, 2];
 const SERVER_ADDR: [u8; 4] = [10, 9, 0, 1];
@@ -599,4 +600,138 @@ async fn a_peer_breaking_the_handshake_is_told_why() {
     };
     assert_eq!(code, CloseCode::ProtocolError);
     assert!(reason.contains("unexpected config"), "{reason}");
+}
+
+/// russh's way of sending, faked: a send only queues the bytes (russh's channel holds hundreds of
+/// messages), and a task writes them to the socket — here a pipe, counted by a [`WireMeter`].
+struct QueuedTx(tokio::sync::mpsc::Sender<Bytes>);
+
+impl TransportTx for QueuedTx {
+    async fn send(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.send(data).await.map_err(|_| io::ErrorKind::BrokenPipe.into())
+    }
+    async fn finish(&mut self) {}
+}
+
+fn queued_tx(w: WriteHalf<DuplexStream>, meter: Arc<WireMeter>) -> QueuedTx {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        let mut w = crate::tunnel::MeteredStream::new(w, meter);
+        while let Some(b) = rx.recv().await {
+            if w.write_all(&b).await.is_err() {
+                break;
+            }
+        }
+    });
+    QueuedTx(tx)
+}
+
+fn udp_from(sport: u16, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ipv4(CLIENT_ADDR, SERVER_ADDR, 64)
+        .udp(sport, 6000)
+        .write(&mut out, &vec![0xab; len - 28])
+        .unwrap();
+    out
+}
+
+/// A client whose link is slow (the pipe to the server is full and the server reads nothing yet)
+/// has a bulk flow's 100 packets in flight and 50 more waiting, then one packet of another flow.
+/// Returns where that packet arrives among the 151.
+async fn sparse_packet_position(fair: bool) -> usize {
+    const FIRST: usize = 100;
+    const MORE: usize = 50;
+    let side = Side::default();
+    let (c_io, s_io) = tokio::io::duplex(16 * 1024);
+    let (c_rx, c_tx) = tokio::io::split(c_io);
+    let (s_rx, s_tx) = tokio::io::split(s_io);
+    let meter = WireMeter::new();
+    let mut c = Tunnel::new(
+        Role::Client,
+        Hello::new(side.features, side.mtu),
+        side.timers,
+        StreamRx(c_rx),
+        queued_tx(c_tx, meter.clone()),
+    );
+    let mut s = Tunnel::new(
+        Role::Server,
+        Hello::new(side.features, side.mtu),
+        side.timers,
+        StreamRx(s_rx),
+        StreamTx(s_tx),
+    );
+    let (ce, se) = tokio::join!(
+        c.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))),
+        s.handshake(|_| Ok(TunnelConfig::default())),
+    );
+    ce.expect("client handshake");
+    se.expect("server handshake");
+    let tun = Arc::new(FakeTun::new("fake0", false));
+    let stats = Arc::new(TunnelStats::default());
+    let data = DataPath {
+        tun: tun.clone(),
+        outbound: if fair {
+            PacketSource::FairTun(Downstream {
+                meter: meter.clone(),
+                socket: None,
+            })
+        } else {
+            PacketSource::Tun
+        },
+        admit: Box::new(|_: &PacketAddrs| true),
+        stats: stats.clone(),
+        icmp_sources: vec![v4(SERVER_ADDR)],
+    };
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _run = AbortOnDrop(tokio::spawn(c.run(data, async move {
+        let _ = stopped.await;
+        (CloseCode::Normal, "test over".to_string())
+    })));
+    // The server end reads nothing until told: the pipe fills and the link "is slow".
+    let Tunnel {
+        rx: StreamRx(mut raw_rx),
+        mut rbuf,
+        decoder,
+        ..
+    } = s;
+    for _ in 0..FIRST {
+        tun.inject_ip(&udp_from(5000, 1200));
+    }
+    eventually("the first packets are handed over", || {
+        stats.snapshot().tx_packets == FIRST as u64 && meter.is_blocked()
+    })
+    .await;
+    for _ in 0..MORE {
+        tun.inject_ip(&udp_from(5000, 1200));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tun.inject_ip(&udp_from(7000, 60));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Now read: the order in which the packets crossed.
+    let mut ports = Vec::new();
+    while ports.len() < FIRST + MORE + 1 {
+        while let Some(frame) = decoder.decode(&mut rbuf).unwrap() {
+            if frame.kind == FrameType::Ip {
+                ports.push(u16::from_be_bytes([frame.payload[20], frame.payload[21]]));
+            }
+        }
+        rbuf.reserve(64 * 1024);
+        let n = tokio::time::timeout(PATIENCE, raw_rx.read_buf(&mut rbuf))
+            .await
+            .expect("the client goes on sending")
+            .unwrap();
+        assert!(n > 0, "the client hung up");
+    }
+    ports
+        .iter()
+        .position(|&p| p == 7000)
+        .expect("the sparse packet crossed")
+}
+
+#[tokio::test]
+async fn a_sparse_flow_overtakes_a_backlog_that_waits_for_a_slow_link() {
+    // Fair: the 50 waited in the writer's fair queue, and the new flow's packet went ahead of them.
+    assert_eq!(sparse_packet_position(true).await, 100);
+    // Without: everything went to the SSH layer at once, in order, and the packet came last.
+    assert_eq!(sparse_packet_position(false).await, 150);
 }

@@ -3,11 +3,13 @@
 //! and every transport.
 
 pub mod driver;
+pub mod fair_queue;
 pub mod feed;
 pub mod open;
 pub mod queue;
 pub mod stats;
 pub mod transport;
+pub mod wire_meter;
 
 pub use driver::{DataPath, Established, PacketSource, Tunnel, TunnelError};
 pub use feed::{WhenFull, feed_queue};
@@ -15,3 +17,4 @@ pub use open::{SessionOptions, open};
 pub use queue::{QueueReceiver, QueueSender, packet_queue};
 pub use stats::{StatsSnapshot, TunnelStats};
 pub use transport::{ChannelRx, ChannelTx, StreamRx, StreamTx, TransportRx, TransportTx};
+pub use wire_meter::{MeteredStream, WireMeter};

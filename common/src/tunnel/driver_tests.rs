@@ -98,6 +98,19 @@ fn v4(a: [u8; 4]) -> IpAddr {
     IpAddr::from(a)
 }
 
+/// Runs the hello exchange of a client and a server tunnel against each other.
+async fn handshake_both<R1: TransportRx, T1: TransportTx, R2: TransportRx, T2: TransportTx>(
+    c: &mut Tunnel<R1, T1>,
+    s: &mut Tunnel<R2, T2>,
+) {
+    let (ce, se) = tokio::join!(
+        c.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))),
+        s.handshake(|_| Ok(TunnelConfig::default())),
+    );
+    ce.expect("client handshake");
+    se.expect("server handshake");
+}
+
 /// Connects a client and a server tunnel over a duplex pipe of `pipe` bytes per direction and
 /// runs the handshake.
 async fn connect(client: Side, server: Side, pipe: usize) -> (Tunnel<Rx, Tx>, Tunnel<Rx, Tx>, [Arc<AtomicBool>; 2]) {
@@ -123,12 +136,7 @@ async fn connect(client: Side, server: Side, pipe: usize) -> (Tunnel<Rx, Tx>, Tu
         rx(s_rx, &flags[1]),
         StreamTx(s_tx),
     );
-    let (ce, se) = tokio::join!(
-        c.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))),
-        s.handshake(|_| Ok(TunnelConfig::default())),
-    );
-    ce.expect("client handshake");
-    se.expect("server handshake");
+    handshake_both(&mut c, &mut s).await;
     (c, s, flags)
 }
 
@@ -660,12 +668,7 @@ async fn sparse_packet_position(fair: bool) -> usize {
         StreamRx(s_rx),
         StreamTx(s_tx),
     );
-    let (ce, se) = tokio::join!(
-        c.handshake(|_| Err((CloseCode::ProtocolError, "not a server".into()))),
-        s.handshake(|_| Ok(TunnelConfig::default())),
-    );
-    ce.expect("client handshake");
-    se.expect("server handshake");
+    handshake_both(&mut c, &mut s).await;
     let tun = Arc::new(FakeTun::new("fake0", false));
     let stats = Arc::new(TunnelStats::default());
     let data = DataPath {

@@ -118,7 +118,8 @@ fi
 "$BIN/sshvpn-loadgen" keys --count "$N" --dir "$WORK/keys" >/dev/null
 ip netns exec "$NS_GW" env NO_COLOR=1 "$SSHVPND" --listen 10.200.0.2:4022 --host-key "$WORK/host_key" \
   --authorized-keys "$WORK/keys/authorized_keys" --state-dir "$WORK/state" --pool "$POOL" \
-  --control "$WORK/control.sock" --max-startups "$MAX_STARTUPS" --max-clients "$MAX_CLIENTS" ${SSHVPN_SERVER_ARGS:-} >"$WORK/server.log" 2>&1 &
+  --control "$WORK/control.sock" --max-startups "$MAX_STARTUPS" --max-clients "$MAX_CLIENTS" \
+  --metrics 127.0.0.1:9810 ${SSHVPN_SERVER_ARGS:-} >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 100); do grep -q "listening" "$WORK/server.log" && break; sleep 0.1; done
 grep -q "listening" "$WORK/server.log" || { echo "sshvpnd did not start:"; cat "$WORK/server.log"; exit 1; }
@@ -126,7 +127,18 @@ read -r RSS0 HWM0 CPU0 < <(proc_sample "$SERVER")
 T0=$(date +%s.%N)
 echo "server $SSHVPND (built $(date -r "$SSHVPND" '+%F %T')) pid $SERVER: VmRSS $RSS0 KiB, VmHWM $HWM0 KiB before the clients"
 
+# The allocator's own account (sshvpn_heap_bytes): "in_use free" in KiB. A leak grows in_use round
+# after round; retention and fragmentation grow only free (and RSS).
+heap_kib() {
+  ip netns exec "$NS_GW" python3 -c '
+import sys, urllib.request
+try: text = urllib.request.urlopen("http://127.0.0.1:9810/metrics", timeout=5).read().decode()
+except Exception: print("? ?"); sys.exit()
+v = {l.split("\"")[1]: int(l.split()[-1]) // 1024 for l in text.splitlines() if l.startswith("sshvpn_heap_bytes{")}
+print(v.get("in_use", "?"), v.get("free", "?"))'
+}
 ROUND_RSS=()
+ROUND_HEAP=()
 RC=0
 for round in $(seq "$ROUNDS"); do
   [ "$ROUNDS" -gt 1 ] && echo "--- round $round of $ROUNDS ---"
@@ -143,7 +155,9 @@ for round in $(seq "$ROUNDS"); do
   sleep 7
   read -r rss _ _ < <(proc_sample "$SERVER")
   ROUND_RSS+=("$rss")
-  [ "$ROUNDS" -gt 1 ] && echo "round $round: server VmRSS $rss KiB after the clients left"
+  read -r heap_in_use heap_free < <(heap_kib)
+  ROUND_HEAP+=("$heap_in_use")
+  [ "$ROUNDS" -gt 1 ] && echo "round $round: server VmRSS $rss KiB after the clients left; heap in use $heap_in_use KiB, free but kept $heap_free KiB"
 done
 
 if ! kill -0 "$SERVER" 2>/dev/null; then
@@ -195,6 +209,7 @@ echo "memory goal           < $GOAL_KIB KiB per client ((peak RSS - base) / clie
 if [ "$ROUNDS" -gt 1 ]; then
   FLAT=$(printf '%s\n' "${ROUND_RSS[@]}" | awk 'NR == 1 { first = $1 } { if ($1 > first * 1.02) grow = 1; if ($1 > max) max = $1 } END { printf "%s (largest %+.1f %%)", (grow ? "NO" : "yes"), (max / first - 1) * 100 }')
   echo "RSS after each round  ${ROUND_RSS[*]} KiB (base $RSS0 KiB); every round within 2 % of round 1: $FLAT"
+  echo "heap in use after each round ${ROUND_HEAP[*]} KiB (a leak grows it round after round)"
 fi
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$RC" = 0 ]; then echo "PASS"; else echo "FAIL (loadgen exit $RC)"; fi

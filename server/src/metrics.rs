@@ -125,6 +125,19 @@ impl Metrics {
             "Time from tunnel start to established",
             self.handshakes.clone(),
         );
+        if let Some(heap) = sshvpn_common::memory::heap_usage() {
+            let gauges = Family::<Vec<(&'static str, String)>, Gauge<i64>>::default();
+            for (kind, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+                gauges
+                    .get_or_create(&vec![("kind", kind.to_string())])
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+            registry.register(
+                "sshvpn_heap_bytes",
+                "Allocator memory: in use, and freed but kept for reuse (a leak grows in_use)",
+                gauges,
+            );
+        }
     }
 }
 
@@ -154,6 +167,17 @@ mod tests {
             "sshvpn_handshake_seconds_count 1",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        for prefix in [
+            "sshvpn_heap_bytes{kind=\"in_use\"} ",
+            "sshvpn_heap_bytes{kind=\"free\"} ",
+        ] {
+            let value = text.lines().find_map(|l| l.strip_prefix(prefix));
+            assert!(
+                value.is_some_and(|v| v.parse::<u64>().is_ok()),
+                "no {prefix:?} in:\n{text}"
+            );
         }
     }
 }

@@ -29,7 +29,8 @@
 #                                 by default as with real clients; SOURCES=0: all from 10.200.0.1,
 #                                 which runs into the server's --per-source-max-startups (8)
 #   NOFILE=                       ulimit -n for server and loadgen (default: inherited)
-#   SSHVPN_SERVER_ARGS=           extra sshvpnd arguments
+#   SSHVPN_SERVER_ARGS=           extra sshvpnd arguments (the script already passes --metrics
+#                                 127.0.0.1:9810, inside the gateway namespace: the heap figures)
 #   SSHVPND=target/release/sshvpnd  the server binary to test (e.g. one built from another tree)
 #   NO_BUILD=1                    use the binaries already in target/release
 #   KEEP=1                        keep the work directory (keys, server log) for inspection
@@ -157,7 +158,7 @@ for round in $(seq "$ROUNDS"); do
   ROUND_RSS+=("$rss")
   read -r heap_in_use heap_free < <(heap_kib)
   ROUND_HEAP+=("$heap_in_use")
-  [ "$ROUNDS" -gt 1 ] && echo "round $round: server VmRSS $rss KiB after the clients left; heap in use $heap_in_use KiB, free but kept $heap_free KiB"
+  [ "$ROUNDS" -gt 1 ] && echo "round $round: server VmRSS $rss KiB after the clients left; heap in use $heap_in_use KiB, freed and kept for reuse $heap_free KiB"
 done
 
 if ! kill -0 "$SERVER" 2>/dev/null; then

@@ -36,8 +36,8 @@ pub fn tune_allocator() {
 }
 
 /// What the allocator holds: the bytes handed out and not yet freed, and the freed bytes it
-/// keeps for reuse. A leak grows the first; fragmentation and retention grow only the second
-/// (and the process's RSS).
+/// keeps for reuse (as address space: `release_free_memory` hands their whole pages back to the
+/// OS, but they still count here). A leak grows the first; fragmentation and retention do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HeapUsage {
     pub in_use: u64,

@@ -134,7 +134,7 @@ impl Metrics {
             }
             registry.register(
                 "sshvpn_heap_bytes",
-                "Allocator memory: in use, and freed but kept for reuse (a leak grows in_use)",
+                "Allocator memory: in use, and freed but kept for reuse as address space (a leak grows in_use)",
                 gauges,
             );
         }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shared namespace topology for scripts/demo.sh and scripts/bench.sh (source it, do not run it).
+# Shared namespace topology for scripts/demo.sh, bench.sh, load.sh and rtt-stages.sh (source it,
+# do not run it).
 #
 #   laptop (10.200.0.1, fd00:200::1) --veth-- gateway (10.200.0.2 | 10.202.0.1) --veth-- lan (10.202.0.2)
 #
@@ -70,4 +71,35 @@ topology_down() {
     [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
     ip netns del "$n" 2>/dev/null || true
   done
+}
+
+# The OpenSSH reference tunnel over the topology (bench.sh, rtt-stages.sh): sshd in the gateway,
+# `ssh -w` (aes128-gcm, point-to-point tun5, 10.201.0.1 <-> 10.201.0.2) from the laptop, the LAN
+# routed through it. $1: a work directory holding the client key `id` (and `id.pub`). Sets
+# OPENSSH_CLIENT to the ssh client's pid.
+openssh_tunnel_up() {
+  local work=$1 n
+  mkdir -p /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$work/hk" <<<y >/dev/null 2>&1 || true
+  cat >"$work/sshd_config" <<EOC
+ListenAddress 10.200.0.2:2222
+HostKey $work/hk
+PermitRootLogin prohibit-password
+AuthorizedKeysFile $work/id.pub
+PermitTunnel yes
+StrictModes no
+UsePAM no
+PidFile $work/sshd.pid
+LogLevel ERROR
+EOC
+  ip netns exec "$NS_GW" /usr/sbin/sshd -f "$work/sshd_config"; sleep 0.3
+  for n in "$NS_LAPTOP" "$NS_GW"; do ip netns exec "$n" ip tuntap add dev tun5 mode tun; done
+  ip -n "$NS_LAPTOP" addr add 10.201.0.1/30 dev tun5; ip -n "$NS_LAPTOP" link set tun5 up
+  ip -n "$NS_GW" addr add 10.201.0.2/30 dev tun5; ip -n "$NS_GW" link set tun5 up
+  ip -n "$NS_LAPTOP" route add 10.202.0.0/24 via 10.201.0.2
+  ip -n "$NS_LAN" route add 10.201.0.0/30 via 10.202.0.1 2>/dev/null || true
+  ip netns exec "$NS_LAPTOP" ssh -i "$work/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p 2222 \
+    -c aes128-gcm@openssh.com -o Tunnel=point-to-point -w 5:5 -N root@10.200.0.2 &
+  OPENSSH_CLIENT=$!
+  sleep 1
 }

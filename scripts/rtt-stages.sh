@@ -94,28 +94,8 @@ follow() { # label
 run_openssh() {
   [ -x /usr/sbin/sshd ] || { echo "no /usr/sbin/sshd: skipping OpenSSH" >&2; return; }
   topology_up
-  mkdir -p /run/sshd
-  ssh-keygen -q -t ed25519 -N '' -f "$WORK/hk" <<<y >/dev/null 2>&1 || true
-  cat >"$WORK/sshd_config" <<EOC
-ListenAddress 10.200.0.2:2222
-HostKey $WORK/hk
-PermitRootLogin prohibit-password
-AuthorizedKeysFile $WORK/id.pub
-PermitTunnel yes
-StrictModes no
-UsePAM no
-PidFile $WORK/sshd.pid
-LogLevel ERROR
-EOC
-  ip netns exec "$NS_GW" /usr/sbin/sshd -f "$WORK/sshd_config"; sleep 0.3
-  for n in "$NS_LAPTOP" "$NS_GW"; do ip netns exec "$n" ip tuntap add dev tun5 mode tun; done
-  ip -n "$NS_LAPTOP" addr add 10.201.0.1/30 dev tun5; ip -n "$NS_LAPTOP" link set tun5 up
-  ip -n "$NS_GW" addr add 10.201.0.2/30 dev tun5; ip -n "$NS_GW" link set tun5 up
-  ip -n "$NS_LAPTOP" route add 10.202.0.0/24 via 10.201.0.2
-  ip -n "$NS_LAN" route add 10.201.0.0/30 via 10.202.0.1 2>/dev/null || true
-  ip netns exec "$NS_LAPTOP" ssh -i "$WORK/id" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p 2222 \
-    -c aes128-gcm@openssh.com -o Tunnel=point-to-point -w 5:5 -N root@10.200.0.2 &
-  local client=$!; sleep 1
+  openssh_tunnel_up "$WORK"
+  local client=$OPENSSH_CLIENT
   follow "OpenSSH ssh -w"
   kill $client 2>/dev/null || true
   topology_down

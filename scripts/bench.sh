@@ -2,8 +2,8 @@
 # End-to-end benchmark: sshvpn against OpenSSH `ssh -w` (and the plain routed path), measured in the
 # same run on the same namespace topology (scripts/netns.sh):
 #   laptop --veth-- gateway (server) --veth-- LAN host; traffic is iperf3 laptop <-> LAN host.
-# Prints one table (throughput up/down with 1 and 4 streams, idle and loaded ping RTT, UDP 64-byte
-# packets/s, peak RSS) with the sshvpn/OpenSSH ratio per row, and writes target/bench/bench.csv
+# Prints one table (throughput up/down with 1 and 4 streams, idle and loaded ping RTT, TCP
+# request/response, UDP 64-byte packets/s with two senders, peak RSS) with the sshvpn/OpenSSH ratio per row, and writes target/bench/bench.csv
 # and target/bench/bench.png (the chart needs python3 with matplotlib).
 #
 #   sudo scripts/bench.sh                 # T=8 seconds per iperf3 run
@@ -46,15 +46,27 @@ except Exception: print("ERR")'
 # 64-byte UDP flood for 4 s: datagrams the LAN host's UDP layer delivered to a socket (its
 # InDatagrams counter, which counts the datagrams of a GSO super-packet one by one), per second of
 # sending. (iperf3's own loss accounting disagrees with itself when a tunnel buffers and reorders.)
+# Two senders: sshvpn-udpflood (one `send` per datagram and nothing else; tests/udpflood.rs) and
+# iperf3 -u, whose own per-datagram work made the sender the limit of the sshvpn row on 2 vCPUs
+# (docs/performance.md, round 7).
 udp_delivered() { inlan awk '/^Udp: [0-9]/ { print $2 }' /proc/net/snmp; }
-udp_pps() {
-  iperf_server
+udp_rate() { # command...: runs the sender, prints delivered datagrams per second
   local before after
   before=$(udp_delivered)
-  inl iperf3 -c $LAN -u -l 64 -b 0 -t 4 >/dev/null 2>&1 || true
+  "$@" >/dev/null 2>&1 || true
   sleep 1
   after=$(udp_delivered)
   if [ -n "$before" ] && [ -n "$after" ]; then echo $(((after - before) / 4)); else echo ERR; fi
+}
+udp_pps() {
+  ip netns exec "$NS_LAN" "$BIN/sshvpn-udpflood" sink 5202 & local sink=$!
+  sleep 0.3
+  udp_rate inl "$BIN/sshvpn-udpflood" send $LAN:5202 --seconds 4 --size 64
+  kill $sink 2>/dev/null; wait $sink 2>/dev/null || true
+}
+udp_pps_iperf() {
+  iperf_server
+  udp_rate inl iperf3 -c $LAN -u -l 64 -b 0 -t 4
 }
 ping_avg() { inl ping -c "$1" -i "$2" -q $LAN 2>/dev/null | awk -F/ '/rtt/{print $5}'; }
 # Request/response: one TCP connection, a 64-byte request answered by a 64-byte response, the next
@@ -120,7 +132,12 @@ measure() { # name pids-var
   R[$name,rtt_loaded]=$(loaded_rtt)
   R[$name,rr_tps]=$(rr_tps)
   # 64-byte UDP floods say nothing behind a 10 Mbit/s bottleneck (and starve iperf3's control connection).
-  if [ -z "${RATE:-}" ]; then R[$name,udp_pps]=$(udp_pps); else R[$name,udp_pps]=-; fi
+  if [ -z "${RATE:-}" ]; then
+    R[$name,udp_pps]=$(udp_pps)
+    R[$name,udp_iperf]=$(udp_pps_iperf)
+  else
+    R[$name,udp_pps]=-; R[$name,udp_iperf]=-
+  fi
   echo "  $name: up ${R[$name,up1]} down ${R[$name,down1]} Mbit/s" >&2
 }
 
@@ -167,7 +184,7 @@ echo "measuring (T=${T}s per run${RATE:+, bottleneck $RATE}${LOSS:+, loss ${LOSS
 if [ "$ONLY" = all ]; then run_plain; run_openssh; fi
 run_sshvpn
 
-rows="up1:TCP up, 1 stream (Mbit/s) down1:TCP down, 1 stream (Mbit/s) up4:TCP up, 4 streams (Mbit/s) down4:TCP down, 4 streams (Mbit/s) rtt_idle:ping RTT idle (ms) rtt_loaded:ping RTT under upload (ms) rr_tps:TCP request/response, 64 B (transactions/s) udp_pps:UDP 64-byte packets/s rss_client:client peak RSS (MiB) rss_server:server peak RSS (MiB)"
+rows="up1:TCP up, 1 stream (Mbit/s) down1:TCP down, 1 stream (Mbit/s) up4:TCP up, 4 streams (Mbit/s) down4:TCP down, 4 streams (Mbit/s) rtt_idle:ping RTT idle (ms) rtt_loaded:ping RTT under upload (ms) rr_tps:TCP request/response, 64 B (transactions/s) udp_pps:UDP 64-byte packets/s (lean sender) udp_iperf:UDP 64-byte packets/s (iperf3 sender) rss_client:client peak RSS (MiB) rss_server:server peak RSS (MiB)"
 python3 - "$OUT" "${RATE:-none}${LOSS:+, loss ${LOSS} per mille}" <<PY
 import csv, sys
 out, rate = sys.argv[1], sys.argv[2]
@@ -176,7 +193,7 @@ rows = [r.split(":", 1) for r in """$rows""".split(" ") if r]
 # re-join labels that contained spaces
 items, cur = [], None
 for part in """$rows""".split(" "):
-    if ":" in part and part.split(":")[0] in ("up1","down1","up4","down4","rtt_idle","rtt_loaded","rr_tps","udp_pps","rss_client","rss_server"):
+    if ":" in part and part.split(":")[0] in ("up1","down1","up4","down4","rtt_idle","rtt_loaded","rr_tps","udp_pps","udp_iperf","rss_client","rss_server"):
         cur = part.split(":", 1); items.append(cur)
     elif cur: cur[1] += " " + part
 systems = [s for s in ("plain", "openssh", "sshvpn") if f"{s},up1" in R]

@@ -3,8 +3,9 @@
 # same run on the same namespace topology (scripts/netns.sh):
 #   laptop --veth-- gateway (server) --veth-- LAN host; traffic is iperf3 laptop <-> LAN host.
 # Prints one table (throughput up/down with 1 and 4 streams, idle and loaded ping RTT, TCP
-# request/response, UDP 64-byte packets/s with two senders, peak RSS) with the sshvpn/OpenSSH ratio per row, and writes target/bench/bench.csv
-# and target/bench/bench.png (the chart needs python3 with matplotlib).
+# request/response, UDP 64-byte packets/s with two senders, peak RSS) with the sshvpn/OpenSSH
+# ratio per row, and writes target/bench/bench.csv and target/bench/bench.png (the chart needs
+# python3 with matplotlib).
 #
 #   sudo scripts/bench.sh                 # T=8 seconds per iperf3 run
 #   sudo RATE=10mbit scripts/bench.sh     # with a tc tbf bottleneck on the laptop-gateway link

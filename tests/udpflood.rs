@@ -1,8 +1,9 @@
 //! A lean UDP flood for `scripts/bench.sh`'s small-packet row: `send` writes datagrams of one size
 //! to one address as fast as the socket takes them, one `send` per datagram (as an application
 //! does); `sink` receives and discards them, many per system call. Both cost less per datagram
-//! than iperf3, whose own per-packet work (timestamps, sequence numbers, `select`) made the
-//! sender, not the tunnel, the limit on 2 vCPUs (docs/performance.md, round 7).
+//! than iperf3, which writes a timestamp and a sequence number into every datagram and keeps its
+//! own rate accounting: on 2 vCPUs that work made the sender, not the tunnel, the limit
+//! (docs/performance.md, round 7).
 
 use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};

@@ -44,12 +44,13 @@ import json,sys
 try: print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6))
 except Exception: print("ERR")'
 }
-# 64-byte UDP flood for 4 s: datagrams the LAN host's UDP layer delivered to a socket (its
+# 64-byte UDP flood for UDP_SECS seconds: datagrams the LAN host's UDP layer delivered to a socket (its
 # InDatagrams counter, which counts the datagrams of a GSO super-packet one by one), per second of
 # sending. (iperf3's own loss accounting disagrees with itself when a tunnel buffers and reorders.)
 # Two senders: sshvpn-udpflood (one `send` per datagram and nothing else; tests/udpflood.rs) and
 # iperf3 -u, whose own per-datagram work made the sender the limit of the sshvpn row on 2 vCPUs
 # (docs/performance.md, round 7).
+UDP_SECS=4
 udp_delivered() { inlan awk '/^Udp: [0-9]/ { print $2 }' /proc/net/snmp; }
 udp_rate() { # command...: runs the sender, prints delivered datagrams per second
   local before after
@@ -57,17 +58,17 @@ udp_rate() { # command...: runs the sender, prints delivered datagrams per secon
   "$@" >/dev/null 2>&1 || true
   sleep 1
   after=$(udp_delivered)
-  if [ -n "$before" ] && [ -n "$after" ]; then echo $(((after - before) / 4)); else echo ERR; fi
+  if [ -n "$before" ] && [ -n "$after" ]; then echo $(((after - before) / UDP_SECS)); else echo ERR; fi
 }
 udp_pps() {
   ip netns exec "$NS_LAN" "$BIN/sshvpn-udpflood" sink 5202 & local sink=$!
   sleep 0.3
-  udp_rate inl "$BIN/sshvpn-udpflood" send $LAN:5202 --seconds 4 --size 64
+  udp_rate inl "$BIN/sshvpn-udpflood" send $LAN:5202 --seconds $UDP_SECS --size 64
   kill $sink 2>/dev/null; wait $sink 2>/dev/null || true
 }
 udp_pps_iperf() {
   iperf_server
-  udp_rate inl iperf3 -c $LAN -u -l 64 -b 0 -t 4
+  udp_rate inl iperf3 -c $LAN -u -l 64 -b 0 -t $UDP_SECS
 }
 ping_avg() { inl ping -c "$1" -i "$2" -q $LAN 2>/dev/null | awk -F/ '/rtt/{print $5}'; }
 # Request/response: one TCP connection, a 64-byte request answered by a 64-byte response, the next
@@ -187,14 +188,14 @@ run_sshvpn
 
 rows="up1:TCP up, 1 stream (Mbit/s) down1:TCP down, 1 stream (Mbit/s) up4:TCP up, 4 streams (Mbit/s) down4:TCP down, 4 streams (Mbit/s) rtt_idle:ping RTT idle (ms) rtt_loaded:ping RTT under upload (ms) rr_tps:TCP request/response, 64 B (transactions/s) udp_pps:UDP 64-byte packets/s (lean sender) udp_iperf:UDP 64-byte packets/s (iperf3 sender) rss_client:client peak RSS (MiB) rss_server:server peak RSS (MiB)"
 python3 - "$OUT" "${RATE:-none}${LOSS:+, loss ${LOSS} per mille}" <<PY
-import csv, sys
+import csv, re, sys
 out, rate = sys.argv[1], sys.argv[2]
 R = {$(for k in "${!R[@]}"; do printf '"%s": "%s", ' "$k" "${R[$k]}"; done)}
 rows = [r.split(":", 1) for r in """$rows""".split(" ") if r]
 # re-join labels that contained spaces
 items, cur = [], None
 for part in """$rows""".split(" "):
-    if ":" in part and part.split(":")[0] in ("up1","down1","up4","down4","rtt_idle","rtt_loaded","rr_tps","udp_pps","udp_iperf","rss_client","rss_server"):
+    if re.match(r"[a-z0-9_]+:", part):
         cur = part.split(":", 1); items.append(cur)
     elif cur: cur[1] += " " + part
 systems = [s for s in ("plain", "openssh", "sshvpn") if f"{s},up1" in R]

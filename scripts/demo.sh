@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # A complete sshvpn session on one machine: three network namespaces (a laptop, a gateway running
 # sshvpnd, a LAN host behind it), the tunnel brought up, traffic shown crossing it, and everything
-# torn down again. Needs root (namespaces, TUN) and iproute2, ping, ssh-keygen.
+# torn down again. Needs root (namespaces, TUN); installs iproute2, ping and ssh-keygen if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root: sudo scripts/demo.sh" >&2; exit 1; }
-for tool in ip ping ssh-keygen; do
-  command -v $tool >/dev/null || { echo "demo.sh needs $tool (apt-get install iproute2 iputils-ping openssh-client)" >&2; exit 1; }
-done
+. scripts/lib/deps.sh
+need_tools demo
 
 . scripts/netns.sh
 WORK=$(mktemp -d /tmp/sshvpn-demo.XXXXXX)

@@ -130,8 +130,10 @@ pub enum HostCertStatus {
 }
 
 /// Checks a host certificate for `host`:`port` against `@cert-authority` and `@revoked` lines:
-/// the CA must be listed for the host, the certificate must be a valid host certificate now
-/// and name one of `names` (the host name or address connected to) among its principals.
+/// the CA must be listed for the host (its patterns matched against `[host]:port`, or `host`
+/// for port 22: the name given or the HostKeyAlias, never the address, as ssh), the certificate
+/// must be a valid host certificate now and one of its principals (wildcards allowed) must match
+/// one of `names` (the name given and its HostName, or the HostKeyAlias).
 pub fn check_cert_text(
     text: &str,
     host: &str,
@@ -174,23 +176,22 @@ pub fn check_cert_text(
             "it has expired".into()
         });
     }
+    // As ssh (sshkey_cert_check_authority): a host certificate's principals may be wildcard
+    // patterns, matched against the name checked; one without principals is for no host.
     let principals = cert.valid_principals();
-    if !principals
-        .iter()
-        .any(|p| names.iter().any(|n| n.eq_ignore_ascii_case(p)))
-    {
+    if !principals.iter().any(|p| names.iter().any(|n| glob(p, n))) {
         return HostCertStatus::Invalid(format!(
             "it is for {}, not for {}",
             if principals.is_empty() {
                 "no names".to_string()
             } else {
-                principals.join(",")
+                crate::escape::list_for_log(principals, ",")
             },
-            names.join(" or ")
+            crate::escape::list_for_log(names, " or ")
         ));
     }
     if let Some(name) = cert.critical_options().keys().next() {
-        return HostCertStatus::Invalid(format!("unknown critical option {name:?}"));
+        return HostCertStatus::Invalid(format!("unknown critical option \"{}\"", crate::escape::for_log(name)));
     }
     HostCertStatus::Trusted { line }
 }
@@ -333,6 +334,52 @@ mod tests {
             check_cert_text(&revoked, "hub.example", 22, &names("hub.example"), &good, now),
             HostCertStatus::Revoked { line: 2 }
         );
+    }
+
+    #[test]
+    fn host_certificate_principals_are_names_or_patterns_never_guessed() {
+        use russh::keys::ssh_key::certificate::Builder;
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let host = key();
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let make = |names: &[&str]| {
+            let mut b = Builder::new(vec![3u8; 32], host.key_data().clone(), secs - 60, secs + 60).unwrap();
+            b.cert_type(CertType::Host).unwrap();
+            for n in names {
+                b.valid_principal(*n).unwrap();
+            }
+            b.sign(&ca).unwrap()
+        };
+        let text = format!("@cert-authority * {}\n", ca.public_key().to_openssh().unwrap());
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let by_ip = make(&["10.210.0.2"]);
+        // Connected to hub.example (which resolved to 10.210.0.2): the address is no name.
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names(&["hub.example"]), &by_ip, now),
+            HostCertStatus::Invalid(why) if why == "it is for 10.210.0.2, not for hub.example"
+        ));
+        // With HostKeyAlias 10.210.0.2 (the caller passes it as the name).
+        assert_eq!(
+            check_cert_text(&text, "10.210.0.2", 22, &names(&["10.210.0.2"]), &by_ip, now),
+            HostCertStatus::Trusted { line: 1 }
+        );
+        // Wildcard principals, as ssh allows for host certificates.
+        let wild = make(&["*.corp.example"]);
+        assert_eq!(
+            check_cert_text(&text, "hub.corp.example", 22, &names(&["hub.corp.example"]), &wild, now),
+            HostCertStatus::Trusted { line: 1 }
+        );
+        assert!(matches!(
+            check_cert_text(&text, "corp.example", 22, &names(&["corp.example"]), &wild, now),
+            HostCertStatus::Invalid(_)
+        ));
+        // Principals reach the message escaped.
+        let evil = make(&["x\n[fake] ERROR y\u{1b}[2J"]);
+        assert!(matches!(
+            check_cert_text(&text, "hub", 22, &names(&["hub"]), &evil, now),
+            HostCertStatus::Invalid(why) if why == "it is for x\\n[fake] ERROR y\\x1b[2J, not for hub"
+        ));
     }
 
     #[test]

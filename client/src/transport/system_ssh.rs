@@ -38,6 +38,9 @@ pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
     if args.batch {
         words.extend(["-o".into(), "BatchMode=yes".into()]);
     }
+    if let Some(alias) = &args.host_key_alias {
+        words.extend(["-o".into(), format!("HostKeyAlias={alias}")]);
+    }
     words.extend(["-s".into(), SUBSYSTEM.into()]);
     Ok(words)
 }

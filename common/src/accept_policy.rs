@@ -450,12 +450,18 @@ pub fn accept(
             if !is_host_name(s) {
                 warn(
                     &mut out,
-                    format!("ignoring pushed search domain {s:?}: not a valid host name"),
+                    format!(
+                        "ignoring pushed search domain \"{}\": not a valid host name",
+                        crate::escape::for_log(s)
+                    ),
                 );
             } else if out.search.len() >= MAX_SEARCH {
                 warn(
                     &mut out,
-                    format!("ignoring pushed search domain {s:?}: more than {MAX_SEARCH}"),
+                    format!(
+                        "ignoring pushed search domain \"{}\": more than {MAX_SEARCH}",
+                        crate::escape::for_log(s)
+                    ),
                 );
             } else {
                 out.search.push(s.trim_end_matches('.').to_ascii_lowercase());
@@ -636,6 +642,11 @@ mod tests {
         assert_eq!(a.search, vec!["good.example".to_string()]);
         assert_eq!(a.dns, vec!["10.0.0.53".parse::<IpAddr>().unwrap()]);
         assert_eq!(a.warnings.len(), 7, "{:#?}", a.warnings);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("\"evil.example\\noptions ndots:15 trust-ad\""))
+        );
         let no_dns = AcceptOptions {
             accept_dns: false,
             ..opts()

@@ -413,6 +413,8 @@ const TUNNEL: [&str; 4] = ["--addr4", "10.203.0.2/24", "--peer4", "10.203.0.1"];
 #[test]
 fn a_server_pushing_every_slash_8_gets_one_slash_8_and_one_warning() {
     let t = Topology::new(1);
+    // A resolver on the client's LAN (10.0.0.0/8 is refused as overlapping it anyway).
+    let _etc = NetnsEtc::with_resolv_conf(&t.clients[0], "nameserver 10.200.1.53\n");
     let report = t.log("unused");
     let slash8: Vec<String> = (1..=223).map(|i| format!("{i}.0.0.0/8")).collect();
     let mut lies: Vec<&str> = TUNNEL.to_vec();

@@ -149,5 +149,12 @@ mod tests {
         .unwrap();
         assert_eq!(p.routes.len(), 1);
         assert_eq!(p.dns, Some(false));
+        let p = parse(
+            path,
+            "host = \"gw\"\naccept_routes_within = [\"10.0.0.0/8\"]\nhost_key_alias = \"10.0.0.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.accept_routes_within, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(p.host_key_alias.as_deref(), Some("10.0.0.1"));
     }
 }

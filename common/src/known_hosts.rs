@@ -37,11 +37,17 @@ pub fn host_entry_name(host: &str, port: u16) -> String {
 
 /// OpenSSH wildcard match (`*`, `?`), case-insensitive.
 pub fn glob(pattern: &str, name: &str) -> bool {
+    glob_case(pattern, name, true)
+}
+
+/// OpenSSH's `match_pattern`: `*`, `?`, case-insensitive only with `fold_case`.
+fn glob_case(pattern: &str, name: &str, fold_case: bool) -> bool {
+    let same = |a: u8, b: u8| if fold_case { a.eq_ignore_ascii_case(&b) } else { a == b };
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi].eq_ignore_ascii_case(&n[ni])) {
+        if pi < p.len() && (p[pi] == b'?' || same(p[pi], n[ni])) {
             pi += 1;
             ni += 1;
         } else if pi < p.len() && p[pi] == b'*' {
@@ -177,9 +183,10 @@ pub fn check_cert_text(
         });
     }
     // As ssh (sshkey_cert_check_authority): a host certificate's principals may be wildcard
-    // patterns, matched against the name checked; one without principals is for no host.
+    // patterns, matched case-sensitively against the name checked (ssh lowercases host names,
+    // not a HostKeyAlias); one without principals is for no host.
     let principals = cert.valid_principals();
-    if !principals.iter().any(|p| names.iter().any(|n| glob(p, n))) {
+    if !principals.iter().any(|p| names.iter().any(|n| glob_case(p, n, false))) {
         return HostCertStatus::Invalid(format!(
             "it is for {}, not for {}",
             if principals.is_empty() {
@@ -372,6 +379,12 @@ mod tests {
         );
         assert!(matches!(
             check_cert_text(&text, "corp.example", 22, &names(&["corp.example"]), &wild, now),
+            HostCertStatus::Invalid(_)
+        ));
+        // Case matters, as in ssh (which lowercases the host name it checks).
+        let upper = make(&["Hub.Example"]);
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names(&["hub.example"]), &upper, now),
             HostCertStatus::Invalid(_)
         ));
         // Principals reach the message escaped.

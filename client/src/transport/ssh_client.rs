@@ -170,10 +170,16 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
     // HostKeyAlias when given (no port appended), else against the name given. The address
     // connected to is never a name a certificate may be for: whoever controls the resolver
     // would choose it.
+    // Host names are lowercased for the principals (ssh does the same; the alias is kept).
     let (lookup_name, lookup_port, cert_names) = match host_key_alias {
         Some(a) => (a.clone(), 22, vec![a.clone()]),
-        None if host != *alias => (alias.clone(), port, vec![alias.clone(), host.clone()]),
-        None => (alias.clone(), port, vec![alias.clone()]),
+        None => {
+            let mut names = vec![alias.to_ascii_lowercase()];
+            if !host.eq_ignore_ascii_case(alias) {
+                names.push(host.to_ascii_lowercase());
+            }
+            (alias.clone(), port, names)
+        }
     };
     let checker = HostKeyChecker {
         host: lookup_name.clone(),

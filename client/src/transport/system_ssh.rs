@@ -167,5 +167,10 @@ mod tests {
             command_line(&a).unwrap(),
             ["ssh", "-J", "bastion host", "user@h", "-s", "sshvpn"]
         );
+        let a = args(&["sshvpn", "connect", "--ssh", "gw", "--host-key-alias", "10.0.0.1"]);
+        assert_eq!(
+            command_line(&a).unwrap().join(" "),
+            "ssh gw -o HostKeyAlias=10.0.0.1 -s sshvpn"
+        );
     }
 }

@@ -179,7 +179,7 @@ fn union_size(nets: &[IpNet]) -> u128 {
 }
 
 /// The `nameserver` addresses of resolv.conf text (a scope suffix `%eth0` is dropped; lines
-/// that are not addresses are skipped), at most [`MAX_DNS`] × 4 of them.
+/// that are not addresses are skipped), at most 32 of them.
 pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
     text.lines()
         .filter_map(|l| {

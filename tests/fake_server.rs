@@ -3,7 +3,8 @@
 //! configuration it is told to (addresses with wide prefixes, routes over the client's LAN, bad
 //! MTUs, search domains with control characters), then injects ICMP echo requests from the given
 //! sources towards the client's address and counts the echo replies that come back, per source,
-//! in a report file (`SOURCE COUNT` lines).
+//! in a report file (`SOURCE COUNT` lines). It can also end the session with a reason of its
+//! choosing (`--close-reason`, `--refuse-reason`), to check that the client escapes it.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,7 +17,7 @@ use bytes::BytesMut;
 use clap::Parser;
 use ipnet::IpNet;
 use sshvpn_common::proto::frame::{self, FrameDecoder, FrameType};
-use sshvpn_common::proto::{Control, Features, Hello, TunnelConfig};
+use sshvpn_common::proto::{CloseCode, Control, Features, Hello, TunnelConfig};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -42,6 +43,12 @@ struct Args {
     /// Where the echo replies seen are counted.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Close the session with this reason (after the configuration, code `Normal`) ...
+    #[arg(long)]
+    close_reason: Option<String>,
+    /// ... or instead of the configuration, code `NotAuthorized`.
+    #[arg(long)]
+    refuse_reason: Option<String>,
     /// What the client appends for ssh (`-s sshvpn`): ignored.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
     rest: Vec<String>,
@@ -120,6 +127,16 @@ fn run(args: Args) -> anyhow::Result<()> {
             return Ok(());
         }
     }
+    if let Some(reason) = args.refuse_reason.clone() {
+        send_control(
+            &out,
+            Control::Close {
+                code: CloseCode::NotAuthorized,
+                reason,
+            },
+        )?;
+        return Ok(());
+    }
     let config = TunnelConfig {
         addr4: args.addr4,
         addr6: args.addr6,
@@ -132,6 +149,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         keepalive_ms: 0,
     };
     send_control(&out, Control::Config(config))?;
+    if let Some(reason) = args.close_reason.clone() {
+        // Let the client configure its interface first.
+        std::thread::sleep(Duration::from_millis(500));
+        send_control(
+            &out,
+            Control::Close {
+                code: CloseCode::Normal,
+                reason,
+            },
+        )?;
+        return Ok(());
+    }
 
     let target = args.addr4.map(|a| a.addr());
     if let Some(IpAddr::V4(dst)) = target {

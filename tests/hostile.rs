@@ -8,11 +8,16 @@ use std::time::{Duration, Instant};
 
 use sshvpn_common::proto::{CloseCode, Control};
 use sshvpn_tests::fake_peer::{FakeClient, rss_kib};
-use sshvpn_tests::topo::LAN6;
+use sshvpn_tests::topo::{LAN6, SSH_PORT};
 use sshvpn_tests::{Bin, NetnsEtc, Process, Topology, wait_until};
 
 /// `sshvpn connect` in client namespace 0 against the fake server with these arguments.
 fn connect_to_liar(t: &Topology, lies: &[&str], report: &std::path::Path) -> Process {
+    connect_to_liar_with(t, &[], lies, report)
+}
+
+/// The same with extra client arguments.
+fn connect_to_liar_with(t: &Topology, client: &[&str], lies: &[&str], report: &std::path::Path) -> Process {
     let fake = Bin::path("sshvpn-fake-server");
     let mut words = vec![fake.to_str().unwrap().to_string()];
     words.extend(lies.iter().map(|w| format!("'{w}'")));
@@ -20,7 +25,9 @@ fn connect_to_liar(t: &Topology, lies: &[&str], report: &std::path::Path) -> Pro
     words.push(report.to_str().unwrap().into());
     let cmd = words.join(" ");
     let log = t.log(&format!("liar-client-{}.log", rand::random::<u32>()));
-    Process::spawn(&t.clients[0], "sshvpn", &["connect", "--ssh-command", &cmd], log)
+    let mut args = vec!["connect", "--ssh-command", &cmd];
+    args.extend_from_slice(client);
+    Process::spawn(&t.clients[0], "sshvpn", &args, log)
 }
 
 fn report_count(report: &std::path::Path, source: &str) -> u64 {
@@ -388,4 +395,212 @@ fn a_squatted_status_socket_name_does_not_stop_connect() {
         t.process(c).child.try_wait().unwrap().is_none(),
         "the first client keeps running"
     );
+}
+
+/// The routes through the tunnel in client namespace 0, as `ip route` prints their destinations.
+fn tunnel_routes(t: &Topology) -> Vec<String> {
+    let mut all = t.clients[0].ip(&["-4", "route", "show", "dev", "sshvpn0"]);
+    all += &t.clients[0].ip(&["-6", "route", "show", "dev", "sshvpn0"]);
+    all.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The tunnel's own addresses: what every fake-server test below is assigned.
+const TUNNEL: [&str; 4] = ["--addr4", "10.203.0.2/24", "--peer4", "10.203.0.1"];
+
+#[test]
+fn a_server_pushing_every_slash_8_gets_one_slash_8_and_one_warning() {
+    let t = Topology::new(1);
+    // A resolver on the client's LAN (10.0.0.0/8 is refused as overlapping it anyway).
+    let _etc = NetnsEtc::with_resolv_conf(&t.clients[0], "nameserver 10.200.1.53\n");
+    let report = t.log("unused");
+    let slash8: Vec<String> = (1..=223).map(|i| format!("{i}.0.0.0/8")).collect();
+    let mut lies: Vec<&str> = TUNNEL.to_vec();
+    for r in &slash8 {
+        lies.extend(["--route", r]);
+    }
+    let mut client = connect_to_liar(&t, &lies, &report);
+    client.wait_for_log("tunnel up", 20.0);
+    let routes = tunnel_routes(&t);
+    let wide: Vec<&String> = routes.iter().filter(|r| r.ends_with("/8")).collect();
+    assert_eq!(wide, ["1.0.0.0/8"], "the budget is one /8 of IPv4:\n{routes:?}");
+    let v4: Vec<&String> = routes.iter().filter(|r| !r.contains(':')).collect();
+    assert_eq!(v4, ["1.0.0.0/8", "10.203.0.1"], "one /8 and the server's host route");
+    let log = client.log_text();
+    let budget: Vec<&str> = log.lines().filter(|l| l.contains("beyond the budget")).collect();
+    assert_eq!(budget.len(), 1, "one warning sums up the routes refused:\n{log}");
+    assert!(budget[0].contains("not installing 219 pushed routes"), "{}", budget[0]);
+    assert!(client.stop().success());
+}
+
+#[test]
+fn pushed_routes_never_cover_the_hosts_resolvers_or_link_local_even_without_dns() {
+    let t = Topology::new(1);
+    let original = "nameserver 8.8.8.8\n";
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], original);
+    let report = t.log("unused");
+    let mut lies: Vec<&str> = TUNNEL.to_vec();
+    lies.extend([
+        "--route",
+        "8.0.0.0/8",
+        "--route",
+        "169.254.0.0/16",
+        "--route",
+        "10.210.0.0/16",
+        "--dns",
+        "8.8.8.8",
+    ]);
+    let mut client = connect_to_liar_with(&t, &["--no-dns"], &lies, &report);
+    client.wait_for_log("tunnel up", 20.0);
+    let routes = tunnel_routes(&t);
+    assert!(routes.contains(&"10.210.0.0/16".to_string()), "{routes:?}");
+    for refused in ["8.0.0.0/8", "169.254.0.0/16"] {
+        assert!(
+            !routes.contains(&refused.to_string()),
+            "{refused} routed into the tunnel: {routes:?}"
+        );
+    }
+    let log = client.log_text();
+    assert!(
+        log.contains("not installing pushed route 8.0.0.0/8: it covers this host's resolver 8.8.8.8"),
+        "{log}"
+    );
+    assert!(
+        log.contains("not installing pushed route 169.254.0.0/16: it touches link-local addresses"),
+        "{log}"
+    );
+    let path = t.clients[0].exec(&["ip", "-4", "route", "get", "8.8.8.8"]);
+    let path = String::from_utf8_lossy(&path.stdout);
+    assert!(!path.contains("sshvpn0"), "DNS goes into the tunnel: {path}");
+    assert!(client.stop().success());
+    assert_eq!(etc.resolv_conf(), original);
+}
+
+#[test]
+fn accept_routes_within_is_an_allow_list() {
+    let t = Topology::new(1);
+    let report = t.log("unused");
+    let mut lies: Vec<&str> = TUNNEL.to_vec();
+    lies.extend([
+        "--route",
+        "10.1.0.0/16",
+        "--route",
+        "11.0.0.0/8",
+        "--route",
+        "10.210.0.0/16",
+    ]);
+    let mut client = connect_to_liar_with(&t, &["--accept-routes-within", "10.0.0.0/8"], &lies, &report);
+    client.wait_for_log("tunnel up", 20.0);
+    let routes = tunnel_routes(&t);
+    assert!(
+        routes.contains(&"10.1.0.0/16".to_string()) && routes.contains(&"10.210.0.0/16".to_string()),
+        "{routes:?}"
+    );
+    assert!(!routes.contains(&"11.0.0.0/8".to_string()), "{routes:?}");
+    let log = client.log_text();
+    assert!(
+        log.contains("not installing pushed route 11.0.0.0/8: it is outside every --accept-routes-within network"),
+        "{log}"
+    );
+    assert!(client.stop().success());
+}
+
+#[test]
+fn close_reasons_from_the_server_reach_the_terminal_escaped() {
+    let t = Topology::new(1);
+    let report = t.log("unused");
+    let reason = "bye\n[fake] ERROR forged line\x1b[2J\u{202e}";
+    let escaped = "bye\\n[fake] ERROR forged line\\x1b[2J\\u{202e}";
+    // Refused at the handshake: the reason ends the client (its last line on stderr) ...
+    let mut lies: Vec<&str> = TUNNEL.to_vec();
+    lies.extend(["--refuse-reason", reason]);
+    let mut client = connect_to_liar(&t, &lies, &report);
+    assert!(client.wait_exit(15.0).is_some_and(|s| !s.success()));
+    // ... and closed after the configuration: the reason is logged before reconnecting.
+    let mut lies: Vec<&str> = TUNNEL.to_vec();
+    lies.extend(["--close-reason", reason]);
+    let mut lost = connect_to_liar_with(&t, &["--max-retries", "0"], &lies, &report);
+    assert!(lost.wait_exit(20.0).is_some_and(|s| !s.success()));
+    for (log, context) in [
+        (client.log_text(), "server refused the tunnel: "),
+        (lost.log_text(), "peer closed the session (Normal): "),
+    ] {
+        assert!(log.contains(&format!("{context}{escaped}")), "{log}");
+        // (The log's own colours are ESC sequences too: look for the peer's.)
+        assert!(
+            !log.contains("\x1b[2J") && !log.contains('\u{202e}'),
+            "raw escapes:\n{log:?}"
+        );
+        assert!(!log.lines().any(|l| l.starts_with("[fake]")), "a forged line:\n{log}");
+    }
+}
+
+#[test]
+fn a_host_certificate_for_an_address_is_not_accepted_for_a_name_resolving_there() {
+    let mut t = Topology::new(1);
+    let host_ca = t.keys.generate("host_ca");
+    let host_key = t.host_key.clone();
+    let keygen = |args: &[&str]| sshvpn_tests::net::run_ok("ssh-keygen", args);
+    keygen(&["-q", "-t", "ed25519", "-N", "", "-f", host_key.to_str().unwrap()]);
+    // The hub's only principal is its address.
+    keygen(&[
+        "-q",
+        "-s",
+        host_ca.to_str().unwrap(),
+        "-h",
+        "-I",
+        "hub",
+        "-n",
+        "10.200.1.1",
+        "-V",
+        "-5m:+1h",
+        host_key.with_extension("pub").to_str().unwrap(),
+    ]);
+    let cert = t.log("host_key-cert.pub");
+    t.start_server(&["--host-certificate", cert.to_str().unwrap()]);
+    let ca_line = format!("@cert-authority * {}\n", t.keys.public(&host_ca).trim());
+    std::fs::write(t.known_hosts(0), &ca_line).unwrap();
+    // hub.example resolves to that address in the client's namespace (its own /etc/hosts).
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], "nameserver 192.0.2.1\n");
+    std::fs::write(etc.0.join("hosts"), "127.0.0.1 localhost\n10.200.1.1 hub.example\n").unwrap();
+    let key = t.client_keys[0].clone();
+    let kh = t.known_hosts(0);
+    let spawn = |t: &mut Topology, extra: &[&str]| {
+        let mut args = vec![
+            "connect",
+            "root@hub.example",
+            "-p",
+            SSH_PORT,
+            "-i",
+            key.to_str().unwrap(),
+            "--known-hosts",
+            kh.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let log = t.log(&format!("client-cert-{}.log", t.processes.len()));
+        t.processes.push(Process::spawn(&t.clients[0], "sshvpn", &args, log));
+        t.processes.len() - 1
+    };
+    let refused = spawn(&mut t, &[]);
+    assert!(
+        t.process(refused).wait_exit(20.0).is_some_and(|s| !s.success()),
+        "a certificate for 10.200.1.1 accepted for hub.example"
+    );
+    let log = t.process(refused).log_text();
+    assert!(
+        log.contains("its host certificate was refused: it is for 10.200.1.1, not for hub.example"),
+        "{log}"
+    );
+    // The user says which name the certificate must carry: accepted, nothing recorded.
+    let accepted = spawn(&mut t, &["--host-key-alias", "10.200.1.1"]);
+    t.process(accepted).wait_for_log("tunnel up", 20.0);
+    assert!(
+        t.process(accepted)
+            .log_text()
+            .contains("host certificate \"hub\" accepted")
+    );
+    assert_eq!(std::fs::read_to_string(t.known_hosts(0)).unwrap(), ca_line);
+    assert!(t.process(accepted).stop().success());
 }

@@ -77,6 +77,10 @@ pub struct ConnectArgs {
     /// Trust and record the host key of a server not yet in known_hosts (a changed key is still refused).
     #[arg(long)]
     pub accept_new_host_key: bool,
+    /// Check the host key and the host certificate's principals against NAME instead of the
+    /// host name given (as ssh's HostKeyAlias; also passed to ssh with --ssh).
+    #[arg(long, value_name = "NAME")]
+    pub host_key_alias: Option<String>,
     /// Carry the tunnel over the system `ssh` (`ssh [USER@]HOST -s sshvpn`): its config file,
     /// agent, ProxyJump, certificates, known_hosts and ControlMaster all apply.
     #[arg(long)]
@@ -96,6 +100,10 @@ pub struct ConnectArgs {
     /// Install the routes the server pushes (the default).
     #[arg(long, overrides_with = "no_accept_routes")]
     pub accept_routes: bool,
+    /// Accept pushed routes only inside this network (repeatable), instead of the default
+    /// budget (together at most one /8 of IPv4 and one /16 of IPv6, 256 routes).
+    #[arg(long = "accept-routes-within", value_name = "CIDR")]
+    pub accept_routes_within: Vec<IpNet>,
     /// Full tunnel: send all traffic (IPv4 and IPv6) through the tunnel; the SSH connection keeps
     /// its own path (0.0.0.0/1 + 128.0.0.0/1 over a host route to the server).
     #[arg(long)]
@@ -141,6 +149,8 @@ pub enum ArgsError {
     SshCommand(#[from] shell_words::ParseError),
     #[error("--ssh-command is empty")]
     EmptySshCommand,
+    #[error("invalid --host-key-alias {0:?}: expected a host name, without spaces or control characters")]
+    HostKeyAlias(String),
 }
 
 impl ConnectArgs {
@@ -154,6 +164,11 @@ impl ConnectArgs {
             && shell_words::split(cmd)?.is_empty()
         {
             return Err(ArgsError::EmptySshCommand);
+        }
+        if let Some(alias) = &self.host_key_alias
+            && (alias.is_empty() || alias.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ArgsError::HostKeyAlias(alias.clone()));
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use sshvpn_common::allowed_ips::AllowedIps;
+use sshvpn_common::escape;
 use sshvpn_common::proto::{CloseCode, Role};
 use sshvpn_common::tun::{RecvArena, TunDevice};
 use sshvpn_common::tunnel::{
@@ -112,6 +113,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         !args.tunnel.no_offload,
         args.routes.clone(),
         args.excludes.clone(),
+        args.accept_routes_within.clone(),
         options,
     )?;
     let server = args.target.clone().or(args.ssh_command.clone()).unwrap_or_default();
@@ -287,7 +289,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
             code: CloseCode::NotAuthorized,
             reason,
         }) => {
-            return SessionEnd::Fatal(anyhow!("server refused the tunnel: {reason}"));
+            return SessionEnd::Fatal(anyhow!("server refused the tunnel: {}", escape::for_log(&reason)));
         }
         Err(e) => return SessionEnd::Lost(format!("tunnel handshake failed: {e}")),
     };
@@ -342,7 +344,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
         Err(TunnelError::PeerClosed {
             code: CloseCode::NotAuthorized,
             reason,
-        }) => SessionEnd::Fatal(anyhow!("server refused the tunnel: {reason}")),
+        }) => SessionEnd::Fatal(anyhow!("server refused the tunnel: {}", escape::for_log(&reason))),
         // The interface is gone (deleted under us): reconnecting will not bring it back.
         Err(e @ TunnelError::TunRead(_)) => SessionEnd::Fatal(e.into()),
         Err(e) => SessionEnd::Lost(format!("connection lost: {e}")),

@@ -30,6 +30,9 @@ struct NamespaceInterface {
     tun: Arc<TunDevice>,
     sock: Option<UnixStream>,
     extra_routes: Vec<IpNet>,
+    /// `--accept-routes-within`, and the host's resolvers (no pushed route may cover them).
+    accept_routes_within: Vec<IpNet>,
+    resolvers: Vec<IpAddr>,
     default_route: bool,
     accept_routes: bool,
     accept_dns: bool,
@@ -61,8 +64,13 @@ impl Interface for NamespaceInterface {
             default_route: self.default_route,
             extra_routes: self.extra_routes.clone(),
             excludes: Vec::new(),
+            accept_routes_within: self.accept_routes_within.clone(),
         };
-        let accepted = accept_policy::accept(config, negotiated_mtu, &options, &HostFacts::default())
+        let host = HostFacts {
+            resolvers: self.resolvers.clone(),
+            ..HostFacts::default()
+        };
+        let accepted = accept_policy::accept(config, negotiated_mtu, &options, &host)
             .context("the server's configuration is refused")?;
         let v4 = accepted.addresses.iter().find(|a| a.addr().is_ipv4()).copied();
         let v6 = accepted.addresses.iter().find(|a| a.addr().is_ipv6()).copied();
@@ -180,6 +188,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tun,
         sock: Some(ours),
         extra_routes: connect.routes.clone(),
+        accept_routes_within: connect.accept_routes_within.clone(),
+        resolvers: crate::interface::host_resolvers(),
         default_route: args.connect.default_route,
         accept_routes: !args.connect.no_accept_routes,
         accept_dns: !args.connect.no_dns,

@@ -43,6 +43,8 @@ pub struct TunnelInterface {
     applied: Option<Accepted>,
     /// What the user allows the server to change.
     accept: AcceptOptions,
+    /// The host's resolvers before this client changed DNS (no pushed route may cover them).
+    resolvers: Vec<IpAddr>,
     /// Pushed DNS while applied (restored on drop).
     dns: Option<RestoreGuard>,
     /// IP forwarding while the interface lives (restored on drop).
@@ -68,11 +70,14 @@ impl TunnelInterface {
         offload: bool,
         extra_routes: Vec<IpNet>,
         excludes: Vec<IpNet>,
+        accept_routes_within: Vec<IpNet>,
         options: HostOptions,
     ) -> anyhow::Result<TunnelInterface> {
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
         let records: Arc<dyn RestoreRecords> = Arc::new(RestoreDir::new(name));
         netconf::recover_after_crash(&*records);
+        // The original resolvers, read before this client changes any DNS setting.
+        let resolvers = host_resolvers();
         let tun = Arc::new(TunDevice::create(name, offload)?);
         let net = netconf::open()?;
         let forwarding = if options.forward {
@@ -94,7 +99,9 @@ impl TunnelInterface {
                 default_route: options.default_route,
                 extra_routes,
                 excludes,
+                accept_routes_within,
             },
+            resolvers,
             dns: None,
             _forwarding: forwarding,
         })
@@ -118,9 +125,18 @@ impl Interface for TunnelInterface {
         negotiated_mtu: u16,
         server_addr: Option<IpAddr>,
     ) -> anyhow::Result<Accepted> {
+        if self.dns.is_none() {
+            // Nothing of ours in the resolver settings: they may have changed since (DHCP).
+            for r in host_resolvers() {
+                if !self.resolvers.contains(&r) {
+                    self.resolvers.push(r);
+                }
+            }
+        }
         let host = HostFacts {
             local_networks: self.net.local_networks(self.tun.name()).await,
             server_addr,
+            resolvers: self.resolvers.clone(),
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &self.accept, &host)
             .context("the server's configuration is refused")?;
@@ -192,6 +208,25 @@ impl Interface for TunnelInterface {
         self.clear().await;
         self.dns = None;
     }
+}
+
+/// The host's resolvers: the `nameserver` lines of /etc/resolv.conf and, when
+/// systemd-resolved runs (its stub 127.0.0.53 is all resolv.conf names), the upstream servers it
+/// lists in /run/systemd/resolve/resolv.conf (global and per-link servers alike). Unreadable
+/// files give none.
+pub fn host_resolvers() -> Vec<IpAddr> {
+    let mut all = Vec::new();
+    for path in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        for r in accept_policy::resolv_conf_nameservers(&text) {
+            if !all.contains(&r) {
+                all.push(r);
+            }
+        }
+    }
+    all
 }
 
 impl TunnelInterface {

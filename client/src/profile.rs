@@ -19,10 +19,13 @@ pub struct Profile {
     pub port: Option<u16>,
     pub identity: Option<PathBuf>,
     pub known_hosts: Option<PathBuf>,
+    pub host_key_alias: Option<String>,
     pub ssh_command: Option<String>,
     #[serde(default)]
     pub routes: Vec<IpNet>,
     pub accept_routes: Option<bool>,
+    #[serde(default)]
+    pub accept_routes_within: Vec<IpNet>,
     pub default_route: Option<bool>,
     #[serde(default)]
     pub exclude: Vec<IpNet>,
@@ -94,6 +97,12 @@ pub fn apply(args: &mut ConnectArgs, cli_set: impl Fn(&str) -> bool) -> anyhow::
     if !cli_set("known_hosts") {
         args.known_hosts = args.known_hosts.take().or(p.known_hosts);
     }
+    if !cli_set("host_key_alias") {
+        args.host_key_alias = args.host_key_alias.take().or(p.host_key_alias);
+    }
+    if !cli_set("accept_routes_within") {
+        args.accept_routes_within.extend(p.accept_routes_within);
+    }
     if !cli_set("ssh_command") && !args.ssh {
         args.ssh_command = args.ssh_command.take().or(p.ssh_command);
     }
@@ -140,5 +149,12 @@ mod tests {
         .unwrap();
         assert_eq!(p.routes.len(), 1);
         assert_eq!(p.dns, Some(false));
+        let p = parse(
+            path,
+            "host = \"gw\"\naccept_routes_within = [\"10.0.0.0/8\"]\nhost_key_alias = \"10.0.0.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.accept_routes_within, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(p.host_key_alias.as_deref(), Some("10.0.0.1"));
     }
 }

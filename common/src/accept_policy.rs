@@ -8,8 +8,12 @@
 //!   whole configuration (it would answer ARP/ND for a neighbour's address);
 //! * the server's tunnel addresses get host routes through the tunnel;
 //! * pushed routes (including the pool prefix) are installed only with `accept_routes`, and never
-//!   one that overlaps a local network or an `--exclude`d one, covers the SSH server, or takes over
-//!   a large part of the address space (shorter than /8 for IPv4, /16 for IPv6);
+//!   one that overlaps a local network or an `--exclude`d one, covers the SSH server or one of the
+//!   host's resolvers, or touches loopback, link-local, multicast or unspecified addresses;
+//! * pushed routes then fit a budget: none broader than /8 (IPv4) or /16 (IPv6), their union at
+//!   most one /8 of IPv4 and one /16 of IPv6, at most 256 of them; the rest is refused with one
+//!   warning. `--accept-routes-within` replaces the budget with an allow-list: routes inside a
+//!   listed network are accepted, others refused (the count limit stays);
 //! * the pushed MTU must lie in [576, 65535], and be at least 1280 when IPv6 is assigned;
 //! * pushed resolvers must be unicast addresses, search domains RFC 1123 host names;
 //! * with the full tunnel, a family the server assigns no address for is made unreachable
@@ -30,6 +34,14 @@ pub const MIN_MTU_V6: u16 = 1280;
 /// `--default-route`).
 const BROADEST_PUSHED_V4: u8 = 8;
 const BROADEST_PUSHED_V6: u8 = 16;
+/// The default budget of pushed routes: the union covers at most this many addresses of each
+/// family (one /8 of IPv4, one /16 of IPv6) ...
+pub const BUDGET_V4: u128 = 1 << 24;
+pub const BUDGET_V6: u128 = 1 << 112;
+/// ... and at most this many routes are accepted, also with an allow-list.
+pub const MAX_PUSHED_ROUTES: usize = 256;
+/// Refused pushed routes warned about one by one; the others are counted in one warning.
+const MAX_ROUTE_WARNINGS: usize = 16;
 /// At most this many resolvers and search domains are taken (resolv.conf uses 3 and 6).
 const MAX_DNS: usize = 8;
 const MAX_SEARCH: usize = 6;
@@ -47,6 +59,9 @@ pub struct AcceptOptions {
     pub extra_routes: Vec<IpNet>,
     /// `--exclude`: networks kept off the tunnel.
     pub excludes: Vec<IpNet>,
+    /// `--accept-routes-within`: when not empty, pushed routes must lie inside one of these
+    /// networks, instead of fitting the default budget.
+    pub accept_routes_within: Vec<IpNet>,
 }
 
 /// Facts about this host that the rules depend on.
@@ -56,6 +71,9 @@ pub struct HostFacts {
     pub local_networks: Vec<IpNet>,
     /// The SSH server's address, if known.
     pub server_addr: Option<IpAddr>,
+    /// The resolvers the host used before this client changed anything (resolv.conf's
+    /// `nameserver` lines, systemd-resolved's upstream servers): no pushed route may cover them.
+    pub resolvers: Vec<IpAddr>,
 }
 
 /// What the client applies.
@@ -108,6 +126,70 @@ fn is_unicast(a: IpAddr) -> bool {
 
 fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(b) || b.contains(a)
+}
+
+/// Addresses no pushed route may touch, and what they are.
+const SPECIAL_USE: [(&str, &str); 8] = [
+    ("0.0.0.0/8", "unspecified (\"this network\")"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+fn special_use(net: &IpNet) -> Option<(IpNet, &'static str)> {
+    SPECIAL_USE.iter().find_map(|(s, what)| {
+        let special = s.parse::<IpNet>().ok()?;
+        overlaps(&special, net).then_some((special, *what))
+    })
+}
+
+/// The first and last address of `net`, as numbers (IPv4 in the low 32 bits).
+fn span(net: &IpNet) -> (u128, u128) {
+    match net {
+        IpNet::V4(n) => (u32::from(n.network()).into(), u32::from(n.broadcast()).into()),
+        IpNet::V6(n) => (u128::from(n.network()), u128::from(n.broadcast())),
+    }
+}
+
+/// How many addresses the union of `nets` (all of one family) covers, saturating.
+fn union_size(nets: &[IpNet]) -> u128 {
+    let mut spans: Vec<(u128, u128)> = nets.iter().map(span).collect();
+    spans.sort_unstable();
+    let mut total: u128 = 0;
+    let mut current: Option<(u128, u128)> = None;
+    for (lo, hi) in spans {
+        match current {
+            Some((clo, chi)) if lo <= chi.saturating_add(1) => current = Some((clo, chi.max(hi))),
+            _ => {
+                if let Some((clo, chi)) = current {
+                    total = total.saturating_add(chi - clo).saturating_add(1);
+                }
+                current = Some((lo, hi));
+            }
+        }
+    }
+    if let Some((clo, chi)) = current {
+        total = total.saturating_add(chi - clo).saturating_add(1);
+    }
+    total
+}
+
+/// The `nameserver` addresses of resolv.conf text (a scope suffix `%eth0` is dropped; lines
+/// that are not addresses are skipped), at most 32 of them.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then_some(())?;
+            let addr = words.next()?;
+            addr.split('%').next()?.parse().ok()
+        })
+        .take(MAX_DNS * 4)
+        .collect()
 }
 
 /// Whether `name` is an RFC 1123 host name: labels of 1 to 63 letters, digits and hyphens, not
@@ -219,37 +301,105 @@ pub fn accept(
         }
     }
 
-    // Pushed routes, through every filter.
+    // Pushed routes, through every filter, then the budget (or the allow-list).
     if opts.accept_routes {
+        let allow_list = !opts.accept_routes_within.is_empty();
+        let mut pushed: Vec<IpNet> = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
+        let mut over_budget: Vec<IpNet> = Vec::new();
         for net in config.routes.iter().map(IpNet::trunc) {
             let broadest = if net.addr().is_ipv4() {
                 BROADEST_PUSHED_V4
             } else {
                 BROADEST_PUSHED_V6
             };
-            let refusal = if net.prefix_len() < broadest {
+            let refusal = if !allow_list && net.prefix_len() < broadest {
                 Some(format!(
                     "it is broader than /{broadest} (choose that yourself with --route or --default-route)"
                 ))
             } else if !has_family(&net) {
                 Some("no address of that family is assigned".to_string())
+            } else if let Some((special, what)) = special_use(&net) {
+                Some(format!("it touches {what} addresses ({special})"))
             } else if covers_server(&net) {
                 Some(format!(
                     "it covers the SSH server {} itself",
                     host.server_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
                 ))
+            } else if let Some(r) = host.resolvers.iter().find(|r| net.contains(*r)) {
+                Some(format!("it covers this host's resolver {r}"))
             } else if let Some(local) = host.local_networks.iter().find(|l| overlaps(l, &net)) {
                 Some(format!("it overlaps the local network {local}"))
+            } else if let Some(x) = opts.excludes.iter().find(|x| overlaps(x, &net)) {
+                Some(format!("it overlaps the excluded network {x}"))
+            } else if allow_list && !opts.accept_routes_within.iter().any(|w| w.contains(&net)) {
+                Some("it is outside every --accept-routes-within network".to_string())
             } else {
-                opts.excludes
-                    .iter()
-                    .find(|x| overlaps(x, &net))
-                    .map(|x| format!("it overlaps the excluded network {x}"))
+                None
             };
-            match refusal {
-                Some(why) => warn(&mut out, format!("not installing pushed route {net}: {why}")),
-                None => push(&mut out, net),
+            if let Some(why) = refusal {
+                refused.push(format!("not installing pushed route {net}: {why}"));
+                continue;
             }
+            if pushed.contains(&net) {
+                continue;
+            }
+            let fits = pushed.len() < MAX_PUSHED_ROUTES
+                && (allow_list || {
+                    let (family, budget): (Vec<IpNet>, u128) = if net.addr().is_ipv4() {
+                        (
+                            pushed.iter().copied().filter(|n| n.addr().is_ipv4()).collect(),
+                            BUDGET_V4,
+                        )
+                    } else {
+                        (
+                            pushed.iter().copied().filter(|n| n.addr().is_ipv6()).collect(),
+                            BUDGET_V6,
+                        )
+                    };
+                    union_size(&[family, vec![net]].concat()) <= budget
+                });
+            if fits {
+                pushed.push(net);
+            } else {
+                over_budget.push(net);
+            }
+        }
+        let shown = refused.len().min(MAX_ROUTE_WARNINGS);
+        for w in refused.drain(..shown) {
+            warn(&mut out, w);
+        }
+        if !refused.is_empty() {
+            warn(
+                &mut out,
+                format!(
+                    "not installing {} more pushed routes refused for the same reasons",
+                    refused.len()
+                ),
+            );
+        }
+        if !over_budget.is_empty() {
+            let listed: Vec<String> = over_budget.iter().take(8).map(IpNet::to_string).collect();
+            let more = if over_budget.len() > listed.len() { ", ..." } else { "" };
+            let limit = if allow_list {
+                format!("more than {MAX_PUSHED_ROUTES} routes")
+            } else {
+                format!(
+                    "beyond the budget of one /8 of IPv4, one /16 of IPv6 and {MAX_PUSHED_ROUTES} routes; \
+                     allow more with --accept-routes-within"
+                )
+            };
+            warn(
+                &mut out,
+                format!(
+                    "not installing {} pushed routes, {limit}: {}{more}",
+                    over_budget.len(),
+                    listed.join(", ")
+                ),
+            );
+        }
+        for net in pushed {
+            push(&mut out, net);
         }
     }
 
@@ -300,12 +450,18 @@ pub fn accept(
             if !is_host_name(s) {
                 warn(
                     &mut out,
-                    format!("ignoring pushed search domain {s:?}: not a valid host name"),
+                    format!(
+                        "ignoring pushed search domain \"{}\": not a valid host name",
+                        crate::escape::for_log(s)
+                    ),
                 );
             } else if out.search.len() >= MAX_SEARCH {
                 warn(
                     &mut out,
-                    format!("ignoring pushed search domain {s:?}: more than {MAX_SEARCH}"),
+                    format!(
+                        "ignoring pushed search domain \"{}\": more than {MAX_SEARCH}",
+                        crate::escape::for_log(s)
+                    ),
                 );
             } else {
                 out.search.push(s.trim_end_matches('.').to_ascii_lowercase());
@@ -344,6 +500,7 @@ mod tests {
         HostFacts {
             local_networks: vec![net("192.168.77.0/24"), net("2001:db8:1::/64")],
             server_addr: Some("192.168.77.1".parse().unwrap()),
+            resolvers: Vec::new(),
         }
     }
 
@@ -485,6 +642,11 @@ mod tests {
         assert_eq!(a.search, vec!["good.example".to_string()]);
         assert_eq!(a.dns, vec!["10.0.0.53".parse::<IpAddr>().unwrap()]);
         assert_eq!(a.warnings.len(), 7, "{:#?}", a.warnings);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("\"evil.example\\noptions ndots:15 trust-ad\""))
+        );
         let no_dns = AcceptOptions {
             accept_dns: false,
             ..opts()
@@ -530,5 +692,224 @@ mod tests {
                 .iter()
                 .any(|n| n.contains(&"192.0.2.77".parse::<IpAddr>().unwrap()))
         );
+    }
+
+    fn with_routes(routes: Vec<IpNet>) -> TunnelConfig {
+        TunnelConfig { routes, ..config() }
+    }
+
+    fn pushed_v4(a: &Accepted) -> Vec<IpNet> {
+        a.routes
+            .iter()
+            .copied()
+            .filter(|r| r.addr().is_ipv4() && r.prefix_len() < 32)
+            .collect()
+    }
+
+    #[test]
+    fn a_server_pushing_every_slash_8_gets_one_and_one_warning() {
+        let routes = (1..=223u8).map(|i| net(&format!("{i}.0.0.0/8"))).collect();
+        let a = accept(&with_routes(routes), 1500, &opts(), &host()).unwrap();
+        assert_eq!(pushed_v4(&a), vec![net("1.0.0.0/8")]);
+        let budget: Vec<&String> = a.warnings.iter().filter(|w| w.contains("budget")).collect();
+        assert_eq!(budget.len(), 1, "{:#?}", a.warnings);
+        assert!(
+            budget[0].starts_with("not installing 219 pushed routes, beyond the budget"),
+            "{}",
+            budget[0]
+        );
+        assert!(
+            budget[0].contains("2.0.0.0/8, 3.0.0.0/8") && budget[0].ends_with(", ..."),
+            "{}",
+            budget[0]
+        );
+        // 127/8 (loopback), 169/8 (link-local) and 192/8 (the local network) are refused by
+        // the filters, whatever the budget.
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("127.0.0.0/8: it touches loopback"))
+        );
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("169.0.0.0/8: it touches link-local"))
+        );
+        assert_eq!(a.warnings.len(), 4, "{:#?}", a.warnings);
+    }
+
+    #[test]
+    fn the_budget_is_the_union_of_addresses_and_a_route_count() {
+        // Overlapping routes count once: 10/8 and a /16 inside it fill exactly one /8.
+        let a = accept(
+            &with_routes(vec![net("10.0.0.0/8"), net("10.1.0.0/16"), net("11.0.0.0/24")]),
+            1500,
+            &opts(),
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(pushed_v4(&a), vec![net("10.0.0.0/8"), net("10.1.0.0/16")]);
+        // 256 /16s are one /8 and 256 routes: all fit; a 257th does not.
+        let mut routes: Vec<IpNet> = (0..=255u8).map(|i| net(&format!("11.{i}.0.0/16"))).collect();
+        routes.push(net("12.0.0.0/32"));
+        let a = accept(&with_routes(routes), 1500, &opts(), &host()).unwrap();
+        assert_eq!(pushed_v4(&a).len(), 256);
+        assert!(!a.routes.contains(&net("12.0.0.0/32")), "{:?}", a.warnings);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.starts_with("not installing 1 pushed routes, beyond the budget"))
+        );
+        let mut c = with_routes(
+            (0..300u16)
+                .map(|i| net(&format!("11.{}.{}.0/24", i / 256, i % 256)))
+                .collect(),
+        );
+        c.peer4 = None;
+        c.peer6 = None;
+        let a = accept(&c, 1500, &opts(), &host()).unwrap();
+        assert_eq!(a.routes.len(), MAX_PUSHED_ROUTES);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.starts_with("not installing 44 pushed routes")),
+            "{:#?}",
+            a.warnings
+        );
+        // IPv6: one /16.
+        let a = accept(
+            &with_routes(vec![net("fd00::/16"), net("fd01::/16"), net("fd00:1::/32")]),
+            1500,
+            &opts(),
+            &host(),
+        )
+        .unwrap();
+        let v6: Vec<IpNet> = a
+            .routes
+            .iter()
+            .copied()
+            .filter(|r| r.addr().is_ipv6() && r.prefix_len() < 128)
+            .collect();
+        assert_eq!(v6, vec![net("fd00::/16"), net("fd00:1::/32")]);
+        assert_eq!(
+            union_size(&[net("10.0.0.0/8"), net("10.0.0.0/9"), net("11.0.0.0/31")]),
+            (1 << 24) + 2
+        );
+        assert_eq!(union_size(&[net("::/0")]), u128::MAX);
+    }
+
+    #[test]
+    fn resolvers_and_special_addresses_are_never_covered() {
+        let h = HostFacts {
+            resolvers: vec!["8.8.8.8".parse().unwrap(), "2001:4860:4860::8888".parse().unwrap()],
+            ..host()
+        };
+        let routes = vec![
+            net("8.0.0.0/8"),
+            net("2001:4860::/32"),
+            net("169.254.0.0/16"),
+            net("169.254.169.254/32"),
+            net("127.0.0.0/8"),
+            net("224.0.0.0/8"),
+            net("0.0.0.0/8"),
+            net("fe80::/16"),
+            net("ff02::/16"),
+            net("::1/128"),
+            net("9.0.0.0/8"),
+        ];
+        for accept_dns in [true, false] {
+            for within in [vec![], vec![net("0.0.0.0/0"), net("::/0")]] {
+                let o = AcceptOptions {
+                    accept_dns,
+                    accept_routes_within: within,
+                    ..opts()
+                };
+                let a = accept(&with_routes(routes.clone()), 1500, &o, &h).unwrap();
+                assert_eq!(pushed_v4(&a), vec![net("9.0.0.0/8")], "{:#?}", a.warnings);
+                assert!(
+                    a.routes.iter().all(|r| r.addr().is_ipv4() || r.prefix_len() == 128),
+                    "{:?}",
+                    a.routes
+                );
+                assert!(
+                    a.warnings
+                        .iter()
+                        .any(|w| w == "not installing pushed route 8.0.0.0/8: it covers this host's resolver 8.8.8.8"),
+                    "{:#?}",
+                    a.warnings
+                );
+                assert_eq!(a.warnings.len(), 10, "{:#?}", a.warnings);
+            }
+        }
+    }
+
+    #[test]
+    fn an_allow_list_replaces_the_budget() {
+        let o = AcceptOptions {
+            accept_routes_within: vec![net("10.0.0.0/8")],
+            ..opts()
+        };
+        let c = with_routes(vec![
+            net("10.1.0.0/16"),
+            net("11.0.0.0/8"),
+            net("10.0.0.0/8"),
+            net("fd00:202::/64"),
+        ]);
+        let a = accept(&c, 1500, &o, &host()).unwrap();
+        assert_eq!(pushed_v4(&a), vec![net("10.1.0.0/16"), net("10.0.0.0/8")]);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w
+                    == "not installing pushed route 11.0.0.0/8: it is outside every --accept-routes-within network")
+        );
+        assert!(a.warnings.iter().any(|w| w.contains("fd00:202::/64: it is outside")));
+        // Broader than /8 and beyond one /8 in total: the user allowed it.
+        let o = AcceptOptions {
+            accept_routes_within: vec![net("0.0.0.0/0")],
+            ..opts()
+        };
+        let a = accept(
+            &with_routes(vec![net("2.0.0.0/7"), net("20.0.0.0/6")]),
+            1500,
+            &o,
+            &host(),
+        )
+        .unwrap();
+        assert_eq!(pushed_v4(&a), vec![net("2.0.0.0/7"), net("20.0.0.0/6")]);
+    }
+
+    #[test]
+    fn the_users_own_routes_are_outside_the_budget_and_warnings_are_bounded() {
+        let mut routes: Vec<IpNet> = (0..1000u16)
+            .map(|i| net(&format!("127.{}.{}.0/24", i / 256, i % 256)))
+            .collect();
+        routes.push(net("1.0.0.0/8"));
+        routes.push(net("2.0.0.0/8"));
+        let o = AcceptOptions {
+            extra_routes: vec![net("20.0.0.0/6"), net("40.0.0.0/6")],
+            ..opts()
+        };
+        let a = accept(&with_routes(routes), 1500, &o, &host()).unwrap();
+        assert_eq!(
+            pushed_v4(&a),
+            vec![net("1.0.0.0/8"), net("20.0.0.0/6"), net("40.0.0.0/6")]
+        );
+        assert_eq!(a.warnings.len(), MAX_ROUTE_WARNINGS + 2, "{:#?}", a.warnings);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w == "not installing 984 more pushed routes refused for the same reasons")
+        );
+    }
+
+    #[test]
+    fn nameservers_of_resolv_conf() {
+        let text = "# comment\nnameserver 8.8.8.8\nnameserver fe80::1%eth0\n nameserver  1.1.1.1 \nsearch x\nnameserver bogus\nnameserver\n";
+        let want: Vec<IpAddr> = ["8.8.8.8", "fe80::1", "1.1.1.1"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(resolv_conf_nameservers(text), want);
     }
 }

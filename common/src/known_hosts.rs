@@ -37,11 +37,17 @@ pub fn host_entry_name(host: &str, port: u16) -> String {
 
 /// OpenSSH wildcard match (`*`, `?`), case-insensitive.
 pub fn glob(pattern: &str, name: &str) -> bool {
+    glob_case(pattern, name, true)
+}
+
+/// OpenSSH's `match_pattern`: `*`, `?`, case-insensitive only with `fold_case`.
+fn glob_case(pattern: &str, name: &str, fold_case: bool) -> bool {
+    let same = |a: u8, b: u8| if fold_case { a.eq_ignore_ascii_case(&b) } else { a == b };
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     let (mut star, mut mark) = (None, 0);
     while ni < n.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi].eq_ignore_ascii_case(&n[ni])) {
+        if pi < p.len() && (p[pi] == b'?' || same(p[pi], n[ni])) {
             pi += 1;
             ni += 1;
         } else if pi < p.len() && p[pi] == b'*' {
@@ -130,8 +136,10 @@ pub enum HostCertStatus {
 }
 
 /// Checks a host certificate for `host`:`port` against `@cert-authority` and `@revoked` lines:
-/// the CA must be listed for the host, the certificate must be a valid host certificate now
-/// and name one of `names` (the host name or address connected to) among its principals.
+/// the CA must be listed for the host (its patterns matched against `[host]:port`, or `host`
+/// for port 22: the name given or the HostKeyAlias, never the address, as ssh), the certificate
+/// must be a valid host certificate now and one of its principals (wildcards allowed) must match
+/// one of `names` (the name given and its HostName, or the HostKeyAlias).
 pub fn check_cert_text(
     text: &str,
     host: &str,
@@ -174,23 +182,23 @@ pub fn check_cert_text(
             "it has expired".into()
         });
     }
+    // As ssh (sshkey_cert_check_authority): a host certificate's principals may be wildcard
+    // patterns, matched case-sensitively against the name checked (ssh lowercases host names,
+    // not a HostKeyAlias); one without principals is for no host.
     let principals = cert.valid_principals();
-    if !principals
-        .iter()
-        .any(|p| names.iter().any(|n| n.eq_ignore_ascii_case(p)))
-    {
+    if !principals.iter().any(|p| names.iter().any(|n| glob_case(p, n, false))) {
         return HostCertStatus::Invalid(format!(
             "it is for {}, not for {}",
             if principals.is_empty() {
                 "no names".to_string()
             } else {
-                principals.join(",")
+                crate::escape::list_for_log(principals, ",")
             },
-            names.join(" or ")
+            crate::escape::list_for_log(names, " or ")
         ));
     }
     if let Some(name) = cert.critical_options().keys().next() {
-        return HostCertStatus::Invalid(format!("unknown critical option {name:?}"));
+        return HostCertStatus::Invalid(format!("unknown critical option \"{}\"", crate::escape::for_log(name)));
     }
     HostCertStatus::Trusted { line }
 }
@@ -333,6 +341,58 @@ mod tests {
             check_cert_text(&revoked, "hub.example", 22, &names("hub.example"), &good, now),
             HostCertStatus::Revoked { line: 2 }
         );
+    }
+
+    #[test]
+    fn host_certificate_principals_are_names_or_patterns_never_guessed() {
+        use russh::keys::ssh_key::certificate::Builder;
+        let ca = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap();
+        let host = key();
+        let now = std::time::SystemTime::now();
+        let secs = now.duration_since(std::time::SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let make = |names: &[&str]| {
+            let mut b = Builder::new(vec![3u8; 32], host.key_data().clone(), secs - 60, secs + 60).unwrap();
+            b.cert_type(CertType::Host).unwrap();
+            for n in names {
+                b.valid_principal(*n).unwrap();
+            }
+            b.sign(&ca).unwrap()
+        };
+        let text = format!("@cert-authority * {}\n", ca.public_key().to_openssh().unwrap());
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let by_ip = make(&["10.210.0.2"]);
+        // Connected to hub.example (which resolved to 10.210.0.2): the address is no name.
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names(&["hub.example"]), &by_ip, now),
+            HostCertStatus::Invalid(why) if why == "it is for 10.210.0.2, not for hub.example"
+        ));
+        // With HostKeyAlias 10.210.0.2 (the caller passes it as the name).
+        assert_eq!(
+            check_cert_text(&text, "10.210.0.2", 22, &names(&["10.210.0.2"]), &by_ip, now),
+            HostCertStatus::Trusted { line: 1 }
+        );
+        // Wildcard principals, as ssh allows for host certificates.
+        let wild = make(&["*.corp.example"]);
+        assert_eq!(
+            check_cert_text(&text, "hub.corp.example", 22, &names(&["hub.corp.example"]), &wild, now),
+            HostCertStatus::Trusted { line: 1 }
+        );
+        assert!(matches!(
+            check_cert_text(&text, "corp.example", 22, &names(&["corp.example"]), &wild, now),
+            HostCertStatus::Invalid(_)
+        ));
+        // Case matters, as in ssh (which lowercases the host name it checks).
+        let upper = make(&["Hub.Example"]);
+        assert!(matches!(
+            check_cert_text(&text, "hub.example", 22, &names(&["hub.example"]), &upper, now),
+            HostCertStatus::Invalid(_)
+        ));
+        // Principals reach the message escaped.
+        let evil = make(&["x\n[fake] ERROR y\u{1b}[2J"]);
+        assert!(matches!(
+            check_cert_text(&text, "hub", 22, &names(&["hub"]), &evil, now),
+            HostCertStatus::Invalid(why) if why == "it is for x\\n[fake] ERROR y\\x1b[2J, not for hub"
+        ));
     }
 
     #[test]

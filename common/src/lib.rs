@@ -8,6 +8,7 @@ pub mod allowed_ips;
 pub mod authorized_keys;
 pub mod cli_args;
 pub mod cli_docs;
+pub mod escape;
 pub mod keys;
 pub mod known_hosts;
 pub mod krl;

@@ -20,6 +20,9 @@ pub struct Target {
     pub port: u16,
     pub known_hosts: PathBuf,
     pub accept_new: bool,
+    /// `--host-key-alias`: the name known_hosts and host certificates are checked against
+    /// instead of `alias` (without the port, as ssh's HostKeyAlias).
+    pub host_key_alias: Option<String>,
 }
 
 /// How to authenticate.
@@ -81,6 +84,7 @@ pub fn resolve_target(args: &ConnectArgs) -> anyhow::Result<Target> {
         port,
         known_hosts,
         accept_new: args.accept_new_host_key,
+        host_key_alias: args.host_key_alias.clone(),
     })
 }
 

@@ -11,6 +11,7 @@ use russh::client::{self, Msg};
 use russh::keys::agent::client::AgentClient;
 use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
+use sshvpn_common::escape;
 use sshvpn_common::keys::fingerprint;
 use sshvpn_common::known_hosts::{self, HostCertStatus, HostKeyStatus};
 use sshvpn_common::ssh::SUBSYSTEM;
@@ -34,8 +35,9 @@ pub struct HostKeyChecker {
     known_hosts: PathBuf,
     accept_new: bool,
     problem: Arc<Mutex<Option<HostKeyProblem>>>,
-    /// Key management: names a host certificate may be for (alias, HostName, address), and
-    /// why a presented host certificate was not accepted (then its plain key is checked).
+    /// Names a host certificate's principals are matched against: `--host-key-alias`, else the
+    /// name given and its `HostName` (never the address connected to, as ssh); and why a
+    /// presented host certificate was not accepted (then its plain key is checked).
     cert_names: Vec<String>,
     cert_note: Arc<Mutex<Option<String>>>,
 }
@@ -69,8 +71,8 @@ impl client::Handler for HostKeyChecker {
                 match known_hosts::check_cert_text(&text, &self.host, self.port, &self.cert_names, cert, now) {
                     HostCertStatus::Trusted { line } => {
                         tracing::info!(
-                            "host certificate {:?} accepted (CA at {}:{line})",
-                            cert.key_id(),
+                            "host certificate \"{}\" accepted (CA at {}:{line})",
+                            escape::for_log(cert.key_id()),
                             self.known_hosts.display()
                         );
                         return Ok(true);
@@ -159,17 +161,33 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         port,
         known_hosts,
         accept_new,
+        host_key_alias,
     } = target;
     let (host, port, known_hosts) = (host.clone(), *port, known_hosts.clone());
     let problem = Arc::new(Mutex::new(None));
     let cert_note = Arc::new(Mutex::new(None));
-    let mut checker = HostKeyChecker {
-        host: alias.clone(),
-        port,
+    // As ssh: known_hosts and the principals of a host certificate are checked against the
+    // HostKeyAlias when given (no port appended), else against the name given. The address
+    // connected to is never a name a certificate may be for: whoever controls the resolver
+    // would choose it.
+    // Host names are lowercased for the principals (ssh does the same; the alias is kept).
+    let (lookup_name, lookup_port, cert_names) = match host_key_alias {
+        Some(a) => (a.clone(), 22, vec![a.clone()]),
+        None => {
+            let mut names = vec![alias.to_ascii_lowercase()];
+            if !host.eq_ignore_ascii_case(alias) {
+                names.push(host.to_ascii_lowercase());
+            }
+            (alias.clone(), port, names)
+        }
+    };
+    let checker = HostKeyChecker {
+        host: lookup_name.clone(),
+        port: lookup_port,
         known_hosts: known_hosts.clone(),
         accept_new: *accept_new,
         problem: problem.clone(),
-        cert_names: vec![alias.clone(), host.clone()],
+        cert_names,
         cert_note: cert_note.clone(),
     };
     let config = Arc::new(sshvpn_common::ssh::client_config());
@@ -189,7 +207,6 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         Ok(a) => a.ip(),
         Err(e) => bail!(transient, "connection to {host}:{} lost: {e}", port),
     };
-    checker.cert_names.push(server_addr.to_string());
     tracing::info!("TCP connected to {server_addr}; SSH handshake ...");
     let downstream = Downstream {
         meter: WireMeter::new(),
@@ -202,7 +219,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             let problem = problem.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let entry = known_hosts::host_entry_name(alias, port);
+            let entry = known_hosts::host_entry_name(&lookup_name, lookup_port);
             let kh = known_hosts.display();
             let retryable = problem.is_none();
             let cert_note = cert_note
@@ -243,7 +260,7 @@ pub async fn connect(target: &Target, creds: &Credentials, timeout: Duration) ->
                 creds
                     .certificates
                     .iter()
-                    .map(|(p, c)| format!("certificate {} ({:?})", p.display(), c.key_id())),
+                    .map(|(p, c)| format!("certificate {} (\"{}\")", p.display(), escape::for_log(c.key_id()))),
             )
             .collect();
         bail!(fatal, "server refused key {} for user {user}", tried.join(", "));

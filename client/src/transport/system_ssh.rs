@@ -38,6 +38,9 @@ pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
     if args.batch {
         words.extend(["-o".into(), "BatchMode=yes".into()]);
     }
+    if let Some(alias) = &args.host_key_alias {
+        words.extend(["-o".into(), format!("HostKeyAlias={alias}")]);
+    }
     words.extend(["-s".into(), SUBSYSTEM.into()]);
     Ok(words)
 }
@@ -163,6 +166,11 @@ mod tests {
         assert_eq!(
             command_line(&a).unwrap(),
             ["ssh", "-J", "bastion host", "user@h", "-s", "sshvpn"]
+        );
+        let a = args(&["sshvpn", "connect", "--ssh", "gw", "--host-key-alias", "10.0.0.1"]);
+        assert_eq!(
+            command_line(&a).unwrap().join(" "),
+            "ssh gw -o HostKeyAlias=10.0.0.1 -s sshvpn"
         );
     }
 }

@@ -69,7 +69,8 @@ pub enum TunnelError {
     Control(#[from] ControlError),
     #[error("{0}")]
     Session(#[from] SessionError),
-    #[error("peer closed the session ({code:?}): {reason}")]
+    /// `reason` is the peer's text, shown escaped ([`crate::escape::for_log`]).
+    #[error("peer closed the session ({code:?}): {}", crate::escape::for_log(.reason))]
     PeerClosed { code: CloseCode, reason: String },
     #[error("refused: {reason}")]
     Refused { code: CloseCode, reason: String },

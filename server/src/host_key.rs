@@ -57,8 +57,8 @@ fn load(path: &Path, mut file: std::fs::File, owners: &[u32]) -> anyhow::Result<
 }
 
 fn generate(path: &Path) -> anyhow::Result<PrivateKey> {
-    let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519)
-        .map_err(|e| anyhow!("generating a host key: {e}"))?;
+    let key =
+        PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|e| anyhow!("generating a host key: {e}"))?;
     let text = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| anyhow!("encoding the host key: {e}"))?;
@@ -92,14 +92,19 @@ mod tests {
         let link = d.join("link");
         std::os::unix::fs::symlink(&path, &link).unwrap();
         let e = load_or_generate(&link, &me).unwrap_err().to_string();
-        assert!(e.contains(&link.display().to_string()) && e.contains("symbolic link"), "{e}");
+        assert!(
+            e.contains(&link.display().to_string()) && e.contains("symbolic link"),
+            "{e}"
+        );
         // Loose permissions.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = load_or_generate(&path, &me).unwrap_err().to_string();
         assert!(e.contains("0644"), "{e}");
         // Another owner.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let e = load_or_generate(&path, &[me[0].wrapping_add(1)]).unwrap_err().to_string();
+        let e = load_or_generate(&path, &[me[0].wrapping_add(1)])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("owned by"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -66,11 +66,7 @@ pub fn private_file_problem(meta: &std::fs::Metadata, owners: &[u32]) -> Option<
     }
     if !owners.contains(&meta.uid()) {
         let names: Vec<String> = owners.iter().map(|u| format!("uid {u}")).collect();
-        return Some(format!(
-            "is owned by uid {}, not by {}",
-            meta.uid(),
-            names.join(" or ")
-        ));
+        return Some(format!("is owned by uid {}, not by {}", meta.uid(), names.join(" or ")));
     }
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {

@@ -39,7 +39,10 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     let name = path
         .file_name()
         .ok_or_else(|| anyhow::anyhow!("control socket {}: not a file name", path.display()))?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir_fd = nix::fcntl::open(
         dir,
@@ -89,8 +92,8 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
             .with_context(|| format!("giving {} to group {}", path.display(), group.unwrap_or("?")))?;
     }
     // Checked, not changed: what is now at the name must be the socket just made.
-    let st = fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .with_context(|| format!("checking {}", path.display()))?;
+    let st =
+        fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).with_context(|| format!("checking {}", path.display()))?;
     let is_socket = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
     if !is_socket || st.st_mode & 0o777 != 0o660 || gid.is_some_and(|g| g.as_raw() != st.st_gid) {
         anyhow::bail!(

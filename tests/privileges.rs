@@ -179,3 +179,58 @@ fn the_metrics_listener_survives_a_flood_of_idle_connections() {
         "the flood did not reach a limit:\n{log}"
     );
 }
+
+#[test]
+fn swapping_the_control_socket_for_a_link_during_start_never_reowns_the_target() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = Topology::new(1);
+    let target = secret(&t, "root-only");
+    let before = std::fs::metadata(&target).unwrap();
+    let control = t.control_socket();
+    for attempt in 0..8 {
+        let _ = std::fs::remove_file(&control);
+        let stop = Arc::new(AtomicBool::new(false));
+        // The other account's move: as soon as the socket exists, put a link in its place.
+        let racer = std::thread::spawn({
+            let (control, target, stop) = (control.clone(), target.clone(), stop.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if std::fs::symlink_metadata(&control).is_ok_and(|m| m.file_type().is_socket()) {
+                        let _ = std::fs::remove_file(&control);
+                        let _ = std::os::unix::fs::symlink(&target, &control);
+                    }
+                }
+            }
+        });
+        let log = t.log(&format!("server-{attempt}.log"));
+        let mut p = Process::spawn(
+            &t.server,
+            "sshvpnd",
+            &[
+                "--pool",
+                "10.99.0.0/24",
+                "--allow-user",
+                "root",
+                "--control-group",
+                "nogroup",
+                "--control",
+                control.to_str().unwrap(),
+                "--state-dir",
+                t.keys.dir.path("state").to_str().unwrap(),
+            ],
+            log,
+        );
+        let _ = p.wait_exit(1.5);
+        stop.store(true, Ordering::Relaxed);
+        racer.join().unwrap();
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        let after = std::fs::metadata(&target).unwrap();
+        assert_eq!(
+            (after.uid(), after.gid(), after.mode()),
+            (before.uid(), before.gid(), before.mode()),
+            "start {attempt}: the daemon re-owned the link's target"
+        );
+    }
+}

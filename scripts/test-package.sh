@@ -60,7 +60,7 @@ enabled_links() {
 }
 
 [ "$(id -u)" = 0 ] || fatal "needs root (dpkg -i, a system user, a network namespace)"
-for tool in dpkg dpkg-deb systemd-analyze ip ss ps unshare adduser; do
+for tool in dpkg dpkg-deb systemd-analyze systemd-nspawn setpriv ip ss ps unshare adduser; do
   command -v "$tool" >/dev/null || fatal "$tool is not installed (.ci/run installs it)"
 done
 if grep -q 'installed\|config-files' <<<"$(dpkg-query -W -f='${Status}' sshvpn 2>/dev/null)"; then
@@ -72,8 +72,12 @@ getent passwd sshvpn >/dev/null && fatal "a user sshvpn exists; this test would 
 
 ns="sshvpn-pkg-$$"
 daemon_pid=""
+boot_mounted=""
 cleanup() {
   [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null
+  if [ -n "$boot_mounted" ]; then
+    umount "$boot_mounted/root" "$boot_mounted/rw" 2>/dev/null && rm -rf "$boot_mounted"
+  fi
   ip netns del "$ns" 2>/dev/null
   # Never leave a half-tested package behind.
   if dpkg-query -W sshvpn >/dev/null 2>&1; then
@@ -203,17 +207,49 @@ elif grep -q 'sshvpn' <<<"$out"; then
   bad "systemd-analyze verify complains about our units: $out"
 fi
 
+step "systemd-analyze security (installed units): exposure at most 2.5"
+for u in sshvpnd.service sshvpn@office.service; do
+  score=$(systemd-analyze security --no-pager --offline=yes "/usr/lib/systemd/system/${u/@office/@}" 2>&1 \
+    | sed -n 's/.*Overall exposure level for .*: \([0-9.]*\) .*/\1/p')
+  echo "$u: exposure ${score:-?}"
+  [ -n "$score" ] && awk -v s="$score" 'BEGIN { exit !(s <= 2.5) }' || bad "$u exposure is ${score:-unknown}, above 2.5"
+done
+
 step "check-config on the shipped configuration"
 out=$(/usr/sbin/sshvpnd check-config --config /etc/sshvpn/sshvpnd.toml 2>&1) || bad "check-config: $out"
 grep -q ': OK' <<<"$out" || bad "check-config did not say OK: $out"
 
-step "the shipped configuration starts a server that listens nowhere"
-# The unit's own ExecStart line, run in a fresh network namespace (its TUN and routes stay there).
-exec_start=$(sed -n 's/^ExecStart=//p' /usr/lib/systemd/system/sshvpnd.service)
+step "the shipped configuration, started with the unit's user and capabilities, listens nowhere"
+# The unit's own ExecStart line, run in a fresh network namespace (its TUN and routes stay there)
+# with what systemd would give it: User=/Group=, CapabilityBoundingSet=, AmbientCapabilities=,
+# NoNewPrivileges=, and StateDirectory=/RuntimeDirectory=/LogsDirectory= owned by the user.
+# (The boot test below runs the units under a real systemd; this one also works without it.)
+unit=/usr/lib/systemd/system/sshvpnd.service
+unit_value() { sed -n "s/^$1=//p" "$unit" | tail -n1; }
+exec_start=$(unit_value ExecStart)
 [ -n "$exec_start" ] || bad "no ExecStart= in the installed sshvpnd.service"
+unit_user=$(unit_value User)
+unit_group=$(unit_value Group)
+caps_list() { tr ' ' '\n' <<<"$1" | sed -n 's/^CAP_//p' | tr 'A-Z' 'a-z' | sed 's/^/+/' | paste -sd, -; }
+bounding=$(caps_list "$(unit_value CapabilityBoundingSet)")
+ambient=$(caps_list "$(unit_value AmbientCapabilities)")
+setpriv_args=(--bounding-set "-all${bounding:+,$bounding}")
+if [ -n "$unit_user" ]; then
+  setpriv_args+=(--reuid "$unit_user" --regid "${unit_group:-$unit_user}" --init-groups)
+fi
+[ -n "$ambient" ] && setpriv_args+=(--inh-caps "-all,$ambient" --ambient-caps "-all,$ambient")
+[ "$(unit_value NoNewPrivileges)" = yes ] && setpriv_args+=(--no-new-privs)
+for kind in State Runtime Logs; do
+  case $kind in State) base=/var/lib ;; Runtime) base=/run ;; Logs) base=/var/log ;; esac
+  name=$(unit_value "${kind}Directory")
+  [ -n "$name" ] || continue
+  mode=$(unit_value "${kind}DirectoryMode")
+  install -d -o "${unit_user:-root}" -g "${unit_group:-root}" -m "${mode:-0755}" "$base/$name"
+done
+echo "setpriv ${setpriv_args[*]} -- $exec_start"
 ip netns add "$ns" || fatal "ip netns add $ns"
 read -r -a argv <<<"$exec_start"
-ip netns exec "$ns" "${argv[@]}" >/tmp/"$ns".log 2>&1 &
+ip netns exec "$ns" setpriv "${setpriv_args[@]}" -- "${argv[@]}" >/tmp/"$ns".log 2>&1 &
 daemon_pid=$!
 for _ in $(seq 1 100); do
   [ -S /run/sshvpn/control.sock ] && break
@@ -221,8 +257,8 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 if [ -S /run/sshvpn/control.sock ]; then
-  expect_stat /run/sshvpn/control.sock 660 root:sshvpn
-  expect_stat /var/lib/sshvpn/host_key 600 root:root
+  expect_stat /run/sshvpn/control.sock 660 sshvpn:sshvpn
+  expect_stat /var/lib/sshvpn/host_key 600 sshvpn:sshvpn
   grep -q 'generated host key /var/lib/sshvpn/host_key (SHA256:' /tmp/"$ns".log \
     || bad "the log does not show the generated host key's fingerprint"
   logged=$(grep -o 'generated host key.*' /tmp/"$ns".log)
@@ -245,15 +281,48 @@ if [ -S /run/sshvpn/control.sock ]; then
   kill -TERM "$daemon_pid"
   wait "$daemon_pid"
   rc=$?
-  [ "$rc" = 0 ] || bad "the daemon exited with $rc after SIGTERM"
+  [ "$rc" = 0 ] || bad "the daemon exited with $rc after SIGTERM: $(tail -n 5 /tmp/"$ns".log)"
   absent /run/sshvpn/control.sock
 else
-  bad "the daemon did not create /run/sshvpn/control.sock: $(cat /tmp/"$ns".log)"
+  bad "the daemon, started as the unit starts it, did not create /run/sshvpn/control.sock: $(cat /tmp/"$ns".log)"
   kill "$daemon_pid" 2>/dev/null
 fi
 daemon_pid=""
 ip netns del "$ns"
 rm -f /tmp/"$ns".log
+
+step "the units under a real systemd (systemd-nspawn boot of this root, overlaid)"
+# systemd as PID 1 in a container of its own: an overlay of this machine's root (the package is
+# installed in it; writes go to a tmpfs), booted with systemd-nspawn in a private network, with
+# scripts/package-boot-test.sh as the only unit asked for. It starts sshvpnd.service, connects
+# the client unit sshvpn@office, reloads the server and stops both (see that script).
+if [ "${SSHVPN_SKIP_BOOT:-0}" = 1 ]; then
+  echo "note: skipped (SSHVPN_SKIP_BOOT=1)"
+else
+  boot=$(mktemp -d /tmp/sshvpn-boot.XXXXXX)
+  mkdir -p "$boot/rw" "$boot/root"
+  mount -t tmpfs -o mode=0755 tmpfs "$boot/rw" && mkdir -p "$boot/rw/upper" "$boot/rw/work" \
+    && mount -t overlay overlay -o "lowerdir=/,upperdir=$boot/rw/upper,workdir=$boot/rw/work" "$boot/root" \
+    || fatal "cannot make the overlay root for systemd-nspawn"
+  boot_mounted=$boot
+  install -m 0755 scripts/package-boot-test.sh "$boot/root/usr/local/sbin/sshvpn-package-boot-test"
+  printf '%s\n' '[Unit]' 'Description=sshvpn package test under systemd' '[Service]' 'Type=oneshot' \
+    'ExecStart=/usr/local/sbin/sshvpn-package-boot-test' \
+    'StandardOutput=file:/sshvpn-package-boot-test.out' 'StandardError=inherit' \
+    >"$boot/root/etc/systemd/system/sshvpn-package-boot-test.service"
+  timeout 150 systemd-nspawn -q -D "$boot/root" --register=no --keep-unit -M "sshvpn-pkg-$$" \
+    --private-network --bind=/dev/net/tun -b --console=pipe \
+    systemd.unit=sshvpn-package-boot-test.service >"$boot/console.log" 2>&1 </dev/null
+  out="$boot/rw/upper/sshvpn-package-boot-test.out"
+  if [ -f "$out" ]; then
+    sed 's/^/  /' "$out"
+    grep -q '^RESULT PASS' "$out" || bad "under systemd: $(grep -c '^FAIL' "$out") checks failed (above)"
+  else
+    bad "the container did not run the test: $(tail -n 20 "$boot/console.log")"
+  fi
+  umount "$boot/root" "$boot/rw" && rm -rf "$boot"
+  boot_mounted=""
+fi
 
 step "upgrade (dpkg -i of version +upgradetest): conffile edits, leases, host key and user survive"
 echo '# edited by the admin' >>/etc/sshvpn/sshvpnd.toml

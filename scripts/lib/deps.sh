@@ -8,7 +8,7 @@ _deps_demo=(ip:iproute2 ping:iputils-ping ssh-keygen:openssh-client ssh:openssh-
 _deps_test=("${_deps_demo[@]}" /usr/sbin/sshd:openssh-server iperf3:iperf3 nft:nftables
   sysctl:procps setpriv:util-linux prlimit:util-linux ssh-add:openssh-client)
 _deps_package=(dpkg-shlibdeps:dpkg-dev strip:binutils systemd-analyze:systemd adduser:adduser
-  gzip:gzip setpriv:util-linux)
+  gzip:gzip setpriv:util-linux systemd-nspawn:systemd-container)
 
 _deps_have() {
   case $1 in

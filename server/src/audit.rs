@@ -7,7 +7,7 @@
 //! (`JOURNAL_STREAM` set) each event also goes to the journal with structured fields
 //! (`SSHVPN_EVENT`, `SSHVPN_IDENTITY`, ...), with or without a file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,9 +61,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// The log may live in a directory the daemon's user owns while root opens it at start: a
+/// symbolic link in its place is refused, never followed (see `safe_fs`).
 fn open_append(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    crate::safe_fs::open_append_nofollow(path, 0o640)
 }
 
 /// One journal entry (native protocol, `KEY=value` lines) for an audit event. Values are kept

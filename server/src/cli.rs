@@ -121,6 +121,10 @@ pub struct Args {
     /// Group owning the control socket (users who may attach must be in it).
     #[arg(long, value_name = "GROUP")]
     pub control_group: Option<String>,
+    /// Group whose members see every session in `sshvpnd status` and the policy (root and the
+    /// daemon's user always do; other members of the control group see only their own sessions).
+    #[arg(long, value_name = "GROUP")]
+    pub control_admin_group: Option<String>,
     /// Unix user allowed to attach through sshd (repeatable); identity `user:NAME`.
     #[arg(long = "allow-user", value_name = "USER")]
     pub allow_users: Vec<String>,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use russh::{MethodKind, MethodSet};
-use sshvpn_common::keys::{self, fingerprint};
+use sshvpn_common::keys::fingerprint;
 use sshvpn_common::netconf::{self, InterfaceConfig, NetSetup};
 use sshvpn_common::pool::AddressPool;
 use sshvpn_common::proto::Timers;
@@ -99,7 +99,14 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     // The SSH listener is optional: clients may come through sshd and `sshvpnd attach` only.
     let mut host_key = None;
     if let (Some(key_path), Some(_)) = (&args.host_key, &args.authorized_keys) {
-        let (key, generated) = keys::load_or_generate_host_key(key_path)?;
+        // Root or the daemon's user may own the host key (OpenSSH's rules otherwise).
+        let mut owners = vec![0, nix::unistd::geteuid().as_raw()];
+        if let Some(user) = &args.user
+            && let Ok(Some(u)) = nix::unistd::User::from_name(user)
+        {
+            owners.push(u.uid.as_raw());
+        }
+        let (key, generated) = crate::host_key::load_or_generate(key_path, &owners)?;
         if generated {
             tracing::info!(
                 "generated host key {} ({})",
@@ -151,6 +158,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let control = control::bind(&args.control, args.control_group.as_deref())?;
+    let control_access = control::ControlAccess::new(args.control_admin_group.as_deref())?;
     let metrics = match args.metrics {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -288,7 +296,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
     let result = tokio::select! {
         r = metrics_server => r,
         r = ssh_listener => r,
-        r = control::serve(state.clone(), control) => r,
+        r = control::serve(state.clone(), control, control_access) => r,
         r = state.access.watch(&state.switch, &state.audit) => r,
         r = &mut tun_reader => {
             let why = match r { Ok(Err(e)) => e.to_string(), Ok(Ok(())) => "closed".into(), Err(e) => e.to_string() };

@@ -26,7 +26,8 @@ impl LeaseFile {
         let Some(path) = &self.path else {
             return Vec::new();
         };
-        let text = match std::fs::read_to_string(path) {
+        // Root reads this at start in a directory the daemon's user may own: no link followed.
+        let text = match crate::safe_fs::open_read_nofollow(path).and_then(std::io::read_to_string) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
             Err(e) => {
@@ -57,7 +58,7 @@ impl LeaseFile {
                 std::fs::create_dir_all(dir)?;
             }
             let tmp = path.with_extension("tmp");
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut f = std::io::BufWriter::new(crate::safe_fs::create_truncate_nofollow(&tmp, 0o644)?);
             for (identity, addrs) in leases {
                 let addrs: Vec<String> = addrs.iter().map(IpAddr::to_string).collect();
                 writeln!(f, "{identity} {}", addrs.join(" "))?;

@@ -3,10 +3,13 @@
 //! well-kept crate serves one response better than these lines.)
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::listeners::{AcceptLoop, ConnectionSlots};
 
 use crate::state::ServerState;
 
@@ -26,22 +29,50 @@ pub async fn render_all(state: &ServerState) -> String {
     o
 }
 
+/// Scrapes served at once; more are closed as soon as they are accepted.
+const MAX_CONNECTIONS: usize = 16;
+/// Time a scraper has to send its request head.
+const READ_DEADLINE: Duration = Duration::from_secs(2);
+/// Time a whole exchange may take (rendering included).
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves the metrics until the daemon stops. No error of this listener ends the daemon: failed
+/// `accept`s are retried with backoff, at most [`MAX_CONNECTIONS`] are served at once, and each
+/// has a deadline.
 pub async fn serve(state: Arc<ServerState>, listener: TcpListener) -> anyhow::Result<()> {
+    let slots = ConnectionSlots::new(MAX_CONNECTIONS);
+    let mut accept = AcceptLoop::new("metrics listener");
     loop {
-        let (mut s, _) = listener.accept().await?;
+        let Some((s, _)) = accept.next(listener.accept().await, &state.limit_log).await else {
+            continue;
+        };
+        let Some(slot) = slots.take() else {
+            if let Some(n) = state.limit_log.check(std::time::Instant::now()) {
+                tracing::warn!(
+                    "metrics listener: {MAX_CONNECTIONS} scrapes in progress; closing new connections \
+                     ({n} more limit hits since last report)"
+                );
+            }
+            continue;
+        };
         let state = state.clone();
         tokio::spawn(async move {
-            // Read the request head (bounded), then answer.
-            let mut buf = [0u8; 2048];
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
-            let body = render_all(&state).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = s.write_all(head.as_bytes()).await;
-            let _ = s.write_all(body.as_bytes()).await;
-            let _ = s.shutdown().await;
+            let _slot = slot;
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, answer(&state, s)).await;
         });
     }
+}
+
+/// Reads the request head (bounded, with a deadline), then answers with the metrics.
+async fn answer(state: &ServerState, mut s: TcpStream) {
+    let mut buf = [0u8; 2048];
+    let _ = tokio::time::timeout(READ_DEADLINE, s.read(&mut buf)).await;
+    let body = render_all(state).await;
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s.shutdown().await;
 }

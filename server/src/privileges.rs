@@ -1,8 +1,10 @@
-//! Dropping root after setup: switch to an unprivileged user, keeping only CAP_NET_ADMIN (needed
-//! to add and remove routes while clients come and go). The TUN and the listening socket are
-//! already open and need no privilege to use. CAP_NET_ADMIN is also ambient, so that the `nft`
-//! runs keeping the access-control sets in step with the sessions (and removing the tables at
-//! exit) still work.
+//! Dropping root after setup (`--user`): switch to an unprivileged user, keeping only
+//! CAP_NET_ADMIN (needed to add and remove routes while clients come and go). The TUN and the
+//! listening sockets are already open and need no privilege to use. CAP_NET_ADMIN is also put
+//! in the inheritable and ambient sets, so that the `nft` children keeping the access-control
+//! sets in step with the sessions (and removing the tables at exit) have it too; no other
+//! capability is inheritable. The packaged unit starts the daemon as its user already
+//! (`User=sshvpn`, `AmbientCapabilities=`), without `--user`: see docs/security.md, "Privileges".
 
 use anyhow::{Context, anyhow};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -14,6 +16,14 @@ pub fn drop_to(user: &str) -> anyhow::Result<()> {
         .with_context(|| format!("looking up user {user}"))?
         .ok_or_else(|| anyhow!("no such user: {user}"))?;
     let keep: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
+    let me = nix::unistd::geteuid();
+    if !me.is_root() {
+        if me.as_raw() == entry.uid.as_raw() {
+            tracing::info!("already running as {user} (uid {me}); nothing to drop");
+            return Ok(());
+        }
+        anyhow::bail!("--user {user}: the daemon runs as uid {me}, not root, and cannot become {user}");
+    }
     // Keep permitted capabilities across setuid, then trim everything else.
     nix::sys::prctl::set_keepcaps(true).context("PR_SET_KEEPCAPS")?;
     for cap in caps::all() {

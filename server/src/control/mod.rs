@@ -14,7 +14,6 @@ pub mod status;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,30 +24,126 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::control::request::{ATTACH_REQUEST, POLICY_REQUEST, STATUS_REQUEST};
+use crate::listeners::{AcceptLoop, ConnectionSlot, ConnectionSlots};
 use crate::state::ServerState;
 
-/// Binds the control socket: removes a stale one, mode 0660, owned by `group` if given.
+/// Binds the control socket at `path`: mode 0660, group `group` if given. No operation by path
+/// follows the `bind`: the mode comes from the umask in force during `bind` and the group from
+/// the effective gid (root switches its effective gid for the `bind`; a daemon already running
+/// as its user changes the group with `fchownat(AT_SYMLINK_NOFOLLOW)`, which cannot reach
+/// another account's file). A stale socket is removed with `unlinkat`, which never follows a
+/// link. The directory is opened once (`O_NOFOLLOW`) and everything else is relative to it.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{FileStat, Mode, SFlag, fstatat, umask};
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("control socket {}: not a file name", path.display()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir_fd = nix::fcntl::open(
+        dir,
+        OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("opening the control socket's directory {}", dir.display()))?;
+    let gid = match group {
+        Some(group) => Some(
+            Group::from_name(group)
+                .with_context(|| format!("looking up group {group}"))?
+                .ok_or_else(|| anyhow::anyhow!("no such group: {group}"))?
+                .gid,
+        ),
+        None => None,
+    };
+    let existing: Option<FileStat> = fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+    if let Some(st) = existing {
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK
+            && std::os::unix::net::UnixStream::connect(path).is_ok()
+        {
             anyhow::bail!(
                 "control socket {} is in use: is another sshvpnd running?",
                 path.display()
             );
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+        // Whatever it is (stale socket, link planted by another account), only the name goes.
+        nix::unistd::unlinkat(&dir_fd, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(group) = group {
-        let g = Group::from_name(group)?.ok_or_else(|| anyhow::anyhow!("no such group: {group}"))?;
-        nix::unistd::chown(path, None, Some(g.gid)).with_context(|| format!("chown {}", path.display()))?;
+    let root = nix::unistd::geteuid().is_root();
+    let old_egid = nix::unistd::getegid();
+    let switch_gid = gid.filter(|g| root && *g != old_egid);
+    if let Some(g) = switch_gid {
+        nix::unistd::setegid(g).with_context(|| format!("setegid {g} for the control socket"))?;
+    }
+    // Sockets are made 0777 & !umask: 0660.
+    let old_umask = umask(Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    umask(old_umask);
+    if switch_gid.is_some() {
+        nix::unistd::setegid(old_egid).context("restoring the effective gid")?;
+    }
+    let listener = bound.with_context(|| format!("binding control socket {}", path.display()))?;
+    if let Some(g) = gid.filter(|g| !root && *g != old_egid) {
+        nix::unistd::fchownat(&dir_fd, name, None, Some(g), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .with_context(|| format!("giving {} to group {}", path.display(), group.unwrap_or("?")))?;
+    }
+    // Checked, not changed: what is now at the name must be the socket just made.
+    let st =
+        fstatat(&dir_fd, name, AtFlags::AT_SYMLINK_NOFOLLOW).with_context(|| format!("checking {}", path.display()))?;
+    let is_socket = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFSOCK;
+    if !is_socket || st.st_mode & 0o777 != 0o660 || gid.is_some_and(|g| g.as_raw() != st.st_gid) {
+        anyhow::bail!(
+            "control socket {} changed while it was made (mode {:o}, gid {}): refusing to serve it",
+            path.display(),
+            st.st_mode,
+            st.st_gid
+        );
     }
     Ok(listener)
+}
+
+/// Who sees what on the control socket. Root, the daemon's own user and members of the admin
+/// group (`--control-admin-group`) see every session and the policy; anyone else who can open
+/// the socket (the control group) sees only the sessions attached as their own Unix user
+/// (identity `user:NAME`), and no policy.
+#[derive(Debug, Clone, Default)]
+pub struct ControlAccess {
+    pub admin_group: Option<Gid>,
+}
+
+impl ControlAccess {
+    /// Resolves `--control-admin-group`.
+    pub fn new(admin_group: Option<&str>) -> anyhow::Result<ControlAccess> {
+        let admin_group = match admin_group {
+            Some(name) => Some(
+                Group::from_name(name)
+                    .with_context(|| format!("looking up group {name}"))?
+                    .ok_or_else(|| anyhow::anyhow!("--control-admin-group: no such group: {name}"))?
+                    .gid,
+            ),
+            None => None,
+        };
+        Ok(ControlAccess { admin_group })
+    }
+
+    /// Whether `user` (the socket's peer) sees everything.
+    pub fn is_admin(&self, user: &User) -> bool {
+        if user.uid.is_root() || user.uid == nix::unistd::geteuid() {
+            return true;
+        }
+        let Some(admin) = self.admin_group else {
+            return false;
+        };
+        if user.gid == admin {
+            return true;
+        }
+        let name = std::ffi::CString::new(user.name.clone()).unwrap_or_default();
+        nix::unistd::getgrouplist(&name, user.gid).is_ok_and(|groups| groups.contains(&admin))
+    }
 }
 
 /// How long a connection has to send its request line.
@@ -58,27 +153,15 @@ const MAX_PENDING: usize = 64;
 
 /// Serves the control socket until the daemon stops. Errors of `accept` (out of descriptors,
 /// for instance) are logged and retried with backoff: no local user can end the daemon's loop.
-pub async fn serve(state: Arc<ServerState>, listener: UnixListener) -> anyhow::Result<()> {
-    let pending = Arc::new(AtomicUsize::new(0));
-    let mut backoff = Duration::from_millis(10);
+pub async fn serve(state: Arc<ServerState>, listener: UnixListener, access: ControlAccess) -> anyhow::Result<()> {
+    let slots = ConnectionSlots::new(MAX_PENDING);
+    let mut accept = AcceptLoop::new("control socket");
+    let access = Arc::new(access);
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff = Duration::from_millis(10);
-                stream
-            }
-            Err(e) => {
-                if let Some(n) = state.limit_log.check(std::time::Instant::now()) {
-                    tracing::warn!(
-                        "control socket: accept failed: {e}; retrying in {backoff:?} ({n} more limit hits since last report)"
-                    );
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
+        let Some((stream, _)) = accept.next(listener.accept().await, &state.limit_log).await else {
+            continue;
         };
-        if pending.load(Relaxed) >= MAX_PENDING {
+        let Some(slot) = slots.take() else {
             if let Some(n) = state.limit_log.check(std::time::Instant::now()) {
                 tracing::warn!(
                     "control socket: {MAX_PENDING} connections have not sent a request yet; closing new ones \
@@ -86,18 +169,8 @@ pub async fn serve(state: Arc<ServerState>, listener: UnixListener) -> anyhow::R
                 );
             }
             continue;
-        }
-        pending.fetch_add(1, Relaxed);
-        tokio::spawn(handle(state.clone(), stream, PendingSlot(pending.clone())));
-    }
-}
-
-/// Counts a connection as pending until its request has been read.
-struct PendingSlot(Arc<AtomicUsize>);
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        };
+        tokio::spawn(handle(state.clone(), stream, slot, access.clone()));
     }
 }
 
@@ -117,7 +190,7 @@ async fn read_request(stream: &mut UnixStream) -> Option<Vec<u8>> {
     Some(line)
 }
 
-async fn handle(state: Arc<ServerState>, mut stream: UnixStream, pending: PendingSlot) {
+async fn handle(state: Arc<ServerState>, mut stream: UnixStream, pending: ConnectionSlot, access: Arc<ControlAccess>) {
     let Ok(cred) = stream.peer_cred() else { return };
     let uid = Uid::from_raw(cred.uid());
     let user = match User::from_uid(uid) {
@@ -142,13 +215,24 @@ async fn handle(state: Arc<ServerState>, mut stream: UnixStream, pending: Pendin
     };
     drop(pending);
     if line == STATUS_REQUEST {
-        // Anyone who can open the socket (root and the control group) may see the status.
-        let report = status::report(&state).await;
+        // Root and the admin group see every session; others their own (see ControlAccess).
+        let own = format!("user:{}", user.name);
+        let view = if access.is_admin(&user) {
+            status::View::All
+        } else {
+            status::View::Identity(&own)
+        };
+        let report = status::report(&state, view).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;
     }
     if line == POLICY_REQUEST {
-        // Access control (issue 14): `sshvpnd policy`, like the status.
+        // Rule counters and group sizes describe everyone's traffic: admins only (an empty
+        // answer tells the others).
+        if !access.is_admin(&user) {
+            tracing::debug!("control socket: policy refused to uid {uid} (not an admin)");
+            return;
+        }
         let report = policy::report(&state.policy).await;
         let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, report.as_bytes()).await;
         return;

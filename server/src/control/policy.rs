@@ -82,6 +82,13 @@ pub async fn report(policy_runtime: &PolicyRuntime) -> String {
 /// Client side of `sshvpnd policy`.
 pub fn query(control: &Path, json: bool) -> anyhow::Result<String> {
     let text = request::ask(control, POLICY_REQUEST, "policy")?;
+    if text.is_empty() {
+        anyhow::bail!(
+            "the daemon at {} sent no policy: only root, the daemon's user and members of \
+             --control-admin-group may see it",
+            control.display()
+        );
+    }
     Ok(render(text, json, "policy", table)?)
 }
 

@@ -1,5 +1,6 @@
 //! `sshvpnd status`: one line per connected client (identity, peer, addresses, since, bytes,
-//! current rates, drops, access-control groups), or JSON; served on the control socket to root and the control group.
+//! current rates, drops, access-control groups), or JSON; served on the control socket: every
+//! session to root and the admin group, their own sessions to other members of the control group.
 
 use sshvpn_common::report::{ServerClient, mbps, to_line, traffic_over_one_second, unix_now, unix_secs};
 use sshvpn_common::tunnel::TunnelStats;
@@ -8,9 +9,25 @@ use std::path::Path;
 use crate::control::request::{self, STATUS_REQUEST};
 use crate::state::ServerState;
 
+/// Which sessions a status report shows.
+#[derive(Debug, Clone, Copy)]
+pub enum View<'a> {
+    All,
+    /// Only the sessions of this identity (`user:NAME` for a member of the control group).
+    Identity(&'a str),
+}
+
 /// The status report as JSON, rates measured over one second.
-pub async fn report(state: &ServerState) -> String {
-    let ports = state.switch.ports();
+pub async fn report(state: &ServerState, view: View<'_>) -> String {
+    let ports: Vec<_> = state
+        .switch
+        .ports()
+        .into_iter()
+        .filter(|p| match view {
+            View::All => true,
+            View::Identity(id) => p.identity == id,
+        })
+        .collect();
     let groups = state.policy.firewall.session_groups().await;
     let stats: Vec<&TunnelStats> = ports.iter().map(|p| &*p.stats).collect();
     let traffic = traffic_over_one_second(&stats).await;

@@ -31,6 +31,14 @@ pub trait Interface {
     ) -> anyhow::Result<Accepted>;
     /// Undoes what `apply` did.
     async fn teardown(&mut self);
+    /// The session ended and the client will try again: put back what must not stay while the
+    /// tunnel is down (pushed DNS, so that the server's name resolves with the host's own
+    /// resolvers).
+    async fn session_down(&mut self) {}
+    /// About to dial `addr` (the server, resolved): keep the path to it outside the tunnel.
+    async fn before_connect(&mut self, addr: IpAddr) {
+        let _ = addr;
+    }
 }
 
 /// The interface on the host (`sshvpn connect`).
@@ -45,6 +53,12 @@ pub struct TunnelInterface {
     accept: AcceptOptions,
     /// Pushed DNS while applied (restored on drop).
     dns: Option<RestoreGuard>,
+    /// The servers and search domains `dns` applied.
+    dns_applied: Option<(Vec<IpAddr>, Vec<String>)>,
+    /// The server address the full tunnel keeps outside it.
+    pinned_server: Option<IpAddr>,
+    /// Held while this client runs on the interface.
+    _lock: crate::run_dir::InstanceLock,
     /// IP forwarding while the interface lives (restored on drop).
     _forwarding: Option<RestoreGuard>,
 }
@@ -62,19 +76,57 @@ pub struct HostOptions {
     pub default_route: bool,
 }
 
+/// The restore record of the routes a client added (one destination a line).
+const ROUTES_RECORD: &str = "routes";
+
+fn parse_routes_record(text: &[u8]) -> Vec<IpNet> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .take(10_000)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Removes what killed clients in this network namespace left: their marked routes (all marked
+/// routes when no other client runs here; otherwise only those a dead client recorded), and
+/// their sysctl and resolv.conf records when no other client runs.
+async fn sweep_leftovers(net: &mut OsNetSetup, name: &str) {
+    let (live, gone) = crate::run_dir::other_clients(name);
+    for link in std::iter::once(name.to_string()).chain(gone) {
+        let records = RestoreDir::new(&link);
+        if link != name && live.is_empty() {
+            netconf::recover_after_crash(&records);
+        }
+        if let Some(text) = records.load(ROUTES_RECORD) {
+            net.sweep_marked_routes(Some(&parse_routes_record(&text))).await;
+            records.remove(ROUTES_RECORD);
+        }
+    }
+    if live.is_empty() {
+        net.sweep_marked_routes(None).await;
+    } else {
+        tracing::debug!("other clients run here ({}): sweeping only recorded routes", live.join(", "));
+    }
+}
+
 impl TunnelInterface {
-    pub fn create(
+    pub async fn create(
         name: &str,
         offload: bool,
         extra_routes: Vec<IpNet>,
         excludes: Vec<IpNet>,
         options: HostOptions,
     ) -> anyhow::Result<TunnelInterface> {
+        // First make sure no client runs on this interface: what follows restores host
+        // settings, which must never be a live client's.
+        let lock = crate::run_dir::lock_instance(name)?;
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
-        let records: Arc<dyn RestoreRecords> = Arc::new(RestoreDir::new(name));
-        netconf::recover_after_crash(&*records);
+        let own = RestoreDir::new(name);
+        netconf::recover_after_crash(&own);
+        let mut net = netconf::open()?;
+        sweep_leftovers(&mut net, name).await;
+        let records: Arc<dyn RestoreRecords> = Arc::new(own);
         let tun = Arc::new(TunDevice::create(name, offload)?);
-        let net = netconf::open()?;
         let forwarding = if options.forward {
             Some(
                 net.enable_forwarding(records.clone())
@@ -96,6 +148,9 @@ impl TunnelInterface {
                 excludes,
             },
             dns: None,
+            dns_applied: None,
+            pinned_server: None,
+            _lock: lock,
             _forwarding: forwarding,
         })
     }
@@ -130,7 +185,9 @@ impl Interface for TunnelInterface {
                 && a.routes == accepted.routes
                 && a.unreachable == accepted.unreachable
         };
-        if self.applied.as_ref().is_some_and(same) {
+        let server_moved = self.accept.default_route && server_addr != self.pinned_server;
+        if self.applied.as_ref().is_some_and(same) && !server_moved {
+            self.apply_dns(&accepted)?;
             return Ok(accepted);
         }
         for w in &accepted.warnings {
@@ -172,18 +229,10 @@ impl Interface for TunnelInterface {
                 )
             }
         );
-        if self.accept.accept_dns && self.dns.is_none() {
-            let dns = DnsConfig {
-                servers: &accepted.dns,
-                search: &accepted.search,
-                full_tunnel: self.accept.default_route,
-            };
-            self.dns = self
-                .net
-                .apply_dns(&name, &dns, self.records.clone())
-                .context("applying pushed DNS")?;
-        }
+        self.pinned_server = server_addr.filter(|_| self.accept.default_route);
         self.applied = Some(accepted.clone());
+        self.save_routes();
+        self.apply_dns(&accepted)?;
         Ok(accepted)
     }
 
@@ -191,6 +240,33 @@ impl Interface for TunnelInterface {
     async fn teardown(&mut self) {
         self.clear().await;
         self.dns = None;
+        self.dns_applied = None;
+        self.records.remove(ROUTES_RECORD);
+    }
+
+    async fn session_down(&mut self) {
+        if self.dns.take().is_some() {
+            tracing::info!("tunnel down: the host's own resolvers are back until it is up again");
+        }
+        self.dns_applied = None;
+    }
+
+    async fn before_connect(&mut self, addr: IpAddr) {
+        // Only the full tunnel covers the server's address; its pinned route keeps the way to
+        // the server it had. A server that moved takes the same way out.
+        let Some(old) = self.pinned_server.filter(|_| self.accept.default_route) else {
+            return;
+        };
+        if old == addr || old.is_ipv4() != addr.is_ipv4() {
+            return;
+        }
+        match self.net.pin_route(IpNet::from(addr), old).await {
+            Ok(()) => {
+                tracing::info!("the server now resolves to {addr}: reaching it the way {old} was reached");
+                self.save_routes();
+            }
+            Err(e) => tracing::warn!("cannot keep {addr} outside the tunnel: {}", netconf::error_chain(&e)),
+        }
     }
 }
 
@@ -234,6 +310,41 @@ impl TunnelInterface {
             self.net.add_route(name, *r).await.context("installing routes")?;
         }
         Ok(())
+    }
+
+    /// Applies the pushed DNS if it is not applied as it is now (first time, after the tunnel
+    /// was down, or changed by the server).
+    fn apply_dns(&mut self, accepted: &Accepted) -> anyhow::Result<()> {
+        if !self.accept.accept_dns {
+            return Ok(());
+        }
+        let wanted = (accepted.dns.clone(), accepted.search.clone());
+        if self.dns_applied.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        if self.dns_applied.is_some() {
+            tracing::info!("the server pushes other DNS settings; applying them");
+        }
+        // The original comes back first, so it is what is saved again.
+        self.dns = None;
+        self.dns_applied = None;
+        let dns = DnsConfig {
+            servers: &accepted.dns,
+            search: &accepted.search,
+            full_tunnel: self.accept.default_route,
+        };
+        self.dns = self
+            .net
+            .apply_dns(self.tun.name(), &dns, self.records.clone())
+            .context("applying pushed DNS")?;
+        self.dns_applied = Some(wanted);
+        Ok(())
+    }
+
+    /// Records the routes this client added (they are also marked), for the sweep after a crash.
+    fn save_routes(&self) {
+        let text: String = self.net.routes().iter().map(|n| format!("{n}\n")).collect();
+        self.records.save(ROUTES_RECORD, text.as_bytes());
     }
 
     /// Removes the routes and addresses this client added.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
+use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::dns::Dns;
@@ -36,7 +37,7 @@ struct AddedRoute {
 }
 
 impl AddedRoute {
-    fn message(&self) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+    fn message(&self) -> Result<RouteMessage, NetSetupError> {
         let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.net.network(), self.net.prefix_len())
             .map_err(|e| failed(format!("route {}", self.net), e))?;
@@ -55,7 +56,8 @@ impl AddedRoute {
         } else {
             b
         };
-        Ok(b.build())
+        // Marked as ours, so that a later run recognises what a killed one left.
+        Ok(b.protocol(RouteProtocol::Other(super::ROUTE_PROTOCOL)).build())
     }
 }
 
@@ -63,6 +65,17 @@ impl Drop for LinuxNetSetup {
     fn drop(&mut self) {
         self.connection.abort();
     }
+}
+
+/// The destination of a route message (`None` if it has none, i.e. a default route).
+fn destination(msg: &RouteMessage) -> Option<IpNet> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let len = msg.header.destination_prefix_length;
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => IpNet::new(IpAddr::V4(*v4), len).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => IpNet::new(IpAddr::V6(*v6), len).ok(),
+        _ => None,
+    })
 }
 
 fn failed(step: impl Into<String>, e: impl Into<super::Cause>) -> NetSetupError {
@@ -193,6 +206,41 @@ impl NetSetup for LinuxNetSetup {
                 tracing::warn!("could not remove route {}: {e}", route.net);
             }
         }
+    }
+
+    async fn sweep_marked_routes(&mut self, only: Option<&[IpNet]>) -> usize {
+        let mut stale = Vec::new();
+        let dumps = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for dump in dumps {
+            let mut routes = self.handle.route().get(dump).execute();
+            while let Ok(Some(msg)) = routes.try_next().await {
+                if msg.header.protocol != RouteProtocol::Other(super::ROUTE_PROTOCOL)
+                    || msg.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                let net = destination(&msg);
+                if only.is_none_or(|nets| net.is_some_and(|n| nets.contains(&n))) {
+                    stale.push((net, msg));
+                }
+            }
+        }
+        let mut removed = 0;
+        for (net, msg) in stale {
+            let shown = net.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+            match self.handle.route().del(msg).execute().await {
+                Ok(()) => {
+                    tracing::warn!("removed route {shown} left by a previous run");
+                    removed += 1;
+                }
+                Err(e) if errno(&e) == Some(ESRCH) => {}
+                Err(e) => tracing::warn!("could not remove route {shown} left by a previous run: {e}"),
+            }
+        }
+        removed
     }
 
     fn routes(&self) -> Vec<IpNet> {

@@ -210,3 +210,32 @@ fn a_private_key_readable_by_others_is_refused() {
     assert!(wait_until(5.0, || t.clients[0].ping("10.202.0.2", 1)));
     assert!(t.process(c).stop().success());
 }
+
+#[test]
+fn pushed_dns_is_taken_back_while_down_and_reapplied_as_pushed_on_reconnect() {
+    let mut t = Topology::new(1);
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], ORIGINAL_RESOLV);
+    let s = t.start_server(&["--push-dns", "10.202.0.53"]);
+    let c = t.start_client(0, &[]);
+    assert!(etc.resolv_conf().contains("10.202.0.53"), "{}", etc.resolv_conf());
+    t.process(s).signal(Signal::SIGKILL);
+    t.process(s).wait_exit(5.0).expect("server dies");
+    // While down: the host's own resolvers (a server given by name resolves with them).
+    assert!(
+        wait_until(20.0, || etc.resolv_conf() == ORIGINAL_RESOLV),
+        "original resolv.conf while down, not {:?}\n{}",
+        etc.resolv_conf(),
+        t.process(c).log_text()
+    );
+    // The server comes back pushing another resolver: the client applies it.
+    t.start_server(&["--push-dns", "10.202.0.54"]);
+    assert!(
+        wait_until(20.0, || etc.resolv_conf().contains("10.202.0.54")),
+        "the new pushed DNS: {:?}\n{}",
+        etc.resolv_conf(),
+        t.process(c).log_text()
+    );
+    assert!(!etc.resolv_conf().contains("10.202.0.53"));
+    assert!(t.process(c).stop().success());
+    assert_eq!(etc.resolv_conf(), ORIGINAL_RESOLV, "the original after exit");
+}

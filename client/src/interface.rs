@@ -57,6 +57,8 @@ pub struct TunnelInterface {
     dns_applied: Option<(Vec<IpAddr>, Vec<String>)>,
     /// The server address the full tunnel keeps outside it.
     pinned_server: Option<IpAddr>,
+    /// The host's own resolvers, kept outside the full tunnel while it is down.
+    resolver_pins: Vec<IpNet>,
     /// Held while this client runs on the interface.
     _lock: crate::run_dir::InstanceLock,
     /// IP forwarding while the interface lives (restored on drop).
@@ -78,6 +80,18 @@ pub struct HostOptions {
 
 /// The restore record of the routes a client added (one destination a line).
 const ROUTES_RECORD: &str = "routes";
+
+/// The `nameserver` addresses of a resolv.conf (at most 8; scoped IPv6 ones left out).
+fn resolv_conf_nameservers(text: &[u8]) -> Vec<IpAddr> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next()?.parse().ok())?
+        })
+        .take(8)
+        .collect()
+}
 
 fn parse_routes_record(text: &[u8]) -> Vec<IpNet> {
     String::from_utf8_lossy(text)
@@ -150,6 +164,7 @@ impl TunnelInterface {
             dns: None,
             dns_applied: None,
             pinned_server: None,
+            resolver_pins: Vec::new(),
             _lock: lock,
             _forwarding: forwarding,
         })
@@ -179,6 +194,10 @@ impl Interface for TunnelInterface {
         };
         let accepted = accept_policy::accept(config, negotiated_mtu, &self.accept, &host)
             .context("the server's configuration is refused")?;
+        // Up again: the host's resolvers go back into the tunnel.
+        for net in std::mem::take(&mut self.resolver_pins) {
+            let _ = self.net.remove_route(self.tun.name(), net).await;
+        }
         let same = |a: &Accepted| {
             a.addresses == accepted.addresses
                 && a.mtu == accepted.mtu
@@ -249,6 +268,32 @@ impl Interface for TunnelInterface {
             tracing::info!("tunnel down: the host's own resolvers are back until it is up again");
         }
         self.dns_applied = None;
+        // The full tunnel covers the host's resolvers too: while it is down, reach them the way
+        // the server is reached, so that the server's name can be resolved.
+        let Some(server) = self.pinned_server.filter(|_| self.accept.default_route) else {
+            return;
+        };
+        let local = self.net.local_networks(self.tun.name()).await;
+        let text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+        for ns in resolv_conf_nameservers(&text) {
+            let net = IpNet::from(ns);
+            if ns.is_loopback()
+                || ns == server
+                || ns.is_ipv4() != server.is_ipv4()
+                || local.iter().any(|l| l.contains(&ns))
+                || self.resolver_pins.contains(&net)
+            {
+                continue;
+            }
+            match self.net.pin_route(net, server).await {
+                Ok(()) => {
+                    tracing::info!("tunnel down: resolver {ns} reached outside the tunnel until it is up again");
+                    self.resolver_pins.push(net);
+                }
+                Err(e) => tracing::warn!("cannot reach resolver {ns} outside the tunnel: {}", netconf::error_chain(&e)),
+            }
+        }
+        self.save_routes();
     }
 
     async fn before_connect(&mut self, addr: IpAddr) {
@@ -356,5 +401,18 @@ impl TunnelInterface {
                 let _ = self.net.remove_address(&name, a).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_of_a_resolv_conf() {
+        let text = b"# comment\nnameserver 192.0.2.1\nnameserver  2001:db8::1\nnameserver fe80::1%eth0\nsearch x\nnameserver bogus\n";
+        let got = resolv_conf_nameservers(text);
+        assert_eq!(got, ["192.0.2.1".parse::<IpAddr>().unwrap(), "2001:db8::1".parse().unwrap()]);
+        assert_eq!(parse_routes_record(b"0.0.0.0/1\n::/1\njunk\n").len(), 2);
     }
 }

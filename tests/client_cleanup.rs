@@ -239,3 +239,38 @@ fn pushed_dns_is_taken_back_while_down_and_reapplied_as_pushed_on_reconnect() {
     assert!(t.process(c).stop().success());
     assert_eq!(etc.resolv_conf(), ORIGINAL_RESOLV, "the original after exit");
 }
+
+#[test]
+fn with_the_full_tunnel_a_server_whose_address_changed_is_reached_outside_the_dead_tunnel() {
+    let mut t = Topology::new(1);
+    // The client's underlay has a default route; the server also answers on an address beyond it.
+    t.clients[0].ip(&["route", "add", "default", "via", "10.200.1.1"]);
+    t.server.ip(&["addr", "add", "198.51.100.1/32", "dev", "lo"]);
+    let etc = NetnsEtc::with_resolv_conf(&t.clients[0], ORIGINAL_RESOLV);
+    let hosts = etc.0.join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n10.200.1.1 vpn.test\n").unwrap();
+    let s = t.start_server(&[]);
+    let mut args = t.client_args(0);
+    args[1] = "root@vpn.test".into();
+    args.extend(["--default-route", "--no-accept-routes"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = Process::spawn(&t.clients[0], "sshvpn", &refs, t.log("client.log"));
+    c.wait_for_log("tunnel up", 20.0);
+    assert!(t.clients[0].ping("10.202.0.2", 5));
+    t.process(s).signal(Signal::SIGKILL);
+    t.process(s).wait_exit(5.0).expect("server dies");
+    // The name now points at the other address, which the full tunnel's routes cover.
+    std::fs::write(&hosts, "127.0.0.1 localhost\n198.51.100.1 vpn.test\n").unwrap();
+    t.start_server(&[]);
+    assert!(
+        wait_until(30.0, || c.log_text().matches("tunnel up").count() >= 2),
+        "back through the moved server:\n{}",
+        c.log_text()
+    );
+    assert!(t.clients[0].ping("10.202.0.2", 5), "traffic through the tunnel");
+    let route = t.clients[0].ip(&["route", "get", "198.51.100.1"]);
+    assert!(route.contains("dev eth0"), "the server outside the tunnel: {route}");
+    assert!(c.stop().success());
+    let left = routes(&t.clients[0]);
+    assert!(!left.contains("proto 115"), "{left}");
+}

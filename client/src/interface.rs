@@ -270,22 +270,21 @@ impl Interface for TunnelInterface {
         self.dns_applied = None;
         // The full tunnel covers the host's resolvers too: while it is down, reach them the way
         // the server is reached, so that the server's name can be resolved.
-        let Some(server) = self.pinned_server.filter(|_| self.accept.default_route) else {
+        if self.pinned_server.is_none() || !self.accept.default_route {
             return;
-        };
+        }
         let local = self.net.local_networks(self.tun.name()).await;
         let text = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         for ns in resolv_conf_nameservers(&text) {
             let net = IpNet::from(ns);
             if ns.is_loopback()
-                || ns == server
-                || ns.is_ipv4() != server.is_ipv4()
+                || self.pinned_server == Some(ns)
                 || local.iter().any(|l| l.contains(&ns))
                 || self.resolver_pins.contains(&net)
             {
                 continue;
             }
-            match self.net.pin_route(net, server).await {
+            match self.net.pin_route_outside(net, ns).await {
                 Ok(()) => {
                     tracing::info!("tunnel down: resolver {ns} reached outside the tunnel until it is up again");
                     self.resolver_pins.push(net);
@@ -297,17 +296,17 @@ impl Interface for TunnelInterface {
     }
 
     async fn before_connect(&mut self, addr: IpAddr) {
-        // Only the full tunnel covers the server's address; its pinned route keeps the way to
-        // the server it had. A server that moved takes the same way out.
+        // Only the full tunnel covers the server's address: a server that moved is reached
+        // outside it too (the way the host reaches it without the tunnel's routes).
         let Some(old) = self.pinned_server.filter(|_| self.accept.default_route) else {
             return;
         };
-        if old == addr || old.is_ipv4() != addr.is_ipv4() {
+        if old == addr {
             return;
         }
-        match self.net.pin_route(IpNet::from(addr), old).await {
+        match self.net.pin_route_outside(IpNet::from(addr), addr).await {
             Ok(()) => {
-                tracing::info!("the server now resolves to {addr}: reaching it the way {old} was reached");
+                tracing::info!("the server is now at {addr}: reaching it outside the tunnel");
                 self.save_routes();
             }
             Err(e) => tracing::warn!("cannot keep {addr} outside the tunnel: {}", netconf::error_chain(&e)),

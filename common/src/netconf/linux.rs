@@ -327,6 +327,65 @@ impl NetSetup for LinuxNetSetup {
         }
     }
 
+    /// Routes `net` the way the host reaches `addr` without any route of ours: the longest
+    /// matching unicast route of the main table not marked [`super::ROUTE_PROTOCOL`] (lowest
+    /// metric first), so that a full tunnel already in place is not taken.
+    async fn pin_route_outside(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+        let net = net.trunc();
+        let dump = match addr {
+            IpAddr::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpAddr::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        let mut best: Option<(u8, u32, Option<IpAddr>, u32)> = None;
+        let mut routes = self.handle.route().get(dump).execute();
+        while let Ok(Some(msg)) = routes.try_next().await {
+            let h = &msg.header;
+            if h.protocol == RouteProtocol::Other(super::ROUTE_PROTOCOL)
+                || h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let dest = destination(&msg).unwrap_or_else(|| IpNet::new(addr, 0).map(|n| n.trunc()).unwrap_or(net));
+            if !dest.contains(&addr) {
+                continue;
+            }
+            let (mut gw, mut oif, mut metric) = (None, None, 0);
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gw = Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gw = Some(IpAddr::V6(*v6)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            let Some(oif) = oif else { continue };
+            let better = best.is_none_or(|(len, m, _, _)| {
+                dest.prefix_len() > len || (dest.prefix_len() == len && metric < m)
+            });
+            if better {
+                best = Some((dest.prefix_len(), metric, gw, oif));
+            }
+        }
+        let (_, _, via, index) = best.ok_or_else(|| failed(format!("route lookup {addr}"), "no route outside the tunnel"))?;
+        let route = AddedRoute {
+            index: Some(index),
+            net,
+            via,
+            unreachable: false,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
+            Ok(()) => {
+                self.added.push(route);
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add route {net}"), e)),
+        }
+    }
+
     /// Makes `net` unreachable (applications get an immediate error instead of their packets
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {

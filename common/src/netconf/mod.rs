@@ -215,6 +215,9 @@ pub trait NetSetup {
     /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
     /// for undo like every other route.
     async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError>;
+    /// Routes `net` the way the host reaches `addr` without any of the routes marked
+    /// [`ROUTE_PROTOCOL`] (a full tunnel already in place is not taken); recorded for undo.
+    async fn pin_route_outside(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError>;
     /// Makes `net` unreachable (applications get an immediate error instead of their packets
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError>;

@@ -40,9 +40,17 @@ fn sighup_to_a_full_tunnel_gateway_restores_routes_forwarding_and_resolv_conf() 
     assert!(etc.resolv_conf().contains("10.202.0.53"), "{}", etc.resolv_conf());
     t.process(c).signal(Signal::SIGHUP);
     let status = t.process(c).wait_exit(10.0).expect("the client exits on SIGHUP");
-    assert!(status.success(), "a clean exit: {status:?}\n{}", t.process(c).log_text());
+    assert!(
+        status.success(),
+        "a clean exit: {status:?}\n{}",
+        t.process(c).log_text()
+    );
     assert_eq!(routes(&t.clients[0]), before_routes, "routes as before");
-    assert_eq!(sysctl(&t.clients[0], "net.ipv4.ip_forward"), before_fwd, "ip_forward restored");
+    assert_eq!(
+        sysctl(&t.clients[0], "net.ipv4.ip_forward"),
+        before_fwd,
+        "ip_forward restored"
+    );
     assert_eq!(etc.resolv_conf(), ORIGINAL_RESOLV, "resolv.conf byte for byte");
 }
 
@@ -89,7 +97,10 @@ fn a_second_connect_on_the_same_interface_does_not_disturb_the_first() {
     assert!(!status.success());
     let said = t.process(second).log_text();
     assert!(said.contains("already running on sshvpn0"), "{said}");
-    assert!(!said.contains("restored"), "the second client restored something: {said}");
+    assert!(
+        !said.contains("restored"),
+        "the second client restored something: {said}"
+    );
     assert!(
         t.process(first).child.try_wait().unwrap().is_none(),
         "the first client keeps running"

@@ -191,8 +191,8 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (status_tx, status_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
         use nix::sys::signal::Signal;
+        use tokio::signal::unix::{SignalKind, signal};
         // Each signal that would end `connect` is passed on to the command; the tunnel closes
         // when the command exits.
         let mut int = signal(SignalKind::interrupt()).ok();

@@ -119,7 +119,10 @@ async fn sweep_leftovers(net: &mut OsNetSetup, name: &str) {
     if live.is_empty() {
         net.sweep_marked_routes(None).await;
     } else {
-        tracing::debug!("other clients run here ({}): sweeping only recorded routes", live.join(", "));
+        tracing::debug!(
+            "other clients run here ({}): sweeping only recorded routes",
+            live.join(", ")
+        );
     }
 }
 
@@ -289,7 +292,10 @@ impl Interface for TunnelInterface {
                     tracing::info!("tunnel down: resolver {ns} reached outside the tunnel until it is up again");
                     self.resolver_pins.push(net);
                 }
-                Err(e) => tracing::warn!("cannot reach resolver {ns} outside the tunnel: {}", netconf::error_chain(&e)),
+                Err(e) => tracing::warn!(
+                    "cannot reach resolver {ns} outside the tunnel: {}",
+                    netconf::error_chain(&e)
+                ),
             }
         }
         self.save_routes();
@@ -411,7 +417,10 @@ mod tests {
     fn nameservers_of_a_resolv_conf() {
         let text = b"# comment\nnameserver 192.0.2.1\nnameserver  2001:db8::1\nnameserver fe80::1%eth0\nsearch x\nnameserver bogus\n";
         let got = resolv_conf_nameservers(text);
-        assert_eq!(got, ["192.0.2.1".parse::<IpAddr>().unwrap(), "2001:db8::1".parse().unwrap()]);
+        assert_eq!(
+            got,
+            ["192.0.2.1".parse::<IpAddr>().unwrap(), "2001:db8::1".parse().unwrap()]
+        );
         assert_eq!(parse_routes_record(b"0.0.0.0/1\n::/1\njunk\n").len(), 2);
     }
 }

@@ -110,7 +110,11 @@ impl Dns {
         // In place (not rename): /etc/resolv.conf may be a bind mount.
         std::fs::write(RESOLV_CONF, text).map_err(|e| NetSetupError::failed(format!("writing {RESOLV_CONF}"), e))?;
         tracing::info!("DNS: {RESOLV_CONF} now points at {servers:?}; the original is restored on exit");
-        Ok(Some(Dns::ResolvConf { records, kind, original }))
+        Ok(Some(Dns::ResolvConf {
+            records,
+            kind,
+            original,
+        }))
     }
 }
 
@@ -120,7 +124,11 @@ impl Drop for Dns {
             Dns::Resolved { link } => {
                 let _ = Command::new("resolvectl").arg("revert").arg(&*link).status();
             }
-            Dns::ResolvConf { records, kind, original } => {
+            Dns::ResolvConf {
+                records,
+                kind,
+                original,
+            } => {
                 if let Err(e) = std::fs::write(RESOLV_CONF, &*original) {
                     tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
                 }

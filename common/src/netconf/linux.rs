@@ -362,14 +362,14 @@ impl NetSetup for LinuxNetSetup {
                 }
             }
             let Some(oif) = oif else { continue };
-            let better = best.is_none_or(|(len, m, _, _)| {
-                dest.prefix_len() > len || (dest.prefix_len() == len && metric < m)
-            });
+            let better =
+                best.is_none_or(|(len, m, _, _)| dest.prefix_len() > len || (dest.prefix_len() == len && metric < m));
             if better {
                 best = Some((dest.prefix_len(), metric, gw, oif));
             }
         }
-        let (_, _, via, index) = best.ok_or_else(|| failed(format!("route lookup {addr}"), "no route outside the tunnel"))?;
+        let (_, _, via, index) =
+            best.ok_or_else(|| failed(format!("route lookup {addr}"), "no route outside the tunnel"))?;
         let route = AddedRoute {
             index: Some(index),
             net,

@@ -73,10 +73,17 @@ fn after_sigkill_the_next_start_sweeps_the_marked_routes() {
     );
     assert!(left.contains("proto 115"), "marked as the client's:\n{left}");
     assert!(!t.clients[0].ping(LAN6, 2), "IPv6 blocked by the leftovers");
+    // Someone else's routes (the admin's, a daemon's: not marked) are not the client's to sweep.
+    t.clients[0].ip(&["route", "add", "192.0.2.0/24", "via", "10.200.1.1", "proto", "static"]);
+    t.clients[0].ip(&["-6", "route", "add", "2001:db8::/32", "via", "fd00:200:1::1"]);
     // The next start (without the full tunnel) sweeps them.
     let c = t.start_client(0, &["--no-accept-routes"]);
     let now = routes(&t.clients[0]);
     assert!(!now.contains("unreachable"), "swept:\n{now}");
+    assert!(
+        now.contains("192.0.2.0/24 via 10.200.1.1") && now.contains("2001:db8::/32"),
+        "unmarked routes kept:\n{now}"
+    );
     assert!(t.clients[0].ping(LAN6, 5), "IPv6 works again");
     assert!(t.process(c).stop().success());
     let after = routes(&t.clients[0]);
@@ -163,6 +170,25 @@ fn max_retries_gives_up_on_a_server_that_never_answers() {
     assert!(!status.success());
     assert!(said.contains("giving up after 2 retries"), "{said}");
     assert!(started.elapsed() >= Duration::from_secs(33), "three attempts of 11 s");
+}
+
+#[test]
+fn exec_gives_up_on_a_server_that_never_answers() {
+    let t = Topology::new(1);
+    t.clients[0].ip(&["route", "add", "192.0.2.0/24", "via", "10.200.1.1"]);
+    t.server.ip(&["route", "add", "blackhole", "192.0.2.0/24"]);
+    let mut args = t.client_args(0);
+    args[0] = "exec".into();
+    args[1] = "root@192.0.2.1".into();
+    args.extend(["--connect-timeout", "11", "--", "true"].map(String::from));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = Process::spawn(&t.clients[0], "sshvpn", &refs, t.log("exec.log"));
+    // Its default is 2 retries: three attempts of 11 s.
+    let status = c.wait_exit(60.0);
+    let said = c.log_text();
+    let status = status.unwrap_or_else(|| panic!("sshvpn exec still retrying after 60 s:\n{said}"));
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(said.contains("giving up after 2 retries"), "{said}");
 }
 
 #[test]

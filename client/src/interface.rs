@@ -140,7 +140,7 @@ impl TunnelInterface {
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
         let own = RestoreDir::new(name);
         netconf::recover_after_crash(&own);
-        let mut net = netconf::open()?;
+        let mut net = netconf::open_marked()?;
         sweep_leftovers(&mut net, name).await;
         let records: Arc<dyn RestoreRecords> = Arc::new(own);
         let tun = Arc::new(TunDevice::create(name, offload)?);

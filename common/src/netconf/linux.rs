@@ -24,11 +24,14 @@ pub struct LinuxNetSetup {
     connection: tokio::task::JoinHandle<()>,
     /// The routes this setup added, newest last.
     added: Vec<AddedRoute>,
+    /// The route protocol number its routes carry (`static` unless marked, see [`Self::marked`]).
+    protocol: RouteProtocol,
 }
 
 /// One route this setup added, as needed to delete it again.
 #[derive(Debug, Clone, Copy)]
 struct AddedRoute {
+    protocol: RouteProtocol,
     /// Output interface (none for unreachable routes).
     index: Option<u32>,
     net: IpNet,
@@ -56,8 +59,8 @@ impl AddedRoute {
         } else {
             b
         };
-        // Marked as ours, so that a later run recognises what a killed one left.
-        Ok(b.protocol(RouteProtocol::Other(super::ROUTE_PROTOCOL)).build())
+        // Marked (the client's routes), so that a later run recognises what a killed one left.
+        Ok(b.protocol(self.protocol).build())
     }
 }
 
@@ -98,7 +101,15 @@ impl LinuxNetSetup {
             handle,
             connection,
             added: Vec::new(),
+            protocol: RouteProtocol::Static,
         })
+    }
+
+    /// This setup with every route it adds marked [`super::ROUTE_PROTOCOL`] (the client's routes;
+    /// the daemon's stay `static`, so that no client sweep ever takes them).
+    pub fn marked(mut self) -> LinuxNetSetup {
+        self.protocol = RouteProtocol::Other(super::ROUTE_PROTOCOL);
+        self
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32, NetSetupError> {
@@ -143,6 +154,7 @@ impl NetSetup for LinuxNetSetup {
         let net = net.trunc();
         let index = self.link_index(ifname).await?;
         let route = AddedRoute {
+            protocol: self.protocol,
             index: Some(index),
             net,
             via: None,
@@ -312,6 +324,7 @@ impl NetSetup for LinuxNetSetup {
         let net = net.trunc();
         let (via, index) = self.route_to(addr).await?;
         let route = AddedRoute {
+            protocol: self.protocol,
             index: Some(index),
             net,
             via,
@@ -371,6 +384,7 @@ impl NetSetup for LinuxNetSetup {
         let (_, _, via, index) =
             best.ok_or_else(|| failed(format!("route lookup {addr}"), "no route outside the tunnel"))?;
         let route = AddedRoute {
+            protocol: self.protocol,
             index: Some(index),
             net,
             via,
@@ -390,6 +404,7 @@ impl NetSetup for LinuxNetSetup {
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {
         let route = AddedRoute {
+            protocol: self.protocol,
             index: None,
             net: net.trunc(),
             via: None,

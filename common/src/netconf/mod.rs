@@ -32,12 +32,19 @@ pub fn open() -> Result<OsNetSetup, NetSetupError> {
     LinuxNetSetup::new()
 }
 
+/// [`open`], with every route the setup adds marked [`ROUTE_PROTOCOL`] (the client's setup).
+#[cfg(target_os = "linux")]
+pub fn open_marked() -> Result<OsNetSetup, NetSetupError> {
+    Ok(LinuxNetSetup::new()?.marked())
+}
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
 /// The route protocol number (`proto 115` in `ip route`) that marks every route the client adds
+/// (through a setup opened with [`open_marked`]; the daemon's routes stay `static`)
 /// (routes through the tunnel, pinned routes to the server and excluded networks, the
 /// `unreachable` full-tunnel blockers): a later run recognises routes a killed one left behind by
 /// it, even when they still exist, and sweeps them ([`NetSetup::sweep_marked_routes`]). Not

@@ -311,3 +311,42 @@ fn with_the_full_tunnel_a_server_whose_address_changed_is_reached_outside_the_de
     let left = routes(&t.clients[0]);
     assert!(!left.contains("proto 115"), "{left}");
 }
+
+#[test]
+fn the_sweep_after_a_crash_leaves_a_live_clients_routes_alone() {
+    let mut t = Topology::new(2);
+    t.ipv6 = false;
+    t.start_server(&[]);
+    // Client B runs beside A in the same namespace, on its own interface and key.
+    let mut b_args = t.client_args(0);
+    let key = b_args.iter().position(|a| a == "-i").unwrap() + 1;
+    b_args[key] = t.client_keys[1].to_str().unwrap().into();
+    b_args.extend(
+        [
+            "--tun-name",
+            "sshvpn1",
+            "--no-accept-routes",
+            "--route",
+            "10.250.0.0/16",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = b_args.iter().map(String::as_str).collect();
+    let mut b = Process::spawn(&t.clients[0], "sshvpn", &refs, t.log("b.log"));
+    b.wait_for_log("tunnel up", 20.0);
+    let a = t.start_client(0, &["--default-route", "--no-accept-routes"]);
+    t.process(a).signal(Signal::SIGKILL);
+    t.process(a).wait_exit(5.0).expect("killed");
+    assert!(routes(&t.clients[0]).contains("unreachable ::/1"));
+    let a = t.start_client(0, &["--no-accept-routes"]);
+    let now = routes(&t.clients[0]);
+    assert!(!now.contains("unreachable"), "the killed client's routes swept:\n{now}");
+    assert!(
+        now.contains("10.250.0.0/16 dev sshvpn1 proto 115"),
+        "the live client's route kept:\n{now}"
+    );
+    assert!(b.child.try_wait().unwrap().is_none(), "client B keeps running");
+    assert!(t.process(a).stop().success());
+    assert!(b.stop().success());
+    assert!(!routes(&t.clients[0]).contains("proto 115"));
+}

@@ -205,3 +205,18 @@ impl sshvpn_common::netconf::RestoreRecords for RestoreDir {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_in_the_directory_are_single_visible_components() {
+        for good in ["sshvpn0-4026531840.lock", "host-resolv-803-1234.restore"] {
+            assert!(is_safe_name(good), "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "../x", "a/b", "a b", "a\nb", &"x".repeat(101)] {
+            assert!(!is_safe_name(bad), "{bad:?}");
+        }
+    }
+}

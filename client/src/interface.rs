@@ -104,12 +104,11 @@ fn parse_routes_record(text: &[u8]) -> Vec<IpNet> {
 /// Removes what killed clients in this network namespace left: their marked routes (all marked
 /// routes when no other client runs here; otherwise only those a dead client recorded), and
 /// their sysctl and resolv.conf records when no other client runs.
-async fn sweep_leftovers(net: &mut OsNetSetup, name: &str) {
-    let (live, gone) = crate::run_dir::other_clients(name);
+async fn sweep_leftovers(net: &mut OsNetSetup, name: &str, live: &[String], gone: Vec<String>) {
     for link in std::iter::once(name.to_string()).chain(gone) {
         let records = RestoreDir::new(&link);
         if link != name && live.is_empty() {
-            netconf::recover_after_crash(&records);
+            netconf::recover_after_crash(&records, false);
         }
         if let Some(text) = records.load(ROUTES_RECORD) {
             net.sweep_marked_routes(Some(&parse_routes_record(&text))).await;
@@ -139,9 +138,10 @@ impl TunnelInterface {
         let lock = crate::run_dir::lock_instance(name)?;
         // A previous run killed with SIGKILL may have left host settings changed: restore them.
         let own = RestoreDir::new(name);
-        netconf::recover_after_crash(&own);
+        let (live, gone) = crate::run_dir::other_clients(name);
+        netconf::recover_after_crash(&own, !live.is_empty());
         let mut net = netconf::open_marked()?;
-        sweep_leftovers(&mut net, name).await;
+        sweep_leftovers(&mut net, name, &live, gone).await;
         let records: Arc<dyn RestoreRecords> = Arc::new(own);
         let tun = Arc::new(TunDevice::create(name, offload)?);
         let forwarding = if options.forward {

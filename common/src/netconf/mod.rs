@@ -146,10 +146,14 @@ pub trait RestoreRecords: Send + Sync {
 }
 
 /// Restores what a killed previous run left changed (forwarding sysctls, resolv.conf), as
-/// its restore records say.
+/// its restore records say. With `others_running` (other clients live in this network
+/// namespace, which may rely on forwarding being on) the forwarding record is kept for a later
+/// start; resolv.conf is restored only when no live client manages it.
 #[cfg(target_os = "linux")]
-pub fn recover_after_crash(records: &dyn RestoreRecords) {
-    forwarding::recover(records);
+pub fn recover_after_crash(records: &dyn RestoreRecords, others_running: bool) {
+    if !others_running {
+        forwarding::recover(records);
+    }
     dns::recover(records);
 }
 

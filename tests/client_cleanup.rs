@@ -350,3 +350,40 @@ fn the_sweep_after_a_crash_leaves_a_live_clients_routes_alone() {
     assert!(b.stop().success());
     assert!(!routes(&t.clients[0]).contains("proto 115"));
 }
+
+#[test]
+fn sigquit_ends_the_client_cleanly() {
+    let mut t = Topology::new(1);
+    let before = routes(&t.clients[0]);
+    t.start_server(&[]);
+    let c = t.start_client(0, &["--forward"]);
+    t.process(c).signal(Signal::SIGQUIT);
+    let status = t.process(c).wait_exit(10.0).expect("the client exits on SIGQUIT");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(routes(&t.clients[0]), before);
+    assert_eq!(sysctl(&t.clients[0], "net.ipv4.ip_forward"), "0");
+}
+
+#[test]
+fn exec_passes_sighup_to_its_command_and_exits_with_its_status() {
+    let mut t = Topology::new(1);
+    t.start_server(&[]);
+    let mut args = t.client_args(0);
+    args[0] = "exec".into();
+    args.extend(
+        [
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-hup; exit 42' HUP; echo command-ready; while :; do sleep 0.1; done",
+        ]
+        .map(String::from),
+    );
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut c = Process::spawn(&t.clients[0], "sshvpn", &refs, t.log("exec.log"));
+    c.wait_for_log("command-ready", 20.0);
+    c.signal(Signal::SIGHUP);
+    let status = c.wait_exit(10.0).expect("exec exits after its command");
+    assert_eq!(status.code(), Some(42), "the command's status:\n{}", c.log_text());
+    assert!(c.log_text().contains("got-hup"));
+}

@@ -27,10 +27,12 @@ use crate::status::{ClientStatus, SessionInfo};
 use crate::transport::system_ssh::{self, SshChild};
 use crate::transport::{Transport, ssh_client};
 
-/// A session that lasted this long resets the backoff.
+/// A session that carried a configured tunnel for this long resets the backoff and the retry
+/// count; anything else (no TCP, no SSH, no tunnel, or a tunnel that fell at once) is a failed
+/// attempt for `--max-retries`.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
-/// Resolves once the client must stop (SIGINT/SIGTERM for `connect`, the command's exit for
+/// Resolves once the client must stop (SIGINT/SIGTERM/SIGHUP/SIGQUIT for `connect`, the command's exit for
 /// `exec`); can be awaited from many places.
 #[derive(Clone)]
 pub struct Shutdown(watch::Receiver<bool>);
@@ -42,14 +44,21 @@ impl Shutdown {
         (tx, Shutdown(rx))
     }
 
-    /// A shutdown triggered by SIGINT or SIGTERM.
+    /// A shutdown triggered by SIGINT, SIGTERM, SIGHUP (the terminal closed) or SIGQUIT: each
+    /// ends the client the same way, with the host restored.
     pub fn install() -> anyhow::Result<Shutdown> {
+        use tokio::signal::unix::{SignalKind, signal};
         let (tx, rx) = watch::channel(false);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut quit = signal(SignalKind::quit())?;
         tokio::spawn(async move {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
+                _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
+                _ = quit.recv() => {}
             }
             let _ = tx.send(true);
         });
@@ -93,6 +102,8 @@ enum SessionEnd {
     Shutdown,
     /// The session ended; reconnecting may help.
     Lost(String),
+    /// The session ended after a configured tunnel carried it for this long; reconnecting may help.
+    LostAfterUp(String, Duration),
     /// Reconnecting will not help (refused by the server).
     Fatal(anyhow::Error),
 }
@@ -115,7 +126,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         args.excludes.clone(),
         args.accept_routes_within.clone(),
         options,
-    )?;
+    )
+    .await?;
     let server = args.target.clone().or(args.ssh_command.clone()).unwrap_or_default();
     let status = Arc::new(ClientStatus {
         server,
@@ -147,7 +159,6 @@ pub async fn run_with<I: Interface>(
     let mut failures: u32 = 0;
     let mut result = Ok(());
     loop {
-        let started = Instant::now();
         let end = tokio::select! {
             end = session(args, transport, &instance, &mut iface, &set_session_up, &status, shutdown.clone()) => end,
             _ = shutdown.wait() => SessionEnd::Shutdown,
@@ -161,11 +172,15 @@ pub async fn run_with<I: Interface>(
                 break;
             }
             SessionEnd::Lost(reason) => reason,
+            SessionEnd::LostAfterUp(reason, up) => {
+                if up >= STABLE_SESSION {
+                    backoff.reset();
+                    failures = 0;
+                }
+                reason
+            }
         };
-        if started.elapsed() >= STABLE_SESSION {
-            backoff.reset();
-            failures = 0;
-        }
+        iface.session_down().await;
         failures += 1;
         if let Some(max) = args.max_retries
             && failures > max
@@ -205,6 +220,15 @@ async fn session<I: Interface>(
     match transport {
         Transport::Builtin { target, creds } => {
             let timeout = Duration::from_secs(args.connect_timeout);
+            // Resolved here first (with the host's own resolvers: pushed DNS is not in place
+            // while the tunnel is down), so that the path to the server is kept outside the
+            // tunnel before dialling it.
+            let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
+            if let Ok(Ok(addrs)) = tokio::time::timeout(timeout, lookup).await {
+                for a in addrs.take(8) {
+                    iface.before_connect(a.ip()).await;
+                }
+            }
             let connected = match ssh_client::connect(target, creds, timeout).await {
                 Ok(c) => c,
                 Err(e) if e.retryable => return SessionEnd::Lost(format!("{:#}", e.error)),
@@ -231,13 +255,17 @@ async fn session<I: Interface>(
             end
         }
         Transport::SystemSsh => {
+            // Where the system ssh connects to, so that no route may cover it (and, with the
+            // full tunnel, kept outside it before ssh dials).
+            let server_addr = system_ssh::server_address(args).await;
+            if let Some(a) = server_addr {
+                iface.before_connect(a).await;
+            }
             let child = match system_ssh::spawn(args) {
                 Ok(c) => c,
                 Err(e) => return SessionEnd::Fatal(e),
             };
             let SshChild { child, rx, tx } = child;
-            // Where the system ssh connects to, so that no route may cover it.
-            let server_addr = system_ssh::server_address(args).await;
             let end = tunnel_session(
                 args,
                 instance,
@@ -307,6 +335,7 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
     sshvpn_common::sd_notify::ready(&format!("tunnel up via {via}"));
 
     let _ = session_up.send(true);
+    let up_since = Instant::now();
     let stats = Arc::new(TunnelStats::default());
     *status.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(SessionInfo {
         since: std::time::SystemTime::now(),
@@ -347,6 +376,6 @@ async fn tunnel_session<I: Interface, Rx: TransportRx, Tx: TransportTx>(
         }) => SessionEnd::Fatal(anyhow!("server refused the tunnel: {}", escape::for_log(&reason))),
         // The interface is gone (deleted under us): reconnecting will not bring it back.
         Err(e @ TunnelError::TunRead(_)) => SessionEnd::Fatal(e.into()),
-        Err(e) => SessionEnd::Lost(format!("connection lost: {e}")),
+        Err(e) => SessionEnd::LostAfterUp(format!("connection lost: {e}"), up_since.elapsed()),
     }
 }

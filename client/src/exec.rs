@@ -2,7 +2,7 @@
 //!
 //! The SSH connection stays in the caller's network namespace; the command runs in a new (user +)
 //! network namespace whose only way out is the tunnel. See `netns_helper` for the namespace side.
-//! The command's exit status becomes ours; SIGINT/SIGTERM go to the command; when it exits the
+//! The command's exit status becomes ours; SIGINT/SIGTERM/SIGHUP/SIGQUIT go to the command; when it exits the
 //! tunnel closes.
 
 use std::io::{IoSliceMut, Read, Write};
@@ -196,22 +196,31 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         applied: None,
         started: Some(started_tx),
     };
-    // Stop the tunnel when the command exits; pass SIGINT/SIGTERM on to the command.
+    // Stop the tunnel when the command exits; pass the signals on to the command.
     let (stop_tx, stop) = Shutdown::manual();
     let pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (status_tx, status_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        use nix::sys::signal::Signal;
+        use tokio::signal::unix::{SignalKind, signal};
+        // Each signal that would end `connect` is passed on to the command; the tunnel closes
+        // when the command exits.
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        let mut hup = signal(SignalKind::hangup()).ok();
+        let mut quit = signal(SignalKind::quit()).ok();
+        let forward = |sig: Signal| {
+            if let Some(p) = pid {
+                let _ = nix::sys::signal::kill(p, sig);
+            }
+        };
         let status = loop {
             tokio::select! {
                 s = child.wait() => break s,
-                Some(_) = async { int.as_mut()?.recv().await } => {
-                    if let Some(p) = pid { let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGINT); }
-                }
-                Some(_) = async { term.as_mut()?.recv().await } => {
-                    if let Some(p) = pid { let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGTERM); }
-                }
+                Some(_) = async { int.as_mut()?.recv().await } => forward(Signal::SIGINT),
+                Some(_) = async { term.as_mut()?.recv().await } => forward(Signal::SIGTERM),
+                Some(_) = async { hup.as_mut()?.recv().await } => forward(Signal::SIGHUP),
+                Some(_) = async { quit.as_mut()?.recv().await } => forward(Signal::SIGQUIT),
             }
         };
         let _ = stop_tx.send(true);

@@ -74,6 +74,9 @@ pub fn apply(args: &mut ConnectArgs, cli_set: impl Fn(&str) -> bool) -> anyhow::
     };
     let text = std::fs::read_to_string(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let p = parse(&path, &text)?;
+    if let Some(name) = &p.tun_name {
+        sshvpn_common::netconf::check_ifname(name).map_err(|e| anyhow!("{}: tun_name: {e}", path.display()))?;
+    }
     let host = p.host.clone().ok_or_else(|| anyhow!("{}: no host", path.display()))?;
     args.target = Some(match &p.user {
         Some(u) => format!("{u}@{host}"),

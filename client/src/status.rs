@@ -120,6 +120,7 @@ impl Drop for RemoveOnDrop {
 
 /// `sshvpn status`: asks the client running on `tun`.
 pub fn query(tun: &str, json: bool) -> anyhow::Result<String> {
+    sshvpn_common::netconf::check_ifname(tun)?;
     let path = std::path::Path::new(crate::run_dir::CLIENT_RUN_DIR).join(socket_name(tun));
     let mut s = std::os::unix::net::UnixStream::connect(&path)
         .map_err(|e| anyhow!("no sshvpn client running on {tun} in this network namespace ({e})"))?;

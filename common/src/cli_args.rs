@@ -67,16 +67,15 @@ pub struct TunnelArgs<H: TunnelHelp> {
 /// A tunnel option clap cannot check.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TunnelArgsError {
-    #[error("--tun-name {0:?} must be 1 to 15 characters")]
-    TunName(String),
+    #[error("--tun-name: {0}")]
+    TunName(#[from] crate::netconf::BadInterfaceName),
 }
 
 impl<H: TunnelHelp> TunnelArgs<H> {
-    /// Checks what clap cannot (Linux interface names are at most 15 bytes).
+    /// Checks what clap cannot: the interface name by Linux's rules (it also names files, so
+    /// `../x` and the like are refused).
     pub fn validate(&self) -> Result<(), TunnelArgsError> {
-        if self.tun_name.is_empty() || self.tun_name.len() > 15 {
-            return Err(TunnelArgsError::TunName(self.tun_name.clone()));
-        }
+        crate::netconf::check_ifname(&self.tun_name)?;
         Ok(())
     }
 
@@ -130,7 +129,9 @@ mod tests {
     #[test]
     fn validation_and_timers() {
         let t = Client::parse_from(["x", "--tun-name", "a-very-long-name0", "--keepalive", "0"]).tunnel;
-        assert_eq!(t.validate(), Err(TunnelArgsError::TunName("a-very-long-name0".into())));
+        assert!(matches!(t.validate(), Err(TunnelArgsError::TunName(_))));
+        let path = Client::parse_from(["x", "--tun-name", "../../tmp/x"]).tunnel;
+        assert!(path.validate().unwrap_err().to_string().contains("'/'"));
         assert_eq!(t.timers().keepalive_interval, Duration::from_secs(1));
         let t = Client::parse_from(["x", "--dead-peer-timeout", "0"]).tunnel;
         assert_eq!(t.validate(), Ok(()));

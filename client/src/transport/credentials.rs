@@ -210,9 +210,40 @@ fn load_certificate(path: &Path) -> anyhow::Result<Certificate> {
     Certificate::from_openssh(text.trim()).map_err(|e| anyhow!("cannot load certificate {}: {e}", path.display()))
 }
 
+/// OpenSSH's `sshkey_perm_ok`: a key file owned by the (real) user running us must not be
+/// accessible by group or others; a file owned by another user is not checked.
+fn key_permissions_ok(owner: u32, mode: u32, me: u32) -> bool {
+    owner != me || mode & 0o077 == 0
+}
+
+/// Reads a private key file, refusing it as OpenSSH does when its permissions are too open
+/// (checked on the opened file, so the file checked is the file read).
+fn read_key_file(path: &Path) -> anyhow::Result<PrivateKey> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read key {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot read key {}", path.display()))?;
+    if !key_permissions_ok(meta.uid(), meta.mode(), nix::unistd::getuid().as_raw()) {
+        bail!(
+            "permissions 0{:o} for key {} are too open: private key files must not be accessible by \
+             others (chmod 600); this key is ignored, as OpenSSH would",
+            meta.mode() & 0o777,
+            path.display()
+        );
+    }
+    let mut text = String::new();
+    (&mut file)
+        .take(1 << 20)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read key {}", path.display()))?;
+    PrivateKey::from_openssh(&text).map_err(|e| anyhow!("cannot load key {}: {e}", path.display()))
+}
+
 /// Loads a private key, asking for its passphrase if it is encrypted.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKey> {
-    let key = sshvpn_common::keys::read_private_key(path)?;
+    let key = read_key_file(path)?;
     if !key.is_encrypted() {
         return Ok(key);
     }
@@ -252,6 +283,17 @@ mod tests {
     use super::*;
     use russh::keys::Algorithm;
     use russh::keys::ssh_key::certificate::{Builder, CertType};
+
+    #[test]
+    fn key_permissions_follow_openssh() {
+        assert!(key_permissions_ok(0, 0o100600, 0));
+        assert!(key_permissions_ok(0, 0o100400, 0));
+        assert!(!key_permissions_ok(0, 0o100644, 0));
+        assert!(!key_permissions_ok(0, 0o100640, 0));
+        assert!(!key_permissions_ok(1000, 0o100604, 1000));
+        // Another user's key is not checked (OpenSSH does the same).
+        assert!(key_permissions_ok(1000, 0o100644, 0));
+    }
 
     #[test]
     fn certificate_files_from_matching_host_blocks() {

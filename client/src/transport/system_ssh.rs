@@ -18,8 +18,8 @@ pub struct SshChild {
     pub tx: StreamTx<ChildStdin>,
 }
 
-/// The command line: `--ssh-command` as given, or `ssh [-p PORT] [-i KEY] TARGET`, then
-/// `[-o BatchMode=yes] -s sshvpn`.
+/// The command line: `ssh [-p PORT] [-i KEY] [-o BatchMode=yes] -s -- TARGET sshvpn`, or
+/// `--ssh-command` as given followed by `[-o BatchMode=yes] -s sshvpn`.
 pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
     let mut words = match &args.ssh_command {
         Some(cmd) => shell_words::split(cmd).context("--ssh-command")?,
@@ -31,8 +31,13 @@ pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
             if let Some(i) = &args.identity {
                 w.extend(["-i".into(), i.display().to_string()]);
             }
-            w.push(args.target.clone().unwrap_or_default());
-            w
+            if args.batch {
+                w.extend(["-o".into(), "BatchMode=yes".into()]);
+            }
+            // `--`: a destination starting with '-' is never read as an option.
+            w.extend(["-s".into(), "--".into(), args.target.clone().unwrap_or_default()]);
+            w.push(SUBSYSTEM.into());
+            return Ok(w);
         }
     };
     if args.batch {
@@ -160,8 +165,10 @@ mod tests {
         let a = args(&["sshvpn", "connect", "--ssh", "alice@gw", "-p", "2222", "--batch"]);
         assert_eq!(
             command_line(&a).unwrap().join(" "),
-            "ssh -p 2222 alice@gw -o BatchMode=yes -s sshvpn"
+            "ssh -p 2222 -o BatchMode=yes -s -- alice@gw sshvpn"
         );
+        let a = args(&["sshvpn", "connect", "--ssh", "--", "-oProxyCommand=x"]);
+        assert_eq!(command_line(&a).unwrap().join(" "), "ssh -s -- -oProxyCommand=x sshvpn");
         let a = args(&["sshvpn", "connect", "--ssh-command", "ssh -J 'bastion host' user@h"]);
         assert_eq!(
             command_line(&a).unwrap(),

@@ -1,7 +1,10 @@
 //! Resolvers pushed by the server, on Linux: systemd-resolved per-link DNS when it runs,
 //! otherwise /etc/resolv.conf rewritten in place with the original restored. Applied while a
-//! [`Dns`] lives; the original resolv.conf is also saved as a restore record, so that the next
-//! run can undo what a killed one left. The commands and text come from [`super::plan`].
+//! [`Dns`] lives; the original resolv.conf is also saved as a host-wide restore record (one per
+//! resolv.conf file, whichever client wrote it), so that the next run can undo what a killed one
+//! left. One resolv.conf has one manager: the first client to rewrite it claims it until it
+//! exits, and another client that wants to rewrite the same file is refused with a clear error
+//! (it can run with `--no-dns`). The commands and text come from [`super::plan`].
 //! Reached through `NetSetup::apply_dns` (the caller holds it as a `RestoreGuard`).
 
 use std::net::IpAddr;
@@ -14,8 +17,35 @@ use super::{NetSetupError, RestoreRecords};
 
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
-/// The restore record's kind.
-const RECORD: &str = "resolv";
+/// This process's claim on the resolv.conf it rewrites, once taken: kept until the process
+/// exits (also while the tunnel is down and the original is back in place), so that no other
+/// client takes the file over between two sessions.
+static CLAIM: std::sync::Mutex<Option<Box<dyn Send + Sync>>> = std::sync::Mutex::new(None);
+
+/// The host-wide restore record and claim for the resolv.conf this process sees (per file: a
+/// network namespace may show its own through a bind mount).
+fn resolv_kind() -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(RESOLV_CONF) {
+        Ok(m) => format!("host-resolv-{:x}-{}", m.dev(), m.ino()),
+        Err(_) => "host-resolv".to_string(),
+    }
+}
+
+/// Takes (once per process) the claim on this resolv.conf.
+fn claim(records: &dyn RestoreRecords, kind: &str) -> Result<(), NetSetupError> {
+    let mut held = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
+    if held.is_none() {
+        let guard = records.claim(kind).map_err(|why| {
+            NetSetupError::failed(
+                format!("taking over {RESOLV_CONF}"),
+                format!("{why}; run this client with --no-dns (or stop the other one)"),
+            )
+        })?;
+        *held = Some(guard);
+    }
+    Ok(())
+}
 
 /// Resolver settings applied for the tunnel.
 pub enum Dns {
@@ -24,6 +54,7 @@ pub enum Dns {
     },
     ResolvConf {
         records: Arc<dyn RestoreRecords>,
+        kind: String,
         original: Vec<u8>,
     },
 }
@@ -65,8 +96,12 @@ impl Dns {
             tracing::info!("DNS for {link} via systemd-resolved: {servers:?}");
             return Ok(Some(Dns::Resolved { link: link.to_string() }));
         }
+        let kind = resolv_kind();
+        claim(&*records, &kind)?;
+        // A killed manager of this file may have left it rewritten: that is not the original.
+        restore_record(&*records, &kind);
         let original = std::fs::read(RESOLV_CONF).unwrap_or_default();
-        records.save(RECORD, &original);
+        records.save(&kind, &original);
         let text = resolv_conf_text(
             servers,
             search,
@@ -75,7 +110,11 @@ impl Dns {
         // In place (not rename): /etc/resolv.conf may be a bind mount.
         std::fs::write(RESOLV_CONF, text).map_err(|e| NetSetupError::failed(format!("writing {RESOLV_CONF}"), e))?;
         tracing::info!("DNS: {RESOLV_CONF} now points at {servers:?}; the original is restored on exit");
-        Ok(Some(Dns::ResolvConf { records, original }))
+        Ok(Some(Dns::ResolvConf {
+            records,
+            kind,
+            original,
+        }))
     }
 }
 
@@ -85,23 +124,41 @@ impl Drop for Dns {
             Dns::Resolved { link } => {
                 let _ = Command::new("resolvectl").arg("revert").arg(&*link).status();
             }
-            Dns::ResolvConf { records, original } => {
+            Dns::ResolvConf {
+                records,
+                kind,
+                original,
+            } => {
                 if let Err(e) = std::fs::write(RESOLV_CONF, &*original) {
                     tracing::warn!("cannot restore {RESOLV_CONF}: {e}");
                 }
-                records.remove(RECORD);
+                records.remove(kind);
             }
         }
     }
 }
 
-/// Restores the resolv.conf a killed previous run left rewritten.
-pub(super) fn recover(records: &dyn RestoreRecords) {
-    let Some(original) = records.load(RECORD) else {
+/// Writes back the original a killed manager of this resolv.conf saved, if any.
+fn restore_record(records: &dyn RestoreRecords, kind: &str) {
+    let Some(original) = records.load(kind) else {
         return;
     };
     if std::fs::write(RESOLV_CONF, original).is_ok() {
         tracing::warn!("restored {RESOLV_CONF} left by a previous run");
     }
-    records.remove(RECORD);
+    records.remove(kind);
+}
+
+/// Restores the resolv.conf a killed previous run left rewritten, unless a live client manages
+/// it (its record is then not a leftover).
+pub(super) fn recover(records: &dyn RestoreRecords) {
+    let kind = resolv_kind();
+    if CLAIM.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        restore_record(records, &kind);
+        return;
+    }
+    match records.claim(&kind) {
+        Ok(_held_until_done) => restore_record(records, &kind),
+        Err(why) => tracing::debug!("not recovering {RESOLV_CONF}: {why}"),
+    }
 }

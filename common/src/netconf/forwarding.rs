@@ -46,12 +46,17 @@ impl Forwarding {
 
 impl Drop for Forwarding {
     fn drop(&mut self) {
+        // A record this guard did not write (a killed run's, kept while other clients run) is
+        // not its to remove.
+        let saved = !self.changed.is_empty();
         for (key, old) in self.changed.drain(..) {
             if let Err(e) = std::fs::write(Path::new("/proc/sys").join(&key), &old) {
                 tracing::warn!("cannot restore sysctl {}: {e}", key.replace('/', "."));
             }
         }
-        self.records.remove(RECORD);
+        if saved {
+            self.records.remove(RECORD);
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::TryStreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags};
+use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::dns::Dns;
@@ -23,11 +24,14 @@ pub struct LinuxNetSetup {
     connection: tokio::task::JoinHandle<()>,
     /// The routes this setup added, newest last.
     added: Vec<AddedRoute>,
+    /// The route protocol number its routes carry (`static` unless marked, see [`Self::marked`]).
+    protocol: RouteProtocol,
 }
 
 /// One route this setup added, as needed to delete it again.
 #[derive(Debug, Clone, Copy)]
 struct AddedRoute {
+    protocol: RouteProtocol,
     /// Output interface (none for unreachable routes).
     index: Option<u32>,
     net: IpNet,
@@ -36,7 +40,7 @@ struct AddedRoute {
 }
 
 impl AddedRoute {
-    fn message(&self) -> Result<netlink_packet_route::route::RouteMessage, NetSetupError> {
+    fn message(&self) -> Result<RouteMessage, NetSetupError> {
         let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(self.net.network(), self.net.prefix_len())
             .map_err(|e| failed(format!("route {}", self.net), e))?;
@@ -55,7 +59,8 @@ impl AddedRoute {
         } else {
             b
         };
-        Ok(b.build())
+        // Marked (the client's routes), so that a later run recognises what a killed one left.
+        Ok(b.protocol(self.protocol).build())
     }
 }
 
@@ -63,6 +68,17 @@ impl Drop for LinuxNetSetup {
     fn drop(&mut self) {
         self.connection.abort();
     }
+}
+
+/// The destination of a route message (`None` if it has none, i.e. a default route).
+fn destination(msg: &RouteMessage) -> Option<IpNet> {
+    use netlink_packet_route::route::{RouteAddress, RouteAttribute};
+    let len = msg.header.destination_prefix_length;
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => IpNet::new(IpAddr::V4(*v4), len).ok(),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => IpNet::new(IpAddr::V6(*v6), len).ok(),
+        _ => None,
+    })
 }
 
 fn failed(step: impl Into<String>, e: impl Into<super::Cause>) -> NetSetupError {
@@ -85,7 +101,15 @@ impl LinuxNetSetup {
             handle,
             connection,
             added: Vec::new(),
+            protocol: RouteProtocol::Static,
         })
+    }
+
+    /// This setup with every route it adds marked [`super::ROUTE_PROTOCOL`] (the client's routes;
+    /// the daemon's stay `static`, so that no client sweep ever takes them).
+    pub fn marked(mut self) -> LinuxNetSetup {
+        self.protocol = RouteProtocol::Other(super::ROUTE_PROTOCOL);
+        self
     }
 
     pub async fn link_index(&self, name: &str) -> Result<u32, NetSetupError> {
@@ -130,6 +154,7 @@ impl NetSetup for LinuxNetSetup {
         let net = net.trunc();
         let index = self.link_index(ifname).await?;
         let route = AddedRoute {
+            protocol: self.protocol,
             index: Some(index),
             net,
             via: None,
@@ -193,6 +218,41 @@ impl NetSetup for LinuxNetSetup {
                 tracing::warn!("could not remove route {}: {e}", route.net);
             }
         }
+    }
+
+    async fn sweep_marked_routes(&mut self, only: Option<&[IpNet]>) -> usize {
+        let mut stale = Vec::new();
+        let dumps = [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ];
+        for dump in dumps {
+            let mut routes = self.handle.route().get(dump).execute();
+            while let Ok(Some(msg)) = routes.try_next().await {
+                if msg.header.protocol != RouteProtocol::Other(super::ROUTE_PROTOCOL)
+                    || msg.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                let net = destination(&msg);
+                if only.is_none_or(|nets| net.is_some_and(|n| nets.contains(&n))) {
+                    stale.push((net, msg));
+                }
+            }
+        }
+        let mut removed = 0;
+        for (net, msg) in stale {
+            let shown = net.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+            match self.handle.route().del(msg).execute().await {
+                Ok(()) => {
+                    tracing::warn!("removed route {shown} left by a previous run");
+                    removed += 1;
+                }
+                Err(e) if errno(&e) == Some(ESRCH) => {}
+                Err(e) => tracing::warn!("could not remove route {shown} left by a previous run: {e}"),
+            }
+        }
+        removed
     }
 
     fn routes(&self) -> Vec<IpNet> {
@@ -264,6 +324,67 @@ impl NetSetup for LinuxNetSetup {
         let net = net.trunc();
         let (via, index) = self.route_to(addr).await?;
         let route = AddedRoute {
+            protocol: self.protocol,
+            index: Some(index),
+            net,
+            via,
+            unreachable: false,
+        };
+        match self.handle.route().add(route.message()?).execute().await {
+            Ok(()) => {
+                self.added.push(route);
+                Ok(())
+            }
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(failed(format!("add route {net}"), e)),
+        }
+    }
+
+    /// Routes `net` the way the host reaches `addr` without any route of ours: the longest
+    /// matching unicast route of the main table not marked [`super::ROUTE_PROTOCOL`] (lowest
+    /// metric first), so that a full tunnel already in place is not taken.
+    async fn pin_route_outside(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError> {
+        use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteType};
+        let net = net.trunc();
+        let dump = match addr {
+            IpAddr::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            IpAddr::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        };
+        let mut best: Option<(u8, u32, Option<IpAddr>, u32)> = None;
+        let mut routes = self.handle.route().get(dump).execute();
+        while let Ok(Some(msg)) = routes.try_next().await {
+            let h = &msg.header;
+            if h.protocol == RouteProtocol::Other(super::ROUTE_PROTOCOL)
+                || h.table != RouteHeader::RT_TABLE_MAIN
+                || h.kind != RouteType::Unicast
+            {
+                continue;
+            }
+            let dest = destination(&msg).unwrap_or_else(|| IpNet::new(addr, 0).map(|n| n.trunc()).unwrap_or(net));
+            if !dest.contains(&addr) {
+                continue;
+            }
+            let (mut gw, mut oif, mut metric) = (None, None, 0);
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gw = Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gw = Some(IpAddr::V6(*v6)),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    RouteAttribute::Priority(p) => metric = *p,
+                    _ => {}
+                }
+            }
+            let Some(oif) = oif else { continue };
+            let better =
+                best.is_none_or(|(len, m, _, _)| dest.prefix_len() > len || (dest.prefix_len() == len && metric < m));
+            if better {
+                best = Some((dest.prefix_len(), metric, gw, oif));
+            }
+        }
+        let (_, _, via, index) =
+            best.ok_or_else(|| failed(format!("route lookup {addr}"), "no route outside the tunnel"))?;
+        let route = AddedRoute {
+            protocol: self.protocol,
             index: Some(index),
             net,
             via,
@@ -283,6 +404,7 @@ impl NetSetup for LinuxNetSetup {
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError> {
         let route = AddedRoute {
+            protocol: self.protocol,
             index: None,
             net: net.trunc(),
             via: None,

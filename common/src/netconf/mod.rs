@@ -32,10 +32,57 @@ pub fn open() -> Result<OsNetSetup, NetSetupError> {
     LinuxNetSetup::new()
 }
 
+/// [`open`], with every route the setup adds marked [`ROUTE_PROTOCOL`] (the client's setup).
+#[cfg(target_os = "linux")]
+pub fn open_marked() -> Result<OsNetSetup, NetSetupError> {
+    Ok(LinuxNetSetup::new()?.marked())
+}
+
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+
+/// The route protocol number (`proto 115` in `ip route`) that marks every route the client adds
+/// (through a setup opened with [`open_marked`]; the daemon's routes stay `static`)
+/// (routes through the tunnel, pinned routes to the server and excluded networks, the
+/// `unreachable` full-tunnel blockers): a later run recognises routes a killed one left behind by
+/// it, even when they still exist, and sweeps them ([`NetSetup::sweep_marked_routes`]). Not
+/// assigned in iproute2's `rt_protos`; documented in docs/security.md.
+pub const ROUTE_PROTOCOL: u8 = 115;
+
+/// An interface name that Linux would refuse, or that is unsafe in a file name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid interface name {name:?}: {why}")]
+pub struct BadInterfaceName {
+    pub name: String,
+    pub why: &'static str,
+}
+
+/// Checks an interface name by Linux's rules (`dev_valid_name`): 1 to 15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace; also printable ASCII only. Interface names become parts of
+/// file names (restore records, status sockets), so this is checked before any is used.
+pub fn check_ifname(name: &str) -> Result<(), BadInterfaceName> {
+    let bad = |why| {
+        Err(BadInterfaceName {
+            name: name.chars().take(64).collect(),
+            why,
+        })
+    };
+    if name.is_empty() || name.len() > 15 {
+        return bad("it must be 1 to 15 bytes long");
+    }
+    if name == "." || name == ".." {
+        return bad("'.' and '..' are not interface names");
+    }
+    if name.contains('/') || name.contains(':') {
+        return bad("'/' and ':' are not allowed");
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("only printable ASCII without whitespace is allowed");
+    }
+    Ok(())
+}
 
 /// The cause of a failed step, kept for the error chain.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -79,8 +126,10 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Where the caller keeps crash-restore records (what a killed run left changed on the host):
-/// one record per `kind` ("sysctl", "resolv"), named and placed by the caller (e.g. in its
-/// trusted runtime directory, per interface and namespace).
+/// one record per `kind` ("sysctl", "routes"), named and placed by the caller (e.g. in its
+/// trusted runtime directory, per interface and namespace). Kinds starting with `host-` name a
+/// record about something the whole host shares (one resolv.conf file): one such record per
+/// host, whichever client wrote it.
 pub trait RestoreRecords: Send + Sync {
     /// Saves a record (failures are logged, not fatal: restoring on a clean exit still works).
     fn save(&self, kind: &str, content: &[u8]);
@@ -88,13 +137,23 @@ pub trait RestoreRecords: Send + Sync {
     fn load(&self, kind: &str) -> Option<Vec<u8>>;
     /// Removes a record (a missing one is not an error).
     fn remove(&self, kind: &str);
+    /// Claims `resource` (e.g. one resolv.conf) for this process alone while the returned value
+    /// lives; `Err` (saying why) while another live process holds it. By default always granted.
+    fn claim(&self, resource: &str) -> Result<Box<dyn Send + Sync>, String> {
+        let _ = resource;
+        Ok(Box::new(()))
+    }
 }
 
 /// Restores what a killed previous run left changed (forwarding sysctls, resolv.conf), as
-/// its restore records say.
+/// its restore records say. With `others_running` (other clients live in this network
+/// namespace, which may rely on forwarding being on) the forwarding record is kept for a later
+/// start; resolv.conf is restored only when no live client manages it.
 #[cfg(target_os = "linux")]
-pub fn recover_after_crash(records: &dyn RestoreRecords) {
-    forwarding::recover(records);
+pub fn recover_after_crash(records: &dyn RestoreRecords, others_running: bool) {
+    if !others_running {
+        forwarding::recover(records);
+    }
     dns::recover(records);
 }
 
@@ -154,6 +213,9 @@ pub trait NetSetup {
     async fn remove_address(&mut self, ifname: &str, net: IpNet) -> Result<(), NetSetupError>;
     /// Removes every route this setup added.
     async fn undo(&mut self);
+    /// Removes the routes of the main table marked with [`ROUTE_PROTOCOL`] (left by a killed
+    /// run): all of them (`None`), or only those to the given destinations. Returns how many.
+    async fn sweep_marked_routes(&mut self, only: Option<&[IpNet]>) -> usize;
     /// Routes currently recorded as added by this setup.
     fn routes(&self) -> Vec<IpNet>;
     /// The networks of every address on the host's other interfaces (not `exclude`, not
@@ -164,6 +226,9 @@ pub trait NetSetup {
     /// Routes `net` the way `addr` is reached now (keeps a path outside the tunnel); recorded
     /// for undo like every other route.
     async fn pin_route(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError>;
+    /// Routes `net` the way the host reaches `addr` without any of the routes marked
+    /// [`ROUTE_PROTOCOL`] (a full tunnel already in place is not taken); recorded for undo.
+    async fn pin_route_outside(&mut self, net: IpNet, addr: IpAddr) -> Result<(), NetSetupError>;
     /// Makes `net` unreachable (applications get an immediate error instead of their packets
     /// taking another path); recorded for undo like every other route.
     async fn add_unreachable_route(&mut self, net: IpNet) -> Result<(), NetSetupError>;
@@ -208,6 +273,27 @@ mod tests {
         assert!(!restored.load(Ordering::SeqCst));
         drop(guard);
         assert!(restored.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn interface_names_follow_the_kernels_rules() {
+        for good in ["sshvpn0", "tun", "a", "x-1_2.3", "fifteen_chars_x"] {
+            assert_eq!(check_ifname(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../tmp/x",
+            "a/b",
+            "a:b",
+            "with space",
+            "tab\t",
+            "sixteen_chars_xx",
+            "caf\u{e9}",
+        ] {
+            assert!(check_ifname(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod routes;
 mod session_policy;
 mod ssh;
 mod state;
+mod strict_modes;
 mod switch;
 
 use clap::Parser;

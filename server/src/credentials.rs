@@ -127,7 +127,7 @@ pub struct Grant {
     pub credential: Credential,
     pub user: String,
     pub source: IpAddr,
-    /// A key's `SHA256:...` fingerprint, or `cert:KEYID:PRINCIPAL` for a certificate.
+    /// A key's `SHA256:...` fingerprint, or `cert:CA-FINGERPRINT:PRINCIPAL` for a certificate.
     pub identity: String,
     /// For log lines: which key or certificate.
     pub label: String,
@@ -661,9 +661,15 @@ fn token(s: &str) -> String {
     if t.is_empty() { "-".into() } else { t }
 }
 
-/// `cert:KEYID:PRINCIPAL`: the identity of a certificate login (leases, logs, status).
+/// `cert:SHA256-OF-CA:PRINCIPAL`: the identity of a certificate login (leases, logs, status).
+/// Keyed by who vouches (the CA) and for whom (the principal), not by the key ID: a CA minting
+/// one key ID per login must not take a new address lease per login.
 pub fn cert_identity(cert: &Certificate, principal: &str) -> String {
-    format!("cert:{}:{}", token(cert.key_id()), token(principal))
+    format!(
+        "cert:{}:{}",
+        cert.signature_key().fingerprint(HashAlg::Sha256),
+        token(principal)
+    )
 }
 
 fn cert_label(cert: &Certificate) -> String {
@@ -1043,6 +1049,8 @@ mod tests {
         b.key_id("carol's laptop #2:x").unwrap();
         b.valid_principal("carol").unwrap();
         let cert = b.sign(&ca).unwrap();
-        assert_eq!(cert_identity(&cert, "carol"), "cert:carol's_laptop__2_x:carol");
+        let ca_fp = ca.public_key().fingerprint(HashAlg::Sha256);
+        assert_eq!(cert_identity(&cert, "carol"), format!("cert:{ca_fp}:carol"));
+        assert_eq!(cert_identity(&cert, "a b#c"), format!("cert:{ca_fp}:a_b_c"));
     }
 }

@@ -195,7 +195,10 @@ fn a_truncated_write_or_a_group_writable_file_keeps_the_keys() {
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_secs(2));
-    assert!(t.processes[c0].wait_exit(0.1).is_none(), "session survives truncated writes");
+    assert!(
+        t.processes[c0].wait_exit(0.1).is_none(),
+        "session survives truncated writes"
+    );
     assert!(t.clients[0].ping(LAN4, 3));
 
     std::fs::set_permissions(&ak, std::fs::Permissions::from_mode(0o664)).unwrap();

@@ -875,7 +875,8 @@ mod tests {
         std::fs::write(&rk, line(&a) + "garbage\n").unwrap();
         let err = read(Kind::Revoked, &rk, &StrictModes::off()).err().unwrap();
         assert!(
-            err.to_string().starts_with(&format!("{}:2: not a public key", rk.display())),
+            err.to_string()
+                .starts_with(&format!("{}:2: not a public key", rk.display())),
             "{err}"
         );
         // The configuration file's own error, whole.
@@ -887,7 +888,11 @@ mod tests {
         assert_eq!(
             format!(
                 "{:#}",
-                anyhow::Error::from(read(Kind::Config(None, None), &missing, &StrictModes::off()).err().unwrap())
+                anyhow::Error::from(
+                    read(Kind::Config(None, None), &missing, &StrictModes::off())
+                        .err()
+                        .unwrap()
+                )
             ),
             format!("{:#}", crate::config::load(&missing).unwrap_err())
         );

@@ -135,7 +135,10 @@ mod tests {
         chmod(&d, 0o775);
         assert_eq!(
             strict.check(&f).unwrap_err().to_string(),
-            format!("bad ownership or modes for directory {} (owner uid 0, mode 775)", d.display())
+            format!(
+                "bad ownership or modes for directory {} (owner uid 0, mode 775)",
+                d.display()
+            )
         );
         chmod(&d, 0o755);
         // A symlink is followed: the target and its directories are checked, as realpath does.
@@ -144,7 +147,10 @@ mod tests {
         chmod(&sub, 0o1777);
         let link = sub.join("ak-link");
         std::os::unix::fs::symlink(&f, &link).unwrap();
-        assert!(strict.check(&link).is_ok(), "link in a writable directory to a safe file");
+        assert!(
+            strict.check(&link).is_ok(),
+            "link in a writable directory to a safe file"
+        );
         let target = sub.join("ak");
         std::fs::write(&target, "").unwrap();
         chmod(&target, 0o600);

@@ -1021,7 +1021,10 @@ mod tests {
         );
         let f = AuthorizedKeysFile::parse(&text);
         assert_eq!(f.entries.iter().map(|e| e.line).collect::<Vec<_>>(), vec![8]);
-        assert_eq!(f.errors.iter().map(|e| e.line).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            f.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
         assert!(f.errors[3].to_string().contains("security-key"), "{}", f.errors[3]);
         assert_eq!(f.authorize_key(a.public_key().key_data(), &req("10.0.0.1")), Ok(8));
         assert!(f.authorize_key(b.public_key().key_data(), &req("10.0.0.1")).is_err());

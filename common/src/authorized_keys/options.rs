@@ -222,7 +222,9 @@ fn one_option<'a>(o: &mut KeyOptions, s: &'a str) -> Result<&'a str, KeyOptionEr
         let (v, rest) = dequote("environment", rest)?;
         let name = v.split_once('=').map(|(n, _)| n);
         let valid = name.is_some_and(|n| {
-            !n.is_empty() && !n.starts_with(|c: char| c.is_ascii_digit()) && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            !n.is_empty()
+                && !n.starts_with(|c: char| c.is_ascii_digit())
+                && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         });
         if !valid {
             return Err(KeyOptionError::BadValue {
@@ -238,7 +240,11 @@ fn one_option<'a>(o: &mut KeyOptions, s: &'a str) -> Result<&'a str, KeyOptionEr
     }
     for (name, bare_port) in [("permitopen", false), ("permitlisten", true)] {
         if let Some(rest) = opt_match(name, s) {
-            let list = if bare_port { &mut o.permitlisten } else { &mut o.permitopen };
+            let list = if bare_port {
+                &mut o.permitlisten
+            } else {
+                &mut o.permitopen
+            };
             if list.len() > MAX_PERMITS {
                 return Err(KeyOptionError::BadValue {
                     name,
@@ -246,7 +252,11 @@ fn one_option<'a>(o: &mut KeyOptions, s: &'a str) -> Result<&'a str, KeyOptionEr
                 });
             }
             let (v, rest) = dequote(name, rest)?;
-            let v = if bare_port && !v.contains(':') { format!("*:{v}") } else { v };
+            let v = if bare_port && !v.contains(':') {
+                format!("*:{v}")
+            } else {
+                v
+            };
             if !valid_permit(&v) {
                 return Err(KeyOptionError::BadValue { name, value: v });
             }
@@ -259,9 +269,15 @@ fn one_option<'a>(o: &mut KeyOptions, s: &'a str) -> Result<&'a str, KeyOptionEr
         let dev = if v.eq_ignore_ascii_case("any") {
             Some(TunnelDevice::Any)
         } else {
-            v.parse::<u32>().ok().filter(|n| *n <= MAX_TUN).map(TunnelDevice::Number)
+            v.parse::<u32>()
+                .ok()
+                .filter(|n| *n <= MAX_TUN)
+                .map(TunnelDevice::Number)
         };
-        o.tunnel = Some(dev.ok_or(KeyOptionError::BadValue { name: "tunnel", value: v })?);
+        o.tunnel = Some(dev.ok_or(KeyOptionError::BadValue {
+            name: "tunnel",
+            value: v,
+        })?);
         return Ok(rest);
     }
     Ok(s)
@@ -337,7 +353,14 @@ mod tests {
         // Success cases.
         assert_eq!(parse("").unwrap(), KeyOptions::default());
         assert!(parse("restrict").unwrap().restricted);
-        for bad in ["restrict,", ",", "BLAH", "BLAH,", "no-cert-authority", "tunnel=\"blah\""] {
+        for bad in [
+            "restrict,",
+            ",",
+            "BLAH",
+            "BLAH,",
+            "no-cert-authority",
+            "tunnel=\"blah\"",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         // `BLAH ` (trailing whitespace): the column ends at the space, still unknown.
@@ -370,12 +393,17 @@ mod tests {
             Some(vec!["127.0.0.0/8".to_string()])
         );
         assert_eq!(
-            parse("cert-authority,principals=\"gregor,josef,K\"").unwrap().principals,
+            parse("cert-authority,principals=\"gregor,josef,K\"")
+                .unwrap()
+                .principals,
             Some(vec!["gregor".into(), "josef".into(), "K".into()])
         );
         // command= parses in sshd; sshvpnd cannot honour it.
         assert_eq!(parse("command=\"/bin/true\""), Err(KeyOptionError::ForcedCommand));
-        assert_eq!(parse("restrict,command=\"/bin/true\",restrict"), Err(KeyOptionError::ForcedCommand));
+        assert_eq!(
+            parse("restrict,command=\"/bin/true\",restrict"),
+            Err(KeyOptionError::ForcedCommand)
+        );
         for (name, s) in [
             ("command", "command=oops"),
             ("principals", "principals=estragon"),
@@ -385,11 +413,15 @@ mod tests {
         }
         // Arrays.
         assert_eq!(
-            parse("environment=\"foo=1\",environment=\"bar=2\"").unwrap().environment,
+            parse("environment=\"foo=1\",environment=\"bar=2\"")
+                .unwrap()
+                .environment,
             vec!["foo=1".to_string(), "bar=2".into()]
         );
         assert_eq!(
-            parse("restrict,environment=\"foo=1\",environment=\"foo=2\",restrict").unwrap().environment,
+            parse("restrict,environment=\"foo=1\",environment=\"foo=2\",restrict")
+                .unwrap()
+                .environment,
             vec!["foo=1".to_string()]
         );
         assert_eq!(
@@ -407,7 +439,10 @@ mod tests {
         // Case-insensitive names; repeated flags are fine; repeated from= is not.
         assert!(parse("RESTRICT,No-Pty,FROM=\"10.0.0.0/8\"").unwrap().restricted);
         assert!(parse("no-pty,no-pty").is_ok());
-        assert_eq!(parse("from=\"a\",from=\"b\""), Err(KeyOptionError::Twice { name: "from" }));
+        assert_eq!(
+            parse("from=\"a\",from=\"b\""),
+            Err(KeyOptionError::Twice { name: "from" })
+        );
         assert_eq!(
             parse("command=\"a\",command=\"b\""),
             Err(KeyOptionError::Twice { name: "command" })
@@ -422,7 +457,10 @@ mod tests {
         assert!(parse("pty=\"x\"").is_err());
         assert!(parse("restrictx").is_err());
         // permitlisten accepts a bare port; permitopen does not.
-        assert_eq!(parse("permitlisten=\"8080\"").unwrap().permitlisten, vec!["*:8080".to_string()]);
+        assert_eq!(
+            parse("permitlisten=\"8080\"").unwrap().permitlisten,
+            vec!["*:8080".to_string()]
+        );
         assert!(parse("permitopen=\"8080\"").is_err());
         assert!(parse("permitopen=\"[::1]:22\"").is_ok());
         assert!(parse("permitopen=\"host:0\"").is_err());

@@ -4,10 +4,10 @@
 //!
 //! Honoured: `from="pattern-list"` (address / CIDR / wildcard patterns, `!` negation),
 //! `expiry-time="YYYYMMDD[HHMM[SS]][Z]"` (local time unless `Z`), `cert-authority` with
-//! `principals="..."`. Accepted and ignored (a VPN has nothing to forward): `restrict`, the
-//! `no-*` options and their positive forms, `permitopen`, `permitlisten`, `environment`, `tunnel`.
-//! A forced `command=` cannot be honoured by a tunnel, so such a line is skipped. An unknown or
-//! malformed option makes that line unusable, with a warning naming the line, as sshd does.
+//! `principals="..."`, and `restrict` (no tunnel, as sshd's `server_request_tun`). The options
+//! column is parsed as sshd parses it ([`options`]); what a tunnel cannot honour (`command=`,
+//! `verify-required`, `no-touch-required`, security-key user keys) makes that line unusable,
+//! like an unknown or malformed option, with a warning naming the line.
 //! Pure: no I/O, time is passed in.
 
 use std::net::IpAddr;

@@ -104,15 +104,17 @@ fn authorized_keys_edits_apply_without_restart_and_a_broken_edit_keeps_the_old_s
     write(&ak, &format!("{p0}{p1}"));
     let c1 = admitted(&mut t, 1, &k1, "root", &[]);
 
-    // A broken edit (an unknown option) that would also remove key 1: nothing changes.
-    write(&ak, &format!("frobnicate {p0}"));
+    // A bad line (an unknown option) is skipped with a warning naming it; the others apply.
+    write(&ak, &format!("frobnicate {p0}{p0}{p1}"));
     std::thread::sleep(Duration::from_secs(3));
-    assert!(t.clients[1].ping(LAN4, 3), "session of key 1 survives the broken edit");
+    assert!(t.clients[1].ping(LAN4, 3), "session of key 1 survives the edit");
     let log = daemon_log(&t, d);
     assert!(
-        log.contains(&format!("{}:1: unknown option \"frobnicate\"", ak.display()))
-            && log.contains("keeping the previous version"),
-        "broken edit reported with its line:\n{log}"
+        log.contains(&format!(
+            "{}:1: skipping authorized key: unknown option \"frobnicate\"",
+            ak.display()
+        )),
+        "bad line reported with its line:\n{log}"
     );
 
     // Removed: its live session is closed within 5 s, with the key named in the log.
@@ -133,6 +135,82 @@ fn authorized_keys_edits_apply_without_restart_and_a_broken_edit_keeps_the_old_s
     t.processes[d].signal(nix::sys::signal::Signal::SIGHUP);
     t.processes[d].wait_for_log("SIGHUP: re-reading the key files", 5.0);
     admitted(&mut t, 1, &k1, "root", &[]);
+}
+
+/// One line sshvpnd cannot honour (`command=`) does not block an edit: deleting another line
+/// of the same file still closes that key's live session within seconds. A `restrict` key
+/// gets no tunnel, whatever it re-enables (sshd's `server_request_tun`).
+#[test]
+fn a_command_line_does_not_block_removing_a_key_and_restrict_gets_no_tunnel() {
+    let mut t = Topology::new(2);
+    let (k0, k1) = (t.client_keys[0].clone(), t.client_keys[1].clone());
+    let (p0, p1) = (pubkey(&t, &k0), pubkey(&t, &k1));
+    let ak = t.authorized_keys.clone();
+    let command = format!("command=\"/usr/bin/rrsync -ro /srv\" {p1}");
+    write(&ak, &format!("{command}{p0}{p1}"));
+    let d = t.start_server(&[]);
+    admitted(&mut t, 0, &k0, "root", &[]);
+    let c1 = admitted(&mut t, 1, &k1, "root", &[]);
+    write(&ak, &format!("{command}{p0}"));
+    let took = closed_within(&mut t, c1, 3.5);
+    eprintln!("deleted line's session closed after {took:.2}s");
+    assert!(t.clients[0].ping(LAN4, 3), "the other session is untouched");
+    let log = daemon_log(&t, d);
+    assert!(
+        log.contains(&format!("{}:1: skipping authorized key: command=", ak.display())),
+        "{log}"
+    );
+
+    write(
+        &ak,
+        &format!("{command}{p0}restrict,port-forwarding,permitopen=\"10.0.1.20:443\" {p1}"),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    refused(&mut t, 1, &k1, "root", &[], "server refused key");
+    assert!(
+        daemon_log(&t, d).contains("restrict: no tunnel forwarding"),
+        "{}",
+        daemon_log(&t, d)
+    );
+}
+
+/// A truncating in-place write (`cat > authorized_keys`) seen while empty is not applied; a
+/// group-writable authorized_keys is not trusted (StrictModes): the previous set stays.
+#[test]
+fn a_truncated_write_or_a_group_writable_file_keeps_the_keys() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut t = Topology::new(2);
+    let (k0, k1) = (t.client_keys[0].clone(), t.client_keys[1].clone());
+    let (p0, p1) = (pubkey(&t, &k0), pubkey(&t, &k1));
+    let ak = t.authorized_keys.clone();
+    write(&ak, &format!("{p0}{p1}"));
+    let d = t.start_server(&[]);
+    let c0 = admitted(&mut t, 0, &k0, "root", &[]);
+    for _ in 0..4 {
+        let mut f = std::fs::File::create(&ak).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        f.write_all(format!("{p0}{p1}").as_bytes()).unwrap();
+        drop(f);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        t.processes[c0].wait_exit(0.1).is_none(),
+        "session survives truncated writes"
+    );
+    assert!(t.clients[0].ping(LAN4, 3));
+
+    std::fs::set_permissions(&ak, std::fs::Permissions::from_mode(0o664)).unwrap();
+    std::fs::write(&ak, &p1).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(t.processes[c0].wait_exit(0.1).is_none(), "untrusted edit not applied");
+    assert!(t.clients[0].ping(LAN4, 3));
+    let log = daemon_log(&t, d);
+    assert!(
+        log.contains("not trusted (StrictModes)") && log.contains("bad ownership or modes for file"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -238,7 +316,7 @@ fn user_certificates_principal_wrong_user_validity_and_revocation() {
     let c0 = admitted(&mut t, 0, &good, "root", &[]);
     let log = daemon_log(&t, d);
     assert!(
-        log.contains("key cert:carol-laptop:root"),
+        log.contains(&format!("key cert:{}:root", fingerprint(&ca))),
         "identity from the certificate:\n{log}"
     );
 

@@ -18,11 +18,13 @@ const SECTION_EXPLICIT_KEY: u8 = 2;
 const SECTION_FINGERPRINT_SHA1: u8 = 3;
 const SECTION_SIGNATURE: u8 = 4;
 const SECTION_FINGERPRINT_SHA256: u8 = 5;
+const SECTION_EXTENSION: u8 = 255;
 
 const CERT_SERIAL_LIST: u8 = 0x20;
 const CERT_SERIAL_RANGE: u8 = 0x21;
 const CERT_SERIAL_BITMAP: u8 = 0x22;
 const CERT_KEY_ID: u8 = 0x23;
+const CERT_EXTENSION: u8 = 0x24;
 
 /// Revoked certificates of one CA (`ca: None`: of any CA).
 #[derive(Debug, Clone, Default)]
@@ -59,6 +61,8 @@ pub enum KrlError {
     SerialRange,
     #[error("unknown KRL certificate section type {0:#x}")]
     CertSection(u8),
+    #[error("unsupported critical KRL extension {0:?}")]
+    CriticalExtension(String),
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -133,8 +137,12 @@ impl Krl {
                         list.push(s.string()?.to_vec());
                     }
                 }
-                // Signatures come last and cover everything before them: nothing more to read.
-                SECTION_SIGNATURE => break,
+                // A signature section is the signing key (the section) then the signature (one
+                // more string); as in krl.c, it is skipped and parsing goes on.
+                SECTION_SIGNATURE => {
+                    r.string()?;
+                }
+                SECTION_EXTENSION => skip_extension(&mut s)?,
                 other => return Err(KrlError::Section(other)),
             }
         }
@@ -212,10 +220,23 @@ fn parse_cert_section(s: &mut Reader<'_>) -> Result<CertRevocations, KrlError> {
                     c.key_ids.push(String::from_utf8_lossy(d.string()?).into_owned());
                 }
             }
+            CERT_EXTENSION => skip_extension(&mut d)?,
             other => return Err(KrlError::CertSection(other)),
         }
     }
     Ok(c)
+}
+
+/// An extension (section or certificate subsection): name, critical flag, contents. A critical
+/// one is not understood, so the KRL is refused (PROTOCOL.krl); others are skipped.
+fn skip_extension(r: &mut Reader<'_>) -> Result<(), KrlError> {
+    let name = String::from_utf8_lossy(r.string()?).into_owned();
+    let critical = r.u8()? != 0;
+    r.string()?;
+    if critical {
+        return Err(KrlError::CriticalExtension(name));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -287,7 +308,27 @@ mod tests {
         put_string(&mut ids, b"lost-laptop");
         section(&mut certs, CERT_KEY_ID, &ids);
         section(&mut v, SECTION_CERTIFICATES, &certs);
-        section(&mut v, SECTION_SIGNATURE, b"whatever");
+        // Two signature sections (key, then one more string each), and a non-critical
+        // extension: skipped, not rejected (PROTOCOL.krl).
+        let mut ext = Vec::new();
+        put_string(&mut ext, b"future@example.org");
+        ext.push(0);
+        put_string(&mut ext, b"data");
+        section(&mut v, SECTION_EXTENSION, &ext);
+        for _ in 0..2 {
+            section(&mut v, SECTION_SIGNATURE, b"whatever");
+            put_string(&mut v, b"signature");
+        }
+        let mut critical = v.clone();
+        let mut ext = Vec::new();
+        put_string(&mut ext, b"must-understand@example.org");
+        ext.push(1);
+        put_string(&mut ext, b"");
+        section(&mut critical, SECTION_EXTENSION, &ext);
+        assert_eq!(
+            Krl::parse(&critical).unwrap_err(),
+            KrlError::CriticalExtension("must-understand@example.org".into())
+        );
 
         let krl = Krl::parse(&v).unwrap();
         assert_eq!((krl.version, krl.comment.as_str()), (7, "test krl"));

@@ -189,6 +189,11 @@ pub struct Args {
     /// `ssh-keygen -s CA -h -I NAME -n HOST host_key.pub`.
     #[arg(long, value_name = "PATH")]
     pub host_certificate: Option<PathBuf>,
+    /// StrictModes (like sshd's): refuse key files, the host certificate and the configuration
+    /// file that others than root or the daemon's user may write (the file or a directory above
+    /// it). Default yes.
+    #[arg(long, value_name = "yes|no", value_parser = parse_yes_no)]
+    pub strict_modes: Option<bool>,
     // Access control and audit (issue 14).
     /// Append an audit log (JSON lines: logins, sessions, denied traffic, reloads) to this file;
     /// reopened on SIGHUP.
@@ -226,6 +231,15 @@ impl Args {
             );
         }
         Ok(())
+    }
+}
+
+/// `yes` / `no` (also `true` / `false`), as sshd_config spells booleans.
+fn parse_yes_no(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Ok(true),
+        "no" | "false" => Ok(false),
+        _ => Err(format!("{s:?}: expected yes or no")),
     }
 }
 

@@ -58,6 +58,20 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     peer: String,
     refusal: Option<(CloseCode, String)>,
 ) {
+    serve_session(state, rx, tx, identity, peer, refusal, None).await
+}
+
+/// [`serve`] with the session id chosen by the caller (`state.slots.next_id()`), so that the
+/// key store's registry names the session by the id of its switch port.
+pub async fn serve_session<Rx: TransportRx, Tx: TransportTx>(
+    state: Arc<ServerState>,
+    rx: Rx,
+    tx: Tx,
+    identity: String,
+    peer: String,
+    refusal: Option<(CloseCode, String)>,
+    session_id: Option<u64>,
+) {
     state.slots.enter();
     let _slot = ClientSlot(state.clone());
     let started = Instant::now();
@@ -71,7 +85,7 @@ pub async fn serve<Rx: TransportRx, Tx: TransportTx>(
     let mut tunnel = sshvpn_common::tunnel::open(Role::Server, options, rx, tx);
     let (queue, outbound) = packet_queue(state.session.client_queue, state.session.client_queue_bytes);
     let stats = Arc::new(TunnelStats::default());
-    let id = state.slots.next_id();
+    let id = session_id.unwrap_or_else(|| state.slots.next_id());
     let mut port: Option<Arc<PeerPort>> = None;
     let base_identity = identity;
     // Concurrent sessions of one identity (`sshvpn exec` runs) carry an instance tag and get

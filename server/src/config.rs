@@ -41,6 +41,8 @@ pub struct FileConfig {
     pub trusted_user_ca_keys: Option<PathBuf>,
     pub revoked_keys: Option<PathBuf>,
     pub host_certificate: Option<PathBuf>,
+    /// StrictModes, like `--strict-modes` (default true).
+    pub strict_modes: Option<bool>,
     // Access control and audit (issue 14): validated by `crate::policy`.
     /// What no `[[policy]]` rule allows: "allow" (default) or "deny".
     pub default_policy: Option<DefaultPolicy>,

@@ -4,8 +4,12 @@
 //! (key or user certificate, login name, source address, now); the registry of live SSH sessions
 //! with the credential each logged in with; and the periodic re-check that closes the sessions
 //! whose credential is no longer authorized (removed, revoked, expired, `from=` no longer
-//! matching) with CLOSE "not authorized". A file that is broken after an edit keeps the previous
-//! good set; the error is logged with its line. Also loads the host certificate (`--host-certificate`).
+//! matching) with CLOSE "not authorized". A line that cannot be used is skipped with a
+//! `FILE:LINE: why` warning, at start and on every re-read; a changed file is applied once it
+//! has been stable (same size, mtime, inode across two checks [`STABLE_FOR`] apart), so a
+//! half-written file never takes effect; a file that cannot be read (or fails StrictModes)
+//! keeps the previous set, except the revoked-keys file, which then refuses every key (as
+//! sshd's RevokedKeys does). Also loads the host certificate (`--host-certificate`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,10 +31,14 @@ use sshvpn_common::keys::fingerprint;
 
 use crate::audit::Audit;
 use crate::config::Peers;
+use crate::strict_modes::StrictModes;
 use crate::switch::Switch;
 
 /// How often the key files are checked and the live sessions re-evaluated.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A changed file is applied once a later check, at least this long after the change was
+/// first seen, finds it unchanged.
+pub const STABLE_FOR: Duration = Duration::from_millis(750);
 
 /// Why a login (or a live session's credential) is refused: logged, audited (`reason`) and
 /// the cause of CLOSE "not authorized". `label` names the key or certificate.
@@ -38,6 +46,9 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Refusal {
     #[error("{label} is revoked")]
     KeyRevoked { label: String },
+    /// The revoked-keys file cannot be read or parsed: every key is refused (fail closed).
+    #[error("{label}: the revoked-keys file is unusable ({reason}): every key is refused")]
+    RevocationUnavailable { label: String, reason: String },
     #[error("{label} is not a configured peer (peers_only)")]
     NotAPeer { label: String },
     /// authorized_keys refuses the key.
@@ -91,6 +102,13 @@ pub enum KeyFileError {
     },
     #[error("{} is not a text file", .0.display())]
     NotText(PathBuf),
+    /// StrictModes: the file or a directory above it may be written by others.
+    #[error("{} is not trusted (StrictModes)", .path.display())]
+    Insecure {
+        path: PathBuf,
+        #[source]
+        error: crate::strict_modes::InsecurePath,
+    },
     /// Lines that are not keys: `PATH:LINE: reason` for each.
     #[error("{}", describe(.errors, .path))]
     BadLines { path: PathBuf, errors: Vec<LineError> },
@@ -109,7 +127,7 @@ pub struct Grant {
     pub credential: Credential,
     pub user: String,
     pub source: IpAddr,
-    /// A key's `SHA256:...` fingerprint, or `cert:KEYID:PRINCIPAL` for a certificate.
+    /// A key's `SHA256:...` fingerprint, or `cert:CA-FINGERPRINT:PRINCIPAL` for a certificate.
     pub identity: String,
     /// For log lines: which key or certificate.
     pub label: String,
@@ -157,6 +175,8 @@ pub struct KeySets {
     pub config_peers: Option<std::collections::HashSet<String>>,
     /// `--revoked-keys` as an OpenSSH KRL (instead of a list of keys).
     pub krl: Option<sshvpn_common::krl::Krl>,
+    /// Why the revoked-keys file cannot be used now (every key is refused meanwhile).
+    pub revocation_unavailable: Option<String>,
 }
 
 impl KeySets {
@@ -183,6 +203,8 @@ struct Watched {
     kind: Kind,
     path: PathBuf,
     stamp: Option<Stamp>,
+    /// A change seen but not applied yet: its stamp, and when it was first seen.
+    pending: Option<(Option<Stamp>, std::time::Instant)>,
 }
 
 /// Parsed content of one file.
@@ -209,11 +231,15 @@ fn describe_config(errors: &[crate::config::ConfigError], path: &Path) -> String
         .join("; ")
 }
 
-/// Reads and parses one file. At startup (`initial`) bad authorized_keys lines are skipped with
-/// a warning, as sshd does; after an edit any bad line rejects the new version. Key lists
-/// (trusted CAs, revoked keys) must be entirely readable: a revocation list that is only
-/// partly understood must not be taken for a complete one.
-fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, KeyFileError> {
+/// Reads and parses one file (after the StrictModes check). A line that cannot be used is
+/// skipped with a `FILE:LINE: why` warning (authorized keys, trusted CAs). A revocation list
+/// must be entirely readable: a bad line in it is an error (sshd's `sshkey_in_file` stops at
+/// it and RevokedKeys then refuses every key), as is a KRL that does not parse.
+fn read(kind: Kind, path: &Path, strict: &StrictModes) -> Result<Content, KeyFileError> {
+    strict.check(path).map_err(|error| KeyFileError::Insecure {
+        path: path.to_path_buf(),
+        error,
+    })?;
     if let Kind::Config(pool, pool6) = kind {
         let (file, text) = crate::config::load(path).map_err(KeyFileError::Config)?;
         let peers = crate::config::validate(&text, &file, pool, pool6).map_err(|errors| KeyFileError::Peers {
@@ -238,32 +264,29 @@ fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, KeyFileError>
             });
     }
     let text = String::from_utf8(bytes).map_err(|_| KeyFileError::NotText(path.to_path_buf()))?;
-    let bad_lines = |errors: Vec<LineError>| KeyFileError::BadLines {
-        path: path.to_path_buf(),
-        errors,
+    let warn = |errors: &[LineError], what: &str| {
+        for e in errors {
+            tracing::warn!("{}:{}: skipping {what}: {}", path.display(), e.line, e.message());
+        }
     };
     match kind {
         Kind::AuthorizedKeys => {
             let file = AuthorizedKeysFile::parse(&text);
-            if !file.errors.is_empty() {
-                if !initial {
-                    return Err(bad_lines(file.errors));
-                }
-                for e in &file.errors {
-                    tracing::warn!(
-                        "{}:{}: skipping authorized key: {}",
-                        path.display(),
-                        e.line,
-                        e.message()
-                    );
-                }
-            }
+            warn(&file.errors, "authorized key");
             Ok(Content::Authorized(file))
         }
-        Kind::TrustedCas | Kind::Revoked | Kind::Config(..) => {
+        Kind::TrustedCas => {
+            let (keys, errors) = authorized_keys::parse_key_list(&text);
+            warn(&errors, "trusted CA key");
+            Ok(Content::Keys(keys))
+        }
+        Kind::Revoked | Kind::Config(..) => {
             let (keys, errors) = authorized_keys::parse_key_list(&text);
             if !errors.is_empty() {
-                return Err(bad_lines(errors));
+                return Err(KeyFileError::BadLines {
+                    path: path.to_path_buf(),
+                    errors,
+                });
             }
             Ok(Content::Keys(keys))
         }
@@ -275,8 +298,10 @@ fn read(kind: Kind, path: &Path, initial: bool) -> Result<Content, KeyFileError>
 pub struct KeyStore {
     files: Mutex<Vec<Watched>>,
     current: RwLock<Arc<KeySets>>,
-    /// Live tunnel sessions of SSH logins, by the client's socket address (as in `PeerPort::peer`).
-    sessions: Mutex<HashMap<String, Arc<Tracked>>>,
+    /// Live tunnel sessions of SSH logins, by their unique session id (`PeerPort::id`).
+    sessions: Mutex<HashMap<u64, Arc<Tracked>>>,
+    /// StrictModes for every file read.
+    strict: StrictModes,
     /// Counts replacements of `current`: sessions are re-checked once per generation.
     generation: std::sync::atomic::AtomicU64,
 }
@@ -285,7 +310,7 @@ impl KeyStore {
     /// Loads the files given (a missing or unreadable one is an error at startup).
     #[cfg(test)]
     pub fn load(authorized: Option<&Path>, cas: Option<&Path>, revoked: Option<&Path>) -> anyhow::Result<KeyStore> {
-        Self::load_with_config(authorized, cas, revoked, None)
+        Self::load_with_config(authorized, cas, revoked, None, StrictModes::off())
     }
 
     /// Loads the files given; `config` also watches the configuration file's peers (its path
@@ -295,6 +320,7 @@ impl KeyStore {
         cas: Option<&Path>,
         revoked: Option<&Path>,
         config: Option<(&Path, Option<ipnet::IpNet>, Option<ipnet::IpNet>)>,
+        strict: StrictModes,
     ) -> anyhow::Result<KeyStore> {
         let mut sets = KeySets::default();
         let mut files = Vec::new();
@@ -309,12 +335,13 @@ impl KeyStore {
         {
             let Some(path) = path else { continue };
             let st = stamp(path);
-            let content = read(kind, path, true)?;
+            let content = read(kind, path, &strict)?;
             install(&mut sets, kind, content);
             files.push(Watched {
                 kind,
                 path: path.to_path_buf(),
                 stamp: st,
+                pending: None,
             });
         }
         Ok(KeyStore {
@@ -322,6 +349,7 @@ impl KeyStore {
             current: RwLock::new(Arc::new(sets)),
             sessions: Mutex::default(),
             generation: Default::default(),
+            strict,
         })
     }
 
@@ -342,31 +370,61 @@ impl KeyStore {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Re-reads the files that changed (all of them with `force`). A file that cannot be read
-    /// or has a bad line keeps its previous content; the error is logged once per version.
-    pub fn refresh(&self, force: bool) {
+    /// Re-reads the files that changed and have been stable since (all of them at once with
+    /// `force`). A file that cannot be read keeps its previous content, except the revoked-keys
+    /// file, whose failure refuses every key until it is fixed; the error is logged once per
+    /// version. Returns how long until a change seen but not yet stable may be applied.
+    pub fn refresh(&self, force: bool) -> Option<Duration> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let mut next: Option<KeySets> = None;
+        let mut wait: Option<Duration> = None;
+        let now = std::time::Instant::now();
         for w in files.iter_mut() {
             let st = stamp(&w.path);
-            if st == w.stamp && !force {
-                continue;
+            if !force {
+                if st == w.stamp {
+                    w.pending = None;
+                    continue;
+                }
+                match w.pending {
+                    Some((p, since)) if p == st && now.duration_since(since) >= STABLE_FOR => {}
+                    Some((p, since)) if p == st => {
+                        let left = STABLE_FOR - now.duration_since(since);
+                        wait = Some(wait.map_or(left, |w| w.min(left)));
+                        continue;
+                    }
+                    _ => {
+                        w.pending = Some((st, now));
+                        wait = Some(STABLE_FOR);
+                        continue;
+                    }
+                }
             }
+            w.pending = None;
             w.stamp = st;
-            match read(w.kind, &w.path, false) {
+            let sets = next.get_or_insert_with(|| {
+                let cur = self.current();
+                KeySets {
+                    authorized: cur.authorized.clone(),
+                    cas: cur.cas.clone(),
+                    revoked: cur.revoked.clone(),
+                    config_peers: cur.config_peers.clone(),
+                    krl: cur.krl.clone(),
+                    revocation_unavailable: cur.revocation_unavailable.clone(),
+                }
+            });
+            match read(w.kind, &w.path, &self.strict) {
                 Ok(content) => {
-                    let sets = next.get_or_insert_with(|| {
-                        let cur = self.current();
-                        KeySets {
-                            authorized: cur.authorized.clone(),
-                            cas: cur.cas.clone(),
-                            revoked: cur.revoked.clone(),
-                            config_peers: cur.config_peers.clone(),
-                            krl: cur.krl.clone(),
-                        }
-                    });
+                    if w.kind == Kind::Revoked {
+                        sets.revocation_unavailable = None;
+                    }
                     let n = install(sets, w.kind, content);
                     tracing::info!("re-read {}: {n} entries", w.path.display());
+                }
+                Err(e) if w.kind == Kind::Revoked => {
+                    let e = anyhow::Error::from(e);
+                    tracing::error!("{e:#}; refusing every key until the revoked-keys file is fixed");
+                    sets.revocation_unavailable = Some(format!("{e:#}"));
                 }
                 Err(e) => tracing::error!(
                     "{:#}; keeping the previous version of {}",
@@ -379,6 +437,7 @@ impl KeyStore {
             *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sets);
             self.generation.fetch_add(1, Relaxed);
         }
+        wait
     }
 
     /// Whether certificates can be accepted at all (some CA is configured).
@@ -420,6 +479,16 @@ impl KeyStore {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        if let Some(reason) = &sets.revocation_unavailable {
+            let label = match credential {
+                Credential::Key(key) => format!("key {}", fingerprint(key)),
+                Credential::Cert(cert) => cert_label(cert),
+            };
+            return Err(Refusal::RevocationUnavailable {
+                label,
+                reason: reason.clone(),
+            });
+        }
         match credential {
             Credential::Key(key) => {
                 let label = format!("key {}", fingerprint(key));
@@ -488,7 +557,7 @@ impl KeyStore {
         }
     }
 
-    fn register(&self, peer: String, grant: Grant) {
+    fn register(&self, id: u64, grant: Grant) {
         let tracked = Tracked {
             grant,
             // Checked once against the sets in force when its tunnel is up, whatever happened since the login.
@@ -497,11 +566,11 @@ impl KeyStore {
         self.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer, Arc::new(tracked));
+            .insert(id, Arc::new(tracked));
     }
 
-    fn unregister(&self, peer: &str) {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
+    fn unregister(&self, id: u64) {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
     /// Re-evaluates the live SSH sessions not yet checked against the key sets in force, or
@@ -519,7 +588,7 @@ impl KeyStore {
             if port.not_authorized.load(Relaxed) {
                 continue;
             }
-            let Some(t) = sessions.get(&port.peer) else { continue };
+            let Some(t) = sessions.get(&port.id) else { continue };
             let g = &t.grant;
             let stale = t.checked.swap(generation, Relaxed) != generation;
             if !stale && g.deadline.is_none_or(|d| now <= d) {
@@ -592,9 +661,15 @@ fn token(s: &str) -> String {
     if t.is_empty() { "-".into() } else { t }
 }
 
-/// `cert:KEYID:PRINCIPAL`: the identity of a certificate login (leases, logs, status).
+/// `cert:SHA256-OF-CA:PRINCIPAL`: the identity of a certificate login (leases, logs, status).
+/// Keyed by who vouches (the CA) and for whom (the principal), not by the key ID: a CA minting
+/// one key ID per login must not take a new address lease per login.
 pub fn cert_identity(cert: &Certificate, principal: &str) -> String {
-    format!("cert:{}:{}", token(cert.key_id()), token(principal))
+    format!(
+        "cert:{}:{}",
+        cert.signature_key().fingerprint(HashAlg::Sha256),
+        token(principal)
+    )
 }
 
 fn cert_label(cert: &Certificate) -> String {
@@ -608,24 +683,28 @@ fn cert_label(cert: &Certificate) -> String {
 }
 
 /// Removes a session from the registry when its tunnel ends.
-pub struct Registered<'a>(&'a KeyStore, String);
+pub struct Registered<'a>(&'a KeyStore, u64);
 
 impl Drop for Registered<'_> {
     fn drop(&mut self) {
-        self.0.unregister(&self.1);
+        self.0.unregister(self.1);
     }
 }
 
 impl KeyStore {
-    /// Registers the tunnel of an SSH login from `peer` for re-checks while the guard lives.
-    pub fn registered(&self, peer: String, grant: Grant) -> Registered<'_> {
-        self.register(peer.clone(), grant);
-        Registered(self, peer)
+    /// Registers the tunnel of an SSH login, by its unique session id (the id its switch port
+    /// gets), for re-checks while the guard lives.
+    pub fn registered(&self, id: u64, grant: Grant) -> Registered<'_> {
+        self.register(id, grant);
+        Registered(self, id)
     }
 }
 
 /// Loads `--host-certificate`: an OpenSSH host certificate for the host key.
-pub fn load_host_certificate(path: &Path, host_key: &PublicKey) -> anyhow::Result<Certificate> {
+pub fn load_host_certificate(path: &Path, host_key: &PublicKey, strict: &StrictModes) -> anyhow::Result<Certificate> {
+    strict
+        .check(path)
+        .with_context(|| format!("host certificate {} is not trusted (StrictModes)", path.display()))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading host certificate {}", path.display()))?;
     let cert = Certificate::from_openssh(text.trim())
         .map_err(|e| anyhow::anyhow!("host certificate {}: {e}", path.display()))?;
@@ -679,6 +758,14 @@ mod tests {
         k.public_key().to_openssh().unwrap() + "\n"
     }
 
+    /// Checks the files twice, [`STABLE_FOR`] apart: a change is applied once stable.
+    fn settle(store: &KeyStore) {
+        if store.refresh(false).is_some() {
+            std::thread::sleep(STABLE_FOR);
+            assert_eq!(store.refresh(false), None, "applied once stable");
+        }
+    }
+
     fn allowed(store: &KeyStore, k: &PrivateKey) -> Result<Grant, Refusal> {
         store.authorize(
             &Peers::default(),
@@ -699,17 +786,29 @@ mod tests {
         assert!(allowed(&store, &a).is_ok());
         assert!(allowed(&store, &b).is_err());
         std::fs::write(&ak, line(&a) + &line(&b)).unwrap();
-        store.refresh(false);
+        settle(&store);
         assert!(allowed(&store, &b).is_ok(), "added key admitted");
-        std::fs::write(&ak, line(&b) + "from=\"10.0.0.0/33\" " + &line(&c)).unwrap();
-        store.refresh(false);
-        assert!(allowed(&store, &a).is_ok(), "broken edit: previous set kept");
+        // A bad line (and a command= line) is skipped; the rest of the edit applies.
+        std::fs::write(
+            &ak,
+            line(&a) + "command=\"/bin/true\" " + &line(&b) + "from=\"10.0.0.0/33\" " + &line(&c),
+        )
+        .unwrap();
+        settle(&store);
+        assert!(allowed(&store, &a).is_ok());
+        assert!(allowed(&store, &b).is_err(), "its only line is unusable");
         assert!(allowed(&store, &c).is_err());
+        // A truncated write seen while empty is not applied before it is stable.
+        std::fs::write(&ak, "").unwrap();
+        assert!(store.refresh(false).is_some(), "pending");
+        std::fs::write(&ak, line(&a)).unwrap();
+        settle(&store);
+        assert!(allowed(&store, &a).is_ok());
         std::fs::remove_file(&ak).unwrap();
-        store.refresh(false);
+        settle(&store);
         assert!(allowed(&store, &a).is_ok(), "deleted file: previous set kept");
         std::fs::write(&ak, line(&b)).unwrap();
-        store.refresh(false);
+        settle(&store);
         assert!(allowed(&store, &a).is_err(), "removed key refused");
         assert!(allowed(&store, &b).is_ok());
         std::fs::remove_dir_all(&d).unwrap();
@@ -767,28 +866,33 @@ mod tests {
         );
         // File errors: the cause is the source, and the chain reads as the old message did.
         let missing = d.join("missing");
-        let err = anyhow::Error::from(read(Kind::AuthorizedKeys, &missing, true).err().unwrap());
+        let err = anyhow::Error::from(read(Kind::AuthorizedKeys, &missing, &StrictModes::off()).err().unwrap());
         assert_eq!(err.to_string(), format!("cannot read {}", missing.display()));
         assert!(
             format!("{err:#}").starts_with(&format!("cannot read {}: No such file", missing.display())),
             "{err:#}"
         );
-        std::fs::write(&ak, line(&a) + "frobnicate " + &line(&c)).unwrap();
-        let err = read(Kind::AuthorizedKeys, &ak, false).err().unwrap();
-        assert_eq!(
-            err.to_string(),
-            format!("{}:2: unknown option \"frobnicate\"", ak.display())
+        std::fs::write(&rk, line(&a) + "garbage\n").unwrap();
+        let err = read(Kind::Revoked, &rk, &StrictModes::off()).err().unwrap();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:2: not a public key", rk.display())),
+            "{err}"
         );
         // The configuration file's own error, whole.
         let cfg = d.join("sshvpnd.toml");
         std::fs::write(&cfg, "pool = 7\n").unwrap();
         let expected = format!("{:#}", crate::config::load(&cfg).unwrap_err());
-        let err = anyhow::Error::from(read(Kind::Config(None, None), &cfg, false).err().unwrap());
+        let err = anyhow::Error::from(read(Kind::Config(None, None), &cfg, &StrictModes::off()).err().unwrap());
         assert_eq!(format!("{err:#}"), expected);
         assert_eq!(
             format!(
                 "{:#}",
-                anyhow::Error::from(read(Kind::Config(None, None), &missing, false).err().unwrap())
+                anyhow::Error::from(
+                    read(Kind::Config(None, None), &missing, &StrictModes::off())
+                        .err()
+                        .unwrap()
+                )
             ),
             format!("{:#}", crate::config::load(&missing).unwrap_err())
         );
@@ -805,15 +909,25 @@ mod tests {
         let store = KeyStore::load(Some(&ak), None, Some(&rk)).unwrap();
         assert!(allowed(&store, &a).is_ok());
         std::fs::write(&rk, line(&a)).unwrap();
-        store.refresh(false);
+        settle(&store);
         let why = allowed(&store, &a).unwrap_err().to_string();
         assert!(why.contains("revoked"), "{why}");
         assert!(allowed(&store, &b).is_ok());
-        // A truncated KRL is broken: the previous list stays, and it cannot start a daemon.
+        // A truncated KRL is broken: every key is refused (fail closed, as sshd's RevokedKeys),
+        // and it cannot start a daemon.
         std::fs::write(&rk, b"SSHKRL\n\0\x00\x00\x00\x01").unwrap();
-        store.refresh(false);
-        assert!(allowed(&store, &a).is_err(), "a broken edit keeps the previous list");
+        settle(&store);
+        assert!(allowed(&store, &a).is_err());
+        let why = allowed(&store, &b).unwrap_err();
+        assert!(matches!(why, Refusal::RevocationUnavailable { .. }), "{why}");
+        // So does a bad line in a list of keys; fixing it lifts the refusal.
+        std::fs::write(&rk, line(&a) + "garbage\n").unwrap();
+        settle(&store);
+        assert!(allowed(&store, &b).is_err());
+        std::fs::write(&rk, line(&a)).unwrap();
+        settle(&store);
         assert!(allowed(&store, &b).is_ok());
+        std::fs::write(&rk, b"SSHKRL\n\0\x00\x00\x00\x01").unwrap();
         let err = KeyStore::load(Some(&ak), None, Some(&rk)).unwrap_err().to_string();
         assert!(err.contains("unreadable KRL"), "{err}");
         std::fs::remove_dir_all(&d).unwrap();
@@ -833,7 +947,7 @@ mod tests {
         let pool = Some("10.9.0.0/24".parse().unwrap());
         let head = "pool = \"10.9.0.0/24\"\n";
         std::fs::write(&cfg, format!("{head}{}{}", peer(&a, "a"), peer(&b, "b"))).unwrap();
-        let store = KeyStore::load_with_config(None, None, None, Some((&cfg, pool, None))).unwrap();
+        let store = KeyStore::load_with_config(None, None, None, Some((&cfg, pool, None)), StrictModes::off()).unwrap();
         let (text, file) = {
             let (file, text) = crate::config::load(&cfg).unwrap();
             (text, file)
@@ -850,12 +964,12 @@ mod tests {
         };
         assert!(as_peer(&a).is_ok() && as_peer(&b).is_ok());
         std::fs::write(&cfg, format!("{head}{}", peer(&a, "a"))).unwrap();
-        store.refresh(false);
+        settle(&store);
         assert!(as_peer(&a).is_ok());
         assert!(as_peer(&b).is_err(), "removed peer refused");
         // A broken configuration keeps the previous peers.
         std::fs::write(&cfg, format!("{head}[[peer]]\nname = 1\n")).unwrap();
-        store.refresh(false);
+        settle(&store);
         assert!(as_peer(&a).is_ok());
         std::fs::remove_dir_all(&d).unwrap();
     }
@@ -940,6 +1054,8 @@ mod tests {
         b.key_id("carol's laptop #2:x").unwrap();
         b.valid_principal("carol").unwrap();
         let cert = b.sign(&ca).unwrap();
-        assert_eq!(cert_identity(&cert, "carol"), "cert:carol's_laptop__2_x:carol");
+        let ca_fp = ca.public_key().fingerprint(HashAlg::Sha256);
+        assert_eq!(cert_identity(&cert, "carol"), format!("cert:{ca_fp}:carol"));
+        assert_eq!(cert_identity(&cert, "a b#c"), format!("cert:{ca_fp}:a_b_c"));
     }
 }

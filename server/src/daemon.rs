@@ -68,6 +68,7 @@ fn merge_config(args: &mut Args) -> anyhow::Result<(Peers, bool)> {
     args.trusted_user_ca_keys = args.trusted_user_ca_keys.take().or(file.trusted_user_ca_keys.clone());
     args.revoked_keys = args.revoked_keys.take().or(file.revoked_keys.clone());
     args.host_certificate = args.host_certificate.take().or(file.host_certificate.clone());
+    args.strict_modes = args.strict_modes.or(file.strict_modes);
     let peers = config::validate(&text, &file, args.pool, args.pool6).map_err(|errs| {
         anyhow::anyhow!(
             "configuration rejected:\n{}",
@@ -175,12 +176,15 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let peer_routes = PeerRoutes::new(args.tunnel.tun_name.clone(), netconf::open()?);
-    // Key management (issue 13): the key files, watched while the daemon runs.
+    // Key management (issue 13): the key files, watched while the daemon runs; StrictModes
+    // as sshd's (root or the daemon's user own them, nobody else may write them).
+    let strict = crate::strict_modes::StrictModes::new(args.strict_modes.unwrap_or(true), args.user.as_deref());
     let key_store = crate::credentials::KeyStore::load_with_config(
         args.authorized_keys.as_deref().filter(|_| host_key.is_some()),
         args.trusted_user_ca_keys.as_deref(),
         args.revoked_keys.as_deref(),
         args.config.as_deref().map(|c| (c, args.pool, args.pool6)),
+        strict.clone(),
     )
     .context("loading key files")?;
     if host_key.is_some() && args.listen.is_some() && {
@@ -190,7 +194,7 @@ pub async fn run(mut args: Args) -> anyhow::Result<()> {
         tracing::warn!("no usable authorized keys or user CAs: nobody can connect over SSH");
     }
     let host_certificates = match (&args.host_certificate, &host_key) {
-        (Some(p), Some(k)) => vec![crate::credentials::load_host_certificate(p, k.public_key())?],
+        (Some(p), Some(k)) => vec![crate::credentials::load_host_certificate(p, k.public_key(), &strict)?],
         _ => Vec::new(),
     };
     // Access control and audit (issue 14): policy table and audit log, before privileges go.

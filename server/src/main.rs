@@ -29,6 +29,7 @@ mod safe_fs;
 mod session_policy;
 mod ssh;
 mod state;
+mod strict_modes;
 mod switch;
 
 use clap::Parser;

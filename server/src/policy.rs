@@ -347,7 +347,7 @@ pub fn compile(text: &str, file: &FileConfig, peers: &Peers) -> Result<Policy, V
 }
 
 /// `cert:PRINCIPAL` names every certificate login for that principal, whose identity is
-/// `cert:KEYID:PRINCIPAL` (see `credentials::cert_identity`).
+/// `cert:CA-FINGERPRINT:PRINCIPAL` (see `credentials::cert_identity`).
 fn principal_matches(member: &str, identity: &str) -> bool {
     match (member.strip_prefix("cert:"), identity.strip_prefix("cert:")) {
         (Some(principal), Some(rest)) if !principal.contains(':') => {

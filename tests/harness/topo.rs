@@ -26,9 +26,20 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new() -> TempDir {
         let n = DIRS.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("sshvpn-test-{}-{n}", std::process::id()));
+        // Under /run (root-owned, 0755), not /tmp (world-writable): sshvpnd's StrictModes
+        // refuses key files below a directory others may write.
+        let base = if nix::unistd::geteuid().is_root() {
+            std::path::PathBuf::from("/run")
+        } else {
+            std::env::temp_dir()
+        };
+        let p = base.join(format!("sshvpn-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("mkdir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755));
+        }
         TempDir(p)
     }
     pub fn path(&self, name: &str) -> PathBuf {

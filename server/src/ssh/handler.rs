@@ -81,12 +81,25 @@ impl ConnectionHandler {
     }
 }
 
+impl ConnectionHandler {
+    /// Applies the key files' changes before a login decision, waiting for a change seen but
+    /// not yet stable (a half-written file is never applied).
+    async fn settle_key_files(&self) {
+        let store = &self.server.access.key_store;
+        if let Some(wait) = store.refresh(false) {
+            tokio::time::sleep(wait).await;
+            store.refresh(false);
+        }
+    }
+}
+
 impl russh::server::Handler for ConnectionHandler {
     type Error = russh::Error;
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
-        // Key files changed since the last login are re-read first (a stat per file).
-        self.server.access.key_store.refresh(false);
+        // Key files changed since the last login are re-read first (a stat per file); a change
+        // not yet stable is waited for (at most STABLE_FOR), so that a key just added works.
+        self.settle_key_files().await;
         let credential = Credential::Key(offer.public_key.clone());
         match self.authorize(&credential, user) {
             Ok(_) => return Ok(Auth::Accept),
@@ -108,7 +121,7 @@ impl russh::server::Handler for ConnectionHandler {
         user: &str,
         certificate: &russh::keys::Certificate,
     ) -> Result<Auth, Self::Error> {
-        self.server.access.key_store.refresh(false);
+        self.settle_key_files().await;
         let key = PublicKey::new(certificate.public_key().clone(), "");
         let credential = Credential::Cert(Box::new(certificate.clone()));
         self.accept(user, &credential, key)
@@ -216,9 +229,18 @@ impl russh::server::Handler for ConnectionHandler {
 
 /// Runs the tunnel of an SSH login, registered for re-checks while it lasts.
 async fn serve_authenticated(state: Arc<ServerState>, channel: Channel<Msg>, grant: Grant, peer: SocketAddr) {
-    let key = peer.to_string();
+    let id = state.slots.next_id();
     let identity = grant.identity.clone();
-    let _registered = state.access.key_store.registered(key.clone(), grant);
+    let _registered = state.access.key_store.registered(id, grant);
     let (rx, tx) = channel.split();
-    crate::client_session::serve(state.clone(), ChannelRx(rx), ChannelTx(tx), identity, key, None).await;
+    crate::client_session::serve_session(
+        state.clone(),
+        ChannelRx(rx),
+        ChannelTx(tx),
+        identity,
+        peer.to_string(),
+        None,
+        Some(id),
+    )
+    .await;
 }

@@ -4,16 +4,19 @@
 //!
 //! Honoured: `from="pattern-list"` (address / CIDR / wildcard patterns, `!` negation),
 //! `expiry-time="YYYYMMDD[HHMM[SS]][Z]"` (local time unless `Z`), `cert-authority` with
-//! `principals="..."`. Accepted and ignored (a VPN has nothing to forward): `restrict`, the
-//! `no-*` options and their positive forms, `permitopen`, `permitlisten`, `environment`, `tunnel`.
-//! A forced `command=` cannot be honoured by a tunnel, so such a line is skipped. An unknown or
-//! malformed option makes that line unusable, with a warning naming the line, as sshd does.
+//! `principals="..."`, and `restrict` (no tunnel, as sshd's `server_request_tun`). The options
+//! column is parsed as sshd parses it ([`options`]); what a tunnel cannot honour (`command=`,
+//! `verify-required`, `no-touch-required`, security-key user keys) makes that line unusable,
+//! like an unknown or malformed option, with a warning naming the line.
 //! Pure: no I/O, time is passed in.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
+
+mod options;
+pub use options::{KeyOptions, TunnelDevice, parse_option_column, split_options};
 use russh::keys::PublicKey;
 use russh::keys::ssh_key::certificate::CertType;
 use russh::keys::ssh_key::{self, Certificate, Fingerprint, HashAlg, public::KeyData};
@@ -21,20 +24,7 @@ use russh::keys::ssh_key::{self, Certificate, Fingerprint, HashAlg, public::KeyD
 /// Longest line considered (sshd's limit is 16 KiB per line too).
 pub const MAX_LINE: usize = 16 * 1024;
 /// Patterns in one `from=` / `principals=` list, at most.
-const MAX_LIST: usize = 256;
-
-/// The options column of one line, as far as it matters here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct KeyOptions {
-    /// `from=`: the source address must match this pattern list.
-    pub from: Option<Vec<String>>,
-    /// `expiry-time=`: not accepted after this instant.
-    pub expiry: Option<SystemTime>,
-    /// `cert-authority`: the key is a CA for user certificates, not a user key.
-    pub cert_authority: bool,
-    /// `principals=`: with `cert-authority`, certificate principals accepted instead of the user name.
-    pub principals: Option<Vec<String>>,
-}
+pub(crate) const MAX_LIST: usize = 256;
 
 /// One usable line.
 #[derive(Debug, Clone)]
@@ -58,6 +48,8 @@ pub enum AuthorizedKeysError {
     CertificateNotKey,
     #[error("unknown key type {0:?}")]
     UnknownKeyType(String),
+    #[error("security-key ({0}) user keys are not supported: sshvpnd cannot check their user-presence flag")]
+    SecurityKey(String),
     #[error("unreadable key")]
     UnreadableKey(#[source] ssh_key::Error),
     /// A key list's certificate line (its key is listed) whose certificate cannot be read.
@@ -71,23 +63,26 @@ pub enum AuthorizedKeysError {
 /// What is wrong with the options column of a line (sshd rejects the line for any of these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyOptionError {
-    /// Not an option name where one must be; `near` is the text there (at most 20 characters).
-    #[error("bad options column near {near:?}")]
-    BadColumn { near: String },
     #[error("option {name}= needs a double-quoted value")]
     Unquoted { name: String },
     #[error("option {name}= has no closing quote")]
     NoClosingQuote { name: String },
     #[error("options but no key")]
     NoKey,
-    #[error("option {name} needs a value")]
-    NeedsValue { name: String },
     #[error("option {name} takes no value")]
     TakesNoValue { name: String },
     #[error("{name}= given twice")]
     Twice { name: &'static str },
     #[error("unknown option {name:?}")]
     Unknown { name: String },
+    #[error("options end with a comma")]
+    TrailingComma,
+    #[error("{name}=\"{value}\" is not valid")]
+    BadValue { name: &'static str, value: String },
+    #[error("verify-required (FIDO user verification) cannot be checked by sshvpnd: key not usable")]
+    VerifyRequired,
+    #[error("no-touch-required (FIDO) cannot be honoured by sshvpnd: key not usable")]
+    NoTouchRequired,
     #[error("command= (a forced command) cannot be honoured by a VPN tunnel: key not usable")]
     ForcedCommand,
     #[error("from= lists more than {} patterns", MAX_LIST)]
@@ -141,6 +136,10 @@ pub enum CertRefusal {
     SourceAddress { addr: IpAddr, value: String },
     #[error("it has a force-command, which a VPN tunnel cannot honour")]
     ForceCommand,
+    #[error("it has verify-required (FIDO user verification), which sshvpnd cannot check")]
+    VerifyRequired,
+    #[error("its key is a security key ({0}), whose user-presence flag sshvpnd cannot check")]
+    SecurityKey(String),
     #[error("unknown critical option {name:?}")]
     UnknownCriticalOption { name: String },
 }
@@ -152,6 +151,9 @@ pub enum KeyRefusal {
     NotListed,
     #[error("line {line} lists it as a cert-authority, which only signs certificates")]
     CertAuthority { line: usize },
+    /// sshd refuses tunnel forwarding to a `restrict` key (serverloop.c `server_request_tun`).
+    #[error("line {line}: restrict: no tunnel forwarding")]
+    Restricted { line: usize },
     /// The first line listing the key refuses the request.
     #[error("line {line}: {reason}")]
     Line { line: usize, reason: OptionRefusal },
@@ -162,6 +164,9 @@ pub enum KeyRefusal {
 pub enum CaRefusal {
     #[error("its CA is not a cert-authority in authorized keys")]
     NotListed,
+    /// The CA's line has `restrict`: sshd refuses tunnel forwarding.
+    #[error("line {line}: restrict: no tunnel forwarding")]
+    Restricted { line: usize },
     /// The first `cert-authority` line of its CA refuses the request.
     #[error("line {line}: {reason}")]
     Line { line: usize, reason: OptionRefusal },
@@ -260,6 +265,7 @@ impl AuthorizedKeysFile {
                 continue;
             }
             match e.options.check(req) {
+                Ok(()) if e.options.restricted => return Err(KeyRefusal::Restricted { line: e.line }),
                 Ok(()) => return Ok(e.line),
                 Err(reason) => {
                     refusal.get_or_insert(KeyRefusal::Line { line: e.line, reason });
@@ -288,6 +294,7 @@ impl AuthorizedKeysFile {
                         .map_err(|reason| CaRefusal::Certificate { line: e.line, reason })
                 });
             match r {
+                Ok(_) if e.options.restricted => return Err(CaRefusal::Restricted { line: e.line }),
                 Ok(principal) => {
                     return Ok(CertGrant {
                         principal,
@@ -338,6 +345,9 @@ pub fn check_user_cert(
     }
     if cert.signature_key() != ca {
         return Err(CertRefusal::OtherCa);
+    }
+    if is_security_key(cert.public_key()) {
+        return Err(CertRefusal::SecurityKey(cert.public_key().algorithm().to_string()));
     }
     let now = unix_seconds(req.now);
     let fp: Fingerprint = ca.fingerprint(HashAlg::Sha256);
@@ -395,8 +405,8 @@ pub fn check_user_cert(
                     });
                 }
             }
-            // A FIDO user-verification requirement: the signature was checked by the SSH layer.
-            "verify-required" => {}
+            // A FIDO user-verification requirement: russh does not expose the signature's flags.
+            "verify-required" => return Err(CertRefusal::VerifyRequired),
             "force-command" => return Err(CertRefusal::ForceCommand),
             other => {
                 return Err(CertRefusal::UnknownCriticalOption {
@@ -421,7 +431,11 @@ pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, Authoriz
     let (options, rest) = if is_key_type(first) {
         (KeyOptions::default(), line)
     } else {
-        parse_options(line)?
+        let (column, rest) = split_options(line)?;
+        if rest.trim().is_empty() {
+            return Err(KeyOptionError::NoKey.into());
+        }
+        (parse_option_column(column)?, rest)
     };
     let rest = rest.trim_start();
     let kind = rest.split_ascii_whitespace().next().unwrap_or_default();
@@ -432,169 +446,24 @@ pub fn parse_line(raw: &str) -> Result<Option<(KeyOptions, PublicKey)>, Authoriz
         return Err(AuthorizedKeysError::UnknownKeyType(kind.to_string()));
     }
     let key = PublicKey::from_openssh(rest).map_err(AuthorizedKeysError::UnreadableKey)?;
+    if is_security_key(key.key_data()) && !options.cert_authority {
+        return Err(AuthorizedKeysError::SecurityKey(key.algorithm().to_string()));
+    }
     Ok(Some((options, key)))
+}
+
+/// A FIDO security key (`sk-...`): its signatures carry user-presence / verification flags
+/// that russh verifies but does not expose, so sshvpnd cannot enforce them.
+pub fn is_security_key(key: &KeyData) -> bool {
+    matches!(key, KeyData::SkEd25519(_) | KeyData::SkEcdsaSha2NistP256(_))
 }
 
 fn is_key_type(s: &str) -> bool {
     s.starts_with("ssh-") || s.starts_with("ecdsa-sha2-") || s.starts_with("sk-")
 }
 
-/// Options sshd knows that mean nothing for a VPN tunnel: accepted and ignored.
-const IGNORED_FLAGS: &[&str] = &[
-    "restrict",
-    "no-agent-forwarding",
-    "no-port-forwarding",
-    "no-pty",
-    "no-user-rc",
-    "no-x11-forwarding",
-    "no-touch-required",
-    "verify-required",
-    "agent-forwarding",
-    "port-forwarding",
-    "pty",
-    "user-rc",
-    "x11-forwarding",
-];
-const IGNORED_VALUES: &[&str] = &["permitopen", "permitlisten", "environment", "tunnel"];
-
-/// Parses the options column at the start of `line`; returns the options and the rest.
-pub fn parse_options(line: &str) -> Result<(KeyOptions, &str), KeyOptionError> {
-    let mut opts = KeyOptions::default();
-    let bytes = line.as_bytes();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'-' || bytes[i] == b'_') {
-            i += 1;
-        }
-        let name = line[start..i].to_ascii_lowercase();
-        if name.is_empty() {
-            return Err(KeyOptionError::BadColumn {
-                near: snippet(&line[start..]),
-            });
-        }
-        let value = if bytes.get(i) == Some(&b'=') {
-            i += 1;
-            if bytes.get(i) != Some(&b'"') {
-                return Err(KeyOptionError::Unquoted { name });
-            }
-            i += 1;
-            let mut v = String::new();
-            loop {
-                match bytes.get(i) {
-                    None => return Err(KeyOptionError::NoClosingQuote { name }),
-                    Some(b'\\') if bytes.get(i + 1) == Some(&b'"') => {
-                        v.push('"');
-                        i += 2;
-                    }
-                    Some(b'"') => {
-                        i += 1;
-                        break;
-                    }
-                    Some(_) => {
-                        // Copy one whole UTF-8 character.
-                        let ch = line[i..].chars().next().unwrap_or('\u{fffd}');
-                        v.push(ch);
-                        i += ch.len_utf8();
-                    }
-                }
-            }
-            Some(v)
-        } else {
-            None
-        };
-        apply_option(&mut opts, &name, value)?;
-        match bytes.get(i) {
-            Some(b',') => i += 1,
-            Some(b' ') | Some(b'\t') => break,
-            None => return Err(KeyOptionError::NoKey),
-            Some(_) => {
-                return Err(KeyOptionError::BadColumn {
-                    near: snippet(&line[i..]),
-                });
-            }
-        }
-    }
-    if opts.principals.is_some() && !opts.cert_authority {
-        return Err(KeyOptionError::PrincipalsWithoutCertAuthority);
-    }
-    Ok((opts, &line[i..]))
-}
-
-fn snippet(s: &str) -> String {
-    s.chars().take(20).collect()
-}
-
-fn apply_option(opts: &mut KeyOptions, name: &str, value: Option<String>) -> Result<(), KeyOptionError> {
-    let needs_value = |v: Option<String>| v.ok_or_else(|| KeyOptionError::NeedsValue { name: name.to_string() });
-    let takes_no_value = |v: Option<String>| match v {
-        Some(_) => Err(KeyOptionError::TakesNoValue { name: name.to_string() }),
-        None => Ok(()),
-    };
-    match name {
-        "cert-authority" => {
-            takes_no_value(value)?;
-            opts.cert_authority = true;
-        }
-        "from" => {
-            if opts.from.is_some() {
-                return Err(KeyOptionError::Twice { name: "from" });
-            }
-            opts.from = Some(parse_from(&needs_value(value)?)?);
-        }
-        "expiry-time" => {
-            if opts.expiry.is_some() {
-                return Err(KeyOptionError::Twice { name: "expiry-time" });
-            }
-            let v = needs_value(value)?;
-            opts.expiry = Some(parse_expiry(&v).ok_or(KeyOptionError::BadExpiry { value: v })?);
-        }
-        "principals" => {
-            if opts.principals.is_some() {
-                return Err(KeyOptionError::Twice { name: "principals" });
-            }
-            let v = needs_value(value)?;
-            let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-            if list.len() > MAX_LIST || list.iter().any(String::is_empty) {
-                return Err(KeyOptionError::BadPrincipals { value: v });
-            }
-            opts.principals = Some(list);
-        }
-        "command" => {
-            needs_value(value)?;
-            return Err(KeyOptionError::ForcedCommand);
-        }
-        n if IGNORED_FLAGS.contains(&n) => takes_no_value(value)?,
-        n if IGNORED_VALUES.contains(&n) => {
-            needs_value(value)?;
-        }
-        n => return Err(KeyOptionError::Unknown { name: n.to_string() }),
-    }
-    Ok(())
-}
-
-/// A `from=` pattern list: comma-separated, `!` negates; CIDR entries must be valid networks.
-fn parse_from(v: &str) -> Result<Vec<String>, KeyOptionError> {
-    let list: Vec<String> = v.split(',').map(|s| s.trim().to_string()).collect();
-    if list.len() > MAX_LIST {
-        return Err(KeyOptionError::FromTooLong);
-    }
-    for p in &list {
-        let body = p.strip_prefix('!').unwrap_or(p);
-        if body.is_empty() {
-            return Err(KeyOptionError::FromEmptyPattern { list: v.to_string() });
-        }
-        if body.contains('/') && parse_net(body).is_none() {
-            return Err(KeyOptionError::FromBadNetwork {
-                pattern: body.to_string(),
-            });
-        }
-    }
-    Ok(list)
-}
-
 /// `ADDR/LEN` with no host bits set, or a bare address.
-fn parse_net(s: &str) -> Option<IpNet> {
+pub(crate) fn parse_net(s: &str) -> Option<IpNet> {
     if let Ok(net) = s.parse::<IpNet>() {
         return (net.trunc() == net).then_some(net);
     }
@@ -778,7 +647,7 @@ mod tests {
             format!("principals=\"carol\" {l}"),
             format!("command=\"/bin/backup\" {l}"),
             format!("no-pty=\"x\" {l}"),
-            format!("cert-authority,,no-pty {l}"),
+            format!("cert-authority,no-pty, {l}"),
             "no-pty".to_string(),
             "ssh-ed25519 AAAAnotbase64".to_string(),
         ] {
@@ -1036,15 +905,13 @@ mod tests {
                 format!("cert-authority=\"x\" {l}"),
                 "option cert-authority takes no value".into(),
             ),
-            (format!("permitopen {l}"), "option permitopen needs a value".into()),
+            (format!("permitopen {l}"), "unknown option \"permitopen\"".into()),
             (
                 format!("command=\"/bin/backup\" {l}"),
                 "command= (a forced command) cannot be honoured by a VPN tunnel: key not usable".into(),
             ),
-            (
-                format!("cert-authority,,no-pty {l}"),
-                format!("bad options column near {:?}", ",no-pty ssh-ed25519 "),
-            ),
+            (format!("cert-authority,no-pty, {l}"), "options end with a comma".into()),
+            (format!("no-pty;x {l}"), "unknown option \"no-pty;x\"".into()),
             ("no-pty".into(), "options but no key".into()),
             ("no-pty foo AAAA".into(), "unknown key type \"foo\"".into()),
             (
@@ -1135,5 +1002,108 @@ mod tests {
         assert_eq!(keys.len(), 1);
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, 3);
+    }
+
+    const SK_ED25519: &str = "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29tAAAAICFo/k5LU8863u66YC9eUO2170QduohPURkQnbLa/dczAAAABHNzaDo= u@x";
+
+    /// One line sshvpnd cannot honour makes that line unusable, never the others.
+    #[test]
+    fn unusable_lines_are_skipped_one_by_one() {
+        let (a, b) = (key(), key());
+        let text = format!(
+            "command=\"/usr/bin/rrsync -ro /srv\" {}\nverify-required {}\nno-touch-required {}\n{SK_ED25519}\nfrom=\"a\",from=\"b\" {}\nfrobnicate {}\nbroken\n{}",
+            line(&b),
+            line(&b),
+            line(&b),
+            line(&b),
+            line(&b),
+            line(&a)
+        );
+        let f = AuthorizedKeysFile::parse(&text);
+        assert_eq!(f.entries.iter().map(|e| e.line).collect::<Vec<_>>(), vec![8]);
+        assert_eq!(
+            f.errors.iter().map(|e| e.line).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
+        assert!(f.errors[3].to_string().contains("security-key"), "{}", f.errors[3]);
+        assert_eq!(f.authorize_key(a.public_key().key_data(), &req("10.0.0.1")), Ok(8));
+        assert!(f.authorize_key(b.public_key().key_data(), &req("10.0.0.1")).is_err());
+        // An sk key may still be a CA (its signature on a certificate has no presence flag).
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority {SK_ED25519}\n"));
+        assert!(f.errors.is_empty() && f.has_cert_authorities());
+    }
+
+    /// sshd refuses tunnel forwarding to `restrict` keys, whatever is re-enabled after it;
+    /// `tunnel=` and the forwarding options do not.
+    #[test]
+    fn restrict_refuses_the_tunnel_and_other_options_do_not() {
+        let k = key();
+        let l = line(&k);
+        let kd = k.public_key().key_data();
+        for opts in [
+            "restrict",
+            "restrict,port-forwarding,permitopen=\"10.0.1.20:443\"",
+            "restrict,pty,agent-forwarding,x11-forwarding,user-rc",
+            "no-pty,RESTRICT",
+        ] {
+            let f = AuthorizedKeysFile::parse(&format!("{opts} {l}"));
+            assert_eq!(f.errors, vec![], "{opts}");
+            assert_eq!(
+                f.authorize_key(kd, &req("10.0.0.1")),
+                Err(KeyRefusal::Restricted { line: 1 }),
+                "{opts}"
+            );
+        }
+        for opts in [
+            "no-port-forwarding",
+            "tunnel=\"0\"",
+            "tunnel=\"any\"",
+            "permitopen=\"10.0.1.20:443\",no-agent-forwarding,no-x11-forwarding,no-pty,no-user-rc",
+            "environment=\"A=b\"",
+        ] {
+            let f = AuthorizedKeysFile::parse(&format!("{opts} {l}"));
+            assert_eq!(f.authorize_key(kd, &req("10.0.0.1")), Ok(1), "{opts}");
+        }
+        // The first line whose from= matches decides, as in sshd.
+        let f = AuthorizedKeysFile::parse(&format!("from=\"10.9.0.0/16\" {l}\nrestrict {l}\n"));
+        assert_eq!(f.authorize_key(kd, &req("10.9.0.1")), Ok(1));
+        assert_eq!(
+            f.authorize_key(kd, &req("10.0.0.1")),
+            Err(KeyRefusal::Restricted { line: 2 })
+        );
+        // A restricted cert-authority line: its certificates get no tunnel either.
+        let (ca, user) = (key(), key());
+        let now = unix_seconds(SystemTime::now());
+        let c = cert(&ca, &user, &["carol"], now - 60, now + 3600);
+        let f = AuthorizedKeysFile::parse(&format!("cert-authority,restrict {}", line(&ca)));
+        assert_eq!(
+            f.authorize_cert(&c, &req("10.0.0.1")),
+            Err(CaRefusal::Restricted { line: 1 })
+        );
+    }
+
+    #[test]
+    fn fido_requirements_on_certificates_are_refused() {
+        use russh::keys::ssh_key::certificate::Builder;
+        let (ca, user) = (key(), key());
+        let now = unix_seconds(SystemTime::now());
+        let mut b = Builder::new(vec![7u8; 32], user.public_key().key_data().clone(), now - 60, now + 60).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.valid_principal("carol").unwrap();
+        b.critical_option("verify-required", "").unwrap();
+        let c = b.sign(&ca).unwrap();
+        assert_eq!(
+            check_user_cert(&c, ca.public_key().key_data(), None, &req("10.0.0.1")),
+            Err(CertRefusal::VerifyRequired)
+        );
+        let sk = PublicKey::from_openssh(SK_ED25519).unwrap();
+        let mut b = Builder::new(vec![7u8; 32], sk.key_data().clone(), now - 60, now + 60).unwrap();
+        b.cert_type(CertType::User).unwrap();
+        b.valid_principal("carol").unwrap();
+        let c = b.sign(&ca).unwrap();
+        assert!(matches!(
+            check_user_cert(&c, ca.public_key().key_data(), None, &req("10.0.0.1")),
+            Err(CertRefusal::SecurityKey(_))
+        ));
     }
 }

@@ -389,3 +389,118 @@ fn a_squatted_status_socket_name_does_not_stop_connect() {
         "the first client keeps running"
     );
 }
+
+/// A 1000-byte TCP packet from `own` to the LAN host's port 9, behind a virtio-net header asking
+/// the server's kernel to split it in `gso_size`-byte segments.
+fn offloaded_tcp(own: std::net::Ipv4Addr, gso_size: u16) -> (Vec<u8>, Vec<u8>) {
+    use sshvpn_common::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr};
+    let mut ip = Vec::new();
+    etherparse::PacketBuilder::ipv4(own.octets(), [10, 202, 0, 2], 64)
+        .tcp(40000, 9, 1, 64000)
+        .write(&mut ip, &[0x5a; 1000])
+        .unwrap();
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 40,
+        gso_size,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    (hdr.to_bytes().to_vec(), ip)
+}
+
+/// The fake client's IPv4 tunnel address from its configuration.
+fn own_addr4(answer: Option<Control>) -> std::net::Ipv4Addr {
+    let Some(Control::Config(config)) = answer else {
+        panic!("no configuration: {answer:?}")
+    };
+    match config.addr4.map(|a| a.addr()) {
+        Some(std::net::IpAddr::V4(a)) => a,
+        other => panic!("no IPv4 assignment: {other:?}"),
+    }
+}
+
+/// TCP packets to port 9 the LAN host has received so far (an nftables counter in its namespace).
+fn lan_port9_packets(t: &Topology) -> u64 {
+    let out = t.lan.exec_ok(&["nft", "list", "counter", "inet", "gsocount", "port9"]);
+    out.split("packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_gso_frame_without_the_negotiated_feature_ends_the_session_with_the_reason() {
+    let mut t = Topology::new(1);
+    let s = t.start_daemon(&["--allow-user", "root"]);
+    let mut fake = FakeClient::attach(&t.control_socket(), Some("nogso"));
+    let own = own_addr4(fake.handshake(10.0));
+    let (hdr, ip) = offloaded_tcp(own, 536);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    let mut closed = None;
+    while let Some(msg) = fake.next_control(10.0) {
+        if let Control::Close { code, reason } = msg {
+            closed = Some((code, reason));
+            break;
+        }
+    }
+    let (code, reason) = closed.expect("the session was not ended");
+    assert_eq!(code, CloseCode::ProtocolError);
+    assert!(reason.contains("did not negotiate the GSO feature"), "{reason}");
+    t.process(s).wait_for_log("did not negotiate the GSO feature", 5.0);
+}
+
+#[test]
+fn a_gso_frame_with_a_one_byte_segment_size_is_dropped_and_counted() {
+    let mut t = Topology::new(1);
+    t.lan.nft(
+        "table inet gsocount {\n counter port9 {}\n chain pre {\n  type filter hook prerouting priority -300;\n  tcp dport 9 counter name \"port9\"\n }\n}\n",
+    );
+    let s = t.start_daemon(&["--allow-user", "root"]);
+    let control = t.control_socket();
+    let mut fake = FakeClient::attach_with(&control, Some("gso"), sshvpn_common::proto::Features::GSO);
+    let own = own_addr4(fake.handshake(10.0));
+    let offered = fake.peer_hello.as_ref().map(|h| h.features);
+    assert!(
+        offered.is_some_and(|f| f.contains(sshvpn_common::proto::Features::GSO)),
+        "the server offers GSO (offloads on): {offered:?}"
+    );
+    // A well-formed super-packet crosses as two segments (the count works).
+    let (hdr, ip) = offloaded_tcp(own, 536);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    assert!(
+        wait_until(10.0, || lan_port9_packets(&t) == 2),
+        "a valid super-packet reaches the LAN as 2 segments (saw {})",
+        lan_port9_packets(&t)
+    );
+    // gso_size 1: the kernel would emit 1000 one-byte segments.
+    let (hdr, ip) = offloaded_tcp(own, 1);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    let json = || {
+        let out = std::process::Command::new(Bin::path("sshvpnd"))
+            .args(["status", "--json", "--control", control.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(
+        wait_until(10.0, || json().contains("\"bad_offload\":1")),
+        "counted as bad_offload in `sshvpnd status`: {}",
+        json()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lan_port9_packets(&t), 2, "no segment of the bad frame reached the LAN");
+    // The session goes on.
+    fake.send(&Control::Keepalive(7));
+    let mut acked = false;
+    while let Some(msg) = fake.next_control(5.0) {
+        if msg == Control::KeepaliveAck(7) {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "the session is still up");
+    assert!(t.process(s).child.try_wait().unwrap().is_none());
+}

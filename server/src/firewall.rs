@@ -392,7 +392,10 @@ impl Firewall {
             if !script.is_empty()
                 && let Err(e) = nft(&["-f", "-"], Some(&script)).await
             {
+                // The transaction did not happen: the sets are still `installed`, and the next
+                // change (a session starting or ending) carries this one too.
                 tracing::warn!("updating the policy's address sets: {e:#}");
+                return;
             }
         }
         st.installed = want;

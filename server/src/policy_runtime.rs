@@ -150,6 +150,7 @@ fn audit_session_end(audit: &Audit, port: &PeerPort, duration: Duration, s: &Sta
         queue_full: s.drop_queue_full,
         too_big: s.drop_too_big,
         tun_error: s.drop_tun_error,
+        bad_offload: s.drop_bad_offload,
     };
     audit.emit(
         "session_end",

@@ -16,6 +16,7 @@ mod firewall;
 mod firewall_runner;
 mod leases;
 mod limits;
+mod log_escape;
 mod memory_release;
 mod metrics;
 mod metrics_http;

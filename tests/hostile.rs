@@ -525,7 +525,9 @@ fn a_close_reason_with_forged_lines_is_one_escaped_line_in_the_daemon_log_and_th
         .find(|l| l.contains("client disconnected"))
         .expect("the disconnect line");
     assert!(
-        line.contains("closed by client (bye\\nFeb 30 00:00:00 sshvpnd: client connected: peer 6.6.6.6\\r\\x1b[2J\\u{202e})"),
+        line.contains(
+            "closed by client (bye\\nFeb 30 00:00:00 sshvpnd: client connected: peer 6.6.6.6\\r\\x1b[2J\\u{202e})"
+        ),
         "the reason on one line, escaped:\n{log}"
     );
     assert!(

@@ -563,9 +563,7 @@ fn one_client_filling_the_denied_set_does_not_blind_the_audit_log_for_another() 
     // set holds (4096).
     let sent = t.clients[0].run(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        (1..=5000u16)
-            .filter(|p| s.send_to(b"x", sa(LAN, *p)).is_ok())
-            .count()
+        (1..=5000u16).filter(|p| s.send_to(b"x", sa(LAN, *p)).is_ok()).count()
     });
     assert_eq!(sent, 5000);
     std::thread::sleep(Duration::from_millis(500));
@@ -603,6 +601,13 @@ fn one_client_filling_the_denied_set_does_not_blind_the_audit_log_for_another() 
         recorded_ops <= 400,
         "ops recorded at most its burst and rate: {recorded_ops}"
     );
-    let unrecorded = t.server.exec_ok(&["nft", "list", "counter", "inet", "sshvpnd_policy_sshvpn0", "denied_unrecorded"]);
+    let unrecorded = t.server.exec_ok(&[
+        "nft",
+        "list",
+        "counter",
+        "inet",
+        "sshvpnd_policy_sshvpn0",
+        "denied_unrecorded",
+    ]);
     assert!(!unrecorded.contains("packets 0 "), "{unrecorded}");
 }

@@ -66,7 +66,13 @@ pub struct Drops {
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.spoofed + self.local_scope + self.malformed + self.queue_full + self.too_big + self.tun_error + self.bad_offload
+        self.spoofed
+            + self.local_scope
+            + self.malformed
+            + self.queue_full
+            + self.too_big
+            + self.tun_error
+            + self.bad_offload
     }
 }
 

@@ -1,6 +1,6 @@
 //! The audit log (`--audit-log PATH`, config `audit_log`): one JSON object per line, each with
 //! `time` (RFC 3339, UTC) and `event` (auth_failed, session_start, session_end, policy_denied,
-//! key_revoked, config_reloaded, audit_overflow). Events go through a bounded channel to one
+//! key_revoked, config_reloaded, audit_overflow, denied_flows_suppressed). Events go through a bounded channel to one
 //! writer thread, so callers never wait on the disk: when the channel is full the event is
 //! counted as lost and the count is written in a later `audit_overflow` line. The file is opened
 //! for appending and reopened on request (SIGHUP, after logrotate moved it). Under systemd

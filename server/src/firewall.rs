@@ -87,7 +87,10 @@ fn record_chain(out: &mut String) {
             out,
             "    meta nfproto {nf} update @rate{v} {{ {ip} saddr limit rate over {DENIED_NEW_PER_SECOND}/second burst {DENIED_NEW_BURST} packets }} counter name \"{DENIED_UNRECORDED}\" return"
         );
-        for (l4, port) in [("meta l4proto { tcp, udp }", "th dport"), ("meta l4proto != { tcp, udp }", "0")] {
+        for (l4, port) in [
+            ("meta l4proto { tcp, udp }", "th dport"),
+            ("meta l4proto != { tcp, udp }", "0"),
+        ] {
             let key = format!("{ip} saddr . {ip} daddr . meta l4proto . {port}");
             let _ = writeln!(out, "    meta nfproto {nf} {l4} update @denied{v} {{ {key} }}");
         }
@@ -698,12 +701,17 @@ mod tests {
         has("update @denied4 { ip saddr . ip daddr . meta l4proto . th dport }");
         has("jump record_denied\n    counter name \"denied_all\" drop");
         has("ip saddr @quiet4 counter name \"denied_unrecorded\" return");
-        has("update @rate6 { ip6 saddr limit rate over 4/second burst 300 packets } counter name \"denied_unrecorded\" return");
+        has(
+            "update @rate6 { ip6 saddr limit rate over 4/second burst 300 packets } counter name \"denied_unrecorded\" return",
+        );
         let record = &s[s.find("chain record_denied").unwrap()..];
         let known = record.find("@denied4 update @denied4").unwrap();
         let rate = record.find("update @rate4").unwrap();
         let new = record.rfind("meta l4proto { tcp, udp } update @denied4").unwrap();
-        assert!(known < rate && rate < new, "refresh, then the rate, then record:\n{record}");
+        assert!(
+            known < rate && rate < new,
+            "refresh, then the rate, then record:\n{record}"
+        );
         has("counter name \"denied_all\" drop\n  }");
         // Under allow: counts, never drops.
         let allow = Policy {

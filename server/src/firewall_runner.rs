@@ -67,7 +67,9 @@ impl Admission {
         // Queries hold at most MAX_PENDING_QUERIES places: changes always find the others.
         let ok = self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_PENDING).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_PENDING).then_some(n + 1)
+            })
             .is_ok();
         if !ok && kind == JobKind::Query {
             self.queries.fetch_sub(1, Ordering::AcqRel);
@@ -254,7 +256,10 @@ mod tests {
 
     #[test]
     fn job_kinds() {
-        assert_eq!(JobKind::of(&["-j", "list", "counters", "table", "inet", "t"]), JobKind::Query);
+        assert_eq!(
+            JobKind::of(&["-j", "list", "counters", "table", "inet", "t"]),
+            JobKind::Query
+        );
         assert_eq!(JobKind::of(&["-f", "-"]), JobKind::Change);
         assert_eq!(JobKind::of(&["delete", "table", "inet", "t"]), JobKind::Change);
     }

@@ -63,11 +63,17 @@ mod tests {
     #[test]
     fn bidi_overrides_and_isolates_become_visible() {
         assert_eq!(for_log("user\u{202e}gnp.exe"), "user\\u{202e}gnp.exe");
-        for c in ['\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}'] {
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ] {
             let s = c.to_string();
             assert_eq!(for_log(&s), format!("\\u{{{:x}}}", c as u32));
         }
-        assert_eq!(for_log("\u{2029}\u{200f}"), "\u{2029}\u{200f}", "other characters are kept");
+        assert_eq!(
+            for_log("\u{2029}\u{200f}"),
+            "\u{2029}\u{200f}",
+            "other characters are kept"
+        );
     }
 
     #[test]

@@ -5,9 +5,9 @@
 //! `control::policy`'s).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;

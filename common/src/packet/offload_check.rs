@@ -102,7 +102,10 @@ pub fn check(hdr: &VirtioNetHdr, ip: &[u8]) -> Result<(), BadOffload> {
     let Some(min_size) = min_size else {
         // Not GSO: at most a checksum to complete.
         if hdr.gso_size != 0 {
-            return Err(BadOffload::GsoSize { got: hdr.gso_size, min: 0 });
+            return Err(BadOffload::GsoSize {
+                got: hdr.gso_size,
+                min: 0,
+            });
         }
         if usize::from(hdr.hdr_len) > ip.len() {
             return Err(BadOffload::HdrLen {
@@ -304,7 +307,10 @@ mod tests {
             Ok(())
         );
         // hdr_len may cover more than the headers (the kernel's skb_headlen).
-        assert_eq!(check(&gso(VIRTIO_NET_HDR_GSO_TCPV4, 1448, 20, 1000, 16), &tcp4(5000)), Ok(()));
+        assert_eq!(
+            check(&gso(VIRTIO_NET_HDR_GSO_TCPV4, 1448, 20, 1000, 16), &tcp4(5000)),
+            Ok(())
+        );
         // A partial checksum alone, and a plain packet.
         let csum = VirtioNetHdr {
             flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -342,7 +348,10 @@ mod tests {
             with(&|h| h.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4 | VIRTIO_NET_HDR_GSO_ECN),
             Err(BadOffload::GsoType(0x85))
         );
-        assert_eq!(with(&|h| h.gso_type = VIRTIO_NET_HDR_GSO_ECN), Err(BadOffload::GsoType(0x80)));
+        assert_eq!(
+            with(&|h| h.gso_type = VIRTIO_NET_HDR_GSO_ECN),
+            Err(BadOffload::GsoType(0x80))
+        );
         assert_eq!(
             with(&|h| h.gso_type = VIRTIO_NET_HDR_GSO_TCPV6),
             Err(BadOffload::TypeMismatch(VIRTIO_NET_HDR_GSO_TCPV6))
@@ -351,12 +360,18 @@ mod tests {
             with(&|h| h.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4),
             Err(BadOffload::TypeMismatch(VIRTIO_NET_HDR_GSO_UDP_L4))
         );
-        assert_eq!(with(&|h| h.csum_start = 0), Err(BadOffload::CsumStart { got: 0, want: 20 }));
+        assert_eq!(
+            with(&|h| h.csum_start = 0),
+            Err(BadOffload::CsumStart { got: 0, want: 20 })
+        );
         assert_eq!(
             with(&|h| h.csum_start = 60_000),
             Err(BadOffload::CsumStart { got: 60_000, want: 20 })
         );
-        assert_eq!(with(&|h| h.csum_offset = 6), Err(BadOffload::CsumOffset { got: 6, want: 16 }));
+        assert_eq!(
+            with(&|h| h.csum_offset = 6),
+            Err(BadOffload::CsumOffset { got: 6, want: 16 })
+        );
         assert_eq!(
             with(&|h| h.csum_offset = 9000),
             Err(BadOffload::CsumOffset { got: 9000, want: 16 })
@@ -379,7 +394,10 @@ mod tests {
         );
         assert_eq!(with(&|h| h.gso_size = 1), Err(BadOffload::GsoSize { got: 1, min: 536 }));
         assert_eq!(with(&|h| h.gso_size = 0), Err(BadOffload::GsoSize { got: 0, min: 536 }));
-        assert_eq!(with(&|h| h.gso_size = 535), Err(BadOffload::GsoSize { got: 535, min: 536 }));
+        assert_eq!(
+            with(&|h| h.gso_size = 535),
+            Err(BadOffload::GsoSize { got: 535, min: 536 })
+        );
     }
 
     #[test]
@@ -407,7 +425,11 @@ mod tests {
         assert_eq!(check(&h, &frag), Err(BadOffload::Packet), "more fragments");
         let mut bad_doff = tcp4(1000);
         bad_doff[20 + 12] = 0x40;
-        assert_eq!(check(&h, &bad_doff), Err(BadOffload::Packet), "TCP header below 20 bytes");
+        assert_eq!(
+            check(&h, &bad_doff),
+            Err(BadOffload::Packet),
+            "TCP header below 20 bytes"
+        );
         let mut icmp = tcp4(1000);
         icmp[9] = 1;
         assert_eq!(check(&h, &icmp), Err(BadOffload::Packet), "not TCP or UDP");
@@ -448,7 +470,14 @@ mod tests {
             seed ^= seed << 5;
             seed
         };
-        let pkts = [tcp4(3000), tcp6(3000), udp4(500), udp6(500), vec![0x60; 41], vec![0x46; 24]];
+        let pkts = [
+            tcp4(3000),
+            tcp6(3000),
+            udp4(500),
+            udp6(500),
+            vec![0x60; 41],
+            vec![0x46; 24],
+        ];
         for _ in 0..20_000 {
             let r = next();
             let h = VirtioNetHdr {

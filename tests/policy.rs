@@ -559,13 +559,13 @@ fn one_client_filling_the_denied_set_does_not_blind_the_audit_log_for_another() 
     t.start_server(&["--config", cfg.to_str().unwrap()]);
     t.start_client(0, &[]);
     t.start_client(1, &[]);
-    // ops sends to 5000 distinct denied UDP ports of the LAN host: more flows than the denied
+    // ops sends to 8000 distinct denied UDP ports of the LAN host: far more flows than the denied
     // set holds (4096).
     let sent = t.clients[0].run(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        (1..=5000u16).filter(|p| s.send_to(b"x", sa(LAN, *p)).is_ok()).count()
+        (1..=8000u16).filter(|p| s.send_to(b"x", sa(LAN, *p)).is_ok()).count()
     });
-    assert_eq!(sent, 5000);
+    assert_eq!(sent, 8000);
     std::thread::sleep(Duration::from_millis(500));
     // Then ci's one denied flow.
     t.clients[1].run(|| {

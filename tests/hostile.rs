@@ -603,4 +603,166 @@ fn a_host_certificate_for_an_address_is_not_accepted_for_a_name_resolving_there(
     );
     assert_eq!(std::fs::read_to_string(t.known_hosts(0)).unwrap(), ca_line);
     assert!(t.process(accepted).stop().success());
+
+/// A 1000-byte TCP packet from `own` to the LAN host's port 9, behind a virtio-net header asking
+/// the server's kernel to split it in `gso_size`-byte segments.
+fn offloaded_tcp(own: std::net::Ipv4Addr, gso_size: u16) -> (Vec<u8>, Vec<u8>) {
+    use sshvpn_common::packet::vnet::{VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VirtioNetHdr};
+    let mut ip = Vec::new();
+    etherparse::PacketBuilder::ipv4(own.octets(), [10, 202, 0, 2], 64)
+        .tcp(40000, 9, 1, 64000)
+        .write(&mut ip, &[0x5a; 1000])
+        .unwrap();
+    let hdr = VirtioNetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_TCPV4,
+        hdr_len: 40,
+        gso_size,
+        csum_start: 20,
+        csum_offset: 16,
+    };
+    (hdr.to_bytes().to_vec(), ip)
+}
+
+/// The fake client's IPv4 tunnel address from its configuration.
+fn own_addr4(answer: Option<Control>) -> std::net::Ipv4Addr {
+    let Some(Control::Config(config)) = answer else {
+        panic!("no configuration: {answer:?}")
+    };
+    match config.addr4.map(|a| a.addr()) {
+        Some(std::net::IpAddr::V4(a)) => a,
+        other => panic!("no IPv4 assignment: {other:?}"),
+    }
+}
+
+/// TCP packets to port 9 the LAN host has received so far (an nftables counter in its namespace).
+fn lan_port9_packets(t: &Topology) -> u64 {
+    let out = t.lan.exec_ok(&["nft", "list", "counter", "inet", "gsocount", "port9"]);
+    out.split("packets ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_gso_frame_without_the_negotiated_feature_ends_the_session_with_the_reason() {
+    let mut t = Topology::new(1);
+    let s = t.start_daemon(&["--allow-user", "root"]);
+    let mut fake = FakeClient::attach(&t.control_socket(), Some("nogso"));
+    let own = own_addr4(fake.handshake(10.0));
+    let (hdr, ip) = offloaded_tcp(own, 536);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    let mut closed = None;
+    while let Some(msg) = fake.next_control(10.0) {
+        if let Control::Close { code, reason } = msg {
+            closed = Some((code, reason));
+            break;
+        }
+    }
+    let (code, reason) = closed.expect("the session was not ended");
+    assert_eq!(code, CloseCode::ProtocolError);
+    assert!(reason.contains("did not negotiate the GSO feature"), "{reason}");
+    t.process(s).wait_for_log("did not negotiate the GSO feature", 5.0);
+}
+
+#[test]
+fn a_gso_frame_with_a_one_byte_segment_size_is_dropped_and_counted() {
+    let mut t = Topology::new(1);
+    t.lan.nft(
+        "table inet gsocount {\n counter port9 {}\n chain pre {\n  type filter hook prerouting priority -300;\n  tcp dport 9 counter name \"port9\"\n }\n}\n",
+    );
+    let s = t.start_daemon(&["--allow-user", "root"]);
+    let control = t.control_socket();
+    let mut fake = FakeClient::attach_with(&control, Some("gso"), sshvpn_common::proto::Features::GSO);
+    let own = own_addr4(fake.handshake(10.0));
+    let offered = fake.peer_hello.as_ref().map(|h| h.features);
+    assert!(
+        offered.is_some_and(|f| f.contains(sshvpn_common::proto::Features::GSO)),
+        "the server offers GSO (offloads on): {offered:?}"
+    );
+    // A well-formed super-packet crosses (the count works; veth may carry it whole).
+    let (hdr, ip) = offloaded_tcp(own, 536);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    assert!(
+        wait_until(10.0, || lan_port9_packets(&t) >= 1),
+        "a valid super-packet reaches the LAN"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let valid = lan_port9_packets(&t);
+    // gso_size 1: the kernel would emit 1000 one-byte segments.
+    let (hdr, ip) = offloaded_tcp(own, 1);
+    fake.send_data(sshvpn_common::proto::frame::FrameType::Gso, &[&hdr, &ip]);
+    let json = || {
+        let out = std::process::Command::new(Bin::path("sshvpnd"))
+            .args(["status", "--json", "--control", control.to_str().unwrap()])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(
+        wait_until(10.0, || json().contains("\"bad_offload\":1")),
+        "counted as bad_offload in `sshvpnd status`: {}",
+        json()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(lan_port9_packets(&t), valid, "nothing of the bad frame reached the LAN");
+    // The session goes on.
+    fake.send(&Control::Keepalive(7));
+    let mut acked = false;
+    while let Some(msg) = fake.next_control(5.0) {
+        if msg == Control::KeepaliveAck(7) {
+            acked = true;
+            break;
+        }
+    }
+    assert!(acked, "the session is still up");
+    assert!(t.process(s).child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn a_close_reason_with_forged_lines_is_one_escaped_line_in_the_daemon_log_and_the_audit_log() {
+    let mut t = Topology::new(1);
+    let audit = t.log("audit.jsonl");
+    let s = t.start_daemon(&["--allow-user", "root", "--audit-log", audit.to_str().unwrap()]);
+    let mut fake = FakeClient::attach(&t.control_socket(), Some("forger"));
+    assert!(matches!(fake.handshake(10.0), Some(Control::Config(_))));
+    let forged = "bye\nFeb 30 00:00:00 sshvpnd: client connected: peer 6.6.6.6\r\x1b[2J\u{202e}";
+    fake.send(&Control::Close {
+        code: CloseCode::Normal,
+        reason: forged.into(),
+    });
+    t.process(s).wait_for_log("client disconnected", 10.0);
+    let log = t.process(s).log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("client disconnected"))
+        .expect("the disconnect line");
+    assert!(
+        line.contains(
+            "closed by client (bye\\nFeb 30 00:00:00 sshvpnd: client connected: peer 6.6.6.6\\r\\x1b[2J\\u{202e})"
+        ),
+        "the reason on one line, escaped:\n{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("Feb 30")) && !log.contains("\x1b[2J") && !log.contains('\u{202e}'),
+        "a forged line or a raw control character in the daemon log:\n{log}"
+    );
+    assert!(
+        wait_until(5.0, || std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .contains("session_end")),
+        "session_end audited"
+    );
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("one JSON object per line");
+        if v["event"] == "session_end" {
+            let reason = v["reason"].as_str().unwrap();
+            assert_eq!(
+                reason,
+                "closed by client (bye\\nFeb 30 00:00:00 sshvpnd: client connected: peer 6.6.6.6\\r\\x1b[2J\\u{202e})"
+            );
+        }
+    }
 }

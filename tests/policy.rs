@@ -546,3 +546,68 @@ fn policy_cost() {
         avg("10-rule policy") / avg("no policy")
     );
 }
+
+#[test]
+fn one_client_filling_the_denied_set_does_not_blind_the_audit_log_for_another() {
+    let mut t = Topology::new(2);
+    let audit = t.log("audit.log");
+    let cfg = write_config(
+        &t,
+        "hub.toml",
+        &format!("audit_log = \"{}\"\n{POLICY}", audit.display()),
+    );
+    t.start_server(&["--config", cfg.to_str().unwrap()]);
+    t.start_client(0, &[]);
+    t.start_client(1, &[]);
+    // ops sends to 8000 distinct denied UDP ports of the LAN host: far more flows than the denied
+    // set holds (4096).
+    let sent = t.clients[0].run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        (1..=8000u16).filter(|p| s.send_to(b"x", sa(LAN, *p)).is_ok()).count()
+    });
+    assert_eq!(sent, 8000);
+    std::thread::sleep(Duration::from_millis(500));
+    // Then ci's one denied flow.
+    t.clients[1].run(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..3 {
+            let _ = s.send_to(b"ci", sa(LAN, 4444));
+        }
+    });
+    let seen = |e: &serde_json::Value| {
+        e["event"] == "policy_denied" && e["source"] == CI && e["destination"] == LAN && e["port"] == 4444
+    };
+    assert!(
+        wait_until(25.0, || audit_events(&audit).iter().any(seen)),
+        "ci's denied flow is audited: {} events, none from ci",
+        audit_events(&audit).len()
+    );
+    assert!(
+        wait_until(15.0, || audit_events(&audit)
+            .iter()
+            .any(|e| e["event"] == "denied_flows_suppressed" && e["source"] == OPS)),
+        "ops is told to be over its share"
+    );
+    let suppressed = audit_events(&audit)
+        .iter()
+        .filter(|e| e["event"] == "denied_flows_suppressed")
+        .count();
+    assert_eq!(suppressed, 1, "one event for the greedy client");
+    let recorded_ops = audit_events(&audit)
+        .iter()
+        .filter(|e| e["event"] == "policy_denied" && e["source"] == OPS)
+        .count();
+    assert!(
+        recorded_ops <= 400,
+        "ops recorded at most its burst and rate: {recorded_ops}"
+    );
+    let unrecorded = t.server.exec_ok(&[
+        "nft",
+        "list",
+        "counter",
+        "inet",
+        "sshvpnd_policy_sshvpn0",
+        "denied_unrecorded",
+    ]);
+    assert!(!unrecorded.contains("packets 0 "), "{unrecorded}");
+}

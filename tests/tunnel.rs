@@ -27,6 +27,16 @@ fn ping_and_bulk_transfer_over_ipv4_and_ipv6() {
     tcp_transfer(&t.clients[0], &t.lan, ip(LAN6), 5002, 50 << 20);
     // And the other way round: the LAN host sends to the client's tunnel address.
     tcp_transfer(&t.lan, &t.clients[0], ip("10.203.0.2"), 5003, 20 << 20);
+    // Every offloaded frame a kernel made passed the receive check, both ways.
+    let out = t.clients[0].exec(&[sshvpn_tests::Bin::path("sshvpn").to_str().unwrap(), "status", "--json"]);
+    let client = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(client.contains("\"bad_offload\":0"), "{client}");
+    let out = std::process::Command::new(sshvpn_tests::Bin::path("sshvpnd"))
+        .args(["status", "--json", "--control", t.control_socket().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let server = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(server.contains("\"bad_offload\":0"), "{server}");
 }
 
 #[test]

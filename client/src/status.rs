@@ -147,7 +147,7 @@ fn table(r: ClientReport) -> String {
         "server:      {}\nconnected:   {}\nuptime:      {}s (this session {})\nreconnects:  {}\naddresses:   {}\n\
          routes:      {}\ntraffic:     rx {} bytes / {} packets, tx {} bytes / {} packets\n\
          rates:       rx {} Mbit/s, tx {} Mbit/s\nrtt:         {}\n\
-         drops:       spoofed {} local_scope {} malformed {} queue_full {} too_big {} tun_error {}; {} while disconnected\n",
+         drops:       spoofed {} local_scope {} malformed {} queue_full {} too_big {} tun_error {} bad_offload {}; {} while disconnected\n",
         r.server,
         r.connected,
         now.saturating_sub(r.started),
@@ -170,6 +170,7 @@ fn table(r: ClientReport) -> String {
         d.queue_full,
         d.too_big,
         d.tun_error,
+        d.bad_offload,
         r.dropped_while_disconnected
     )
 }

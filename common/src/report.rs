@@ -59,11 +59,20 @@ pub struct Drops {
     pub queue_full: u64,
     pub too_big: u64,
     pub tun_error: u64,
+    /// Offloaded frames whose virtio-net header was refused.
+    #[serde(default)]
+    pub bad_offload: u64,
 }
 
 impl Drops {
     pub fn total(&self) -> u64 {
-        self.spoofed + self.local_scope + self.malformed + self.queue_full + self.too_big + self.tun_error
+        self.spoofed
+            + self.local_scope
+            + self.malformed
+            + self.queue_full
+            + self.too_big
+            + self.tun_error
+            + self.bad_offload
     }
 }
 
@@ -96,6 +105,7 @@ impl Traffic {
                 queue_full: now.drop_queue_full,
                 too_big: now.drop_too_big,
                 tun_error: now.drop_tun_error,
+                bad_offload: now.drop_bad_offload,
             },
         }
     }

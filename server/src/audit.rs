@@ -1,6 +1,6 @@
 //! The audit log (`--audit-log PATH`, config `audit_log`): one JSON object per line, each with
 //! `time` (RFC 3339, UTC) and `event` (auth_failed, session_start, session_end, policy_denied,
-//! key_revoked, config_reloaded, audit_overflow). Events go through a bounded channel to one
+//! key_revoked, config_reloaded, audit_overflow, denied_flows_suppressed). Events go through a bounded channel to one
 //! writer thread, so callers never wait on the disk: when the channel is full the event is
 //! counted as lost and the count is written in a later `audit_overflow` line. The file is opened
 //! for appending and reopened on request (SIGHUP, after logrotate moved it). Under systemd
@@ -17,6 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
+
+use crate::log_escape::for_log;
 
 /// Events waiting for the writer at most.
 pub const QUEUE: usize = 4096;
@@ -210,7 +212,9 @@ impl Audit {
         obj.insert("time".into(), Value::String(rfc3339(SystemTime::now())));
         obj.insert("event".into(), Value::String(event.into()));
         if let Value::Object(m) = fields {
-            obj.extend(m);
+            // Peer-supplied text (close reasons, user names, key IDs, software strings) is in
+            // these values: control and bidi characters are made visible.
+            obj.extend(m.into_iter().map(|(k, v)| (k, escaped(v))));
         }
         if tx.try_send(Msg::Line(obj)).is_err() {
             self.lost.fetch_add(1, Relaxed);
@@ -262,6 +266,19 @@ impl Audit {
             "config_reloaded",
             json!({"path": path.display().to_string(), "ok": ok, "detail": detail}),
         );
+    }
+}
+
+/// `v` with every string in it passed through [`for_log`].
+fn escaped(v: Value) -> Value {
+    match v {
+        Value::String(s) => match for_log(&s) {
+            std::borrow::Cow::Borrowed(_) => Value::String(s),
+            std::borrow::Cow::Owned(e) => Value::String(e),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(escaped).collect()),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, escaped(v))).collect()),
+        other => other,
     }
 }
 
@@ -329,7 +346,7 @@ mod tests {
         let text = String::from_utf8_lossy(&buf[..n]).into_owned();
         assert!(text.starts_with("MESSAGE=audit: auth_failed 10.0.0.1:5555\n"), "{text}");
         assert!(text.contains("\nSSHVPN_EVENT=auth_failed\n"), "{text}");
-        assert!(text.contains("\nSSHVPN_USER=evil MESSAGE=forged\n"), "{text}");
+        assert!(text.contains("\nSSHVPN_USER=evil\\nMESSAGE=forged\n"), "{text}");
         assert!(text.contains("\nSSHVPN_KEY=null\n"), "{text}");
         assert_eq!(text.matches("MESSAGE=").count(), 2, "no forged field line: {text}");
         let _ = std::fs::remove_dir_all(&dir);

@@ -8,6 +8,7 @@ use std::time::Instant;
 use sshvpn_common::proto::{CloseCode, Role, TunnelConfig};
 use sshvpn_common::tunnel::{DataPath, TransportRx, TransportTx, TunnelError, TunnelStats, packet_queue};
 
+use crate::log_escape::for_log;
 use crate::state::ServerState;
 use crate::switch::PeerPort;
 
@@ -173,7 +174,11 @@ pub async fn serve_session<Rx: TransportRx, Tx: TransportTx>(
             if let Some(p) = port {
                 state.switch.detach(&p);
             }
-            tracing::info!("client {peer} key {identity}: handshake failed: {e}");
+            tracing::info!(
+                "client {peer} key {}: handshake failed: {}",
+                for_log(&identity),
+                for_log(&e.to_string())
+            );
             state.addressing.release_ephemeral(&identity);
             return;
         }
@@ -186,8 +191,9 @@ pub async fn serve_session<Rx: TransportRx, Tx: TransportTx>(
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(
-        "client connected: peer {peer} key {identity} addresses {addresses} ({:?}, {})",
-        established.negotiated.peer_software,
+        "client connected: peer {peer} key {} addresses {addresses} (\"{}\", {})",
+        for_log(&identity),
+        for_log(&established.negotiated.peer_software),
         established.negotiated.offload()
     );
     state
@@ -237,18 +243,20 @@ pub async fn serve_session<Rx: TransportRx, Tx: TransportTx>(
     if !state.switch.has_identity(&identity) {
         state.addressing.release_ephemeral(&identity);
     }
+    // The client's close reason is its own text: escaped before the log and the audit log.
     let reason = match result {
         Ok(()) => "closed by server".to_string(),
-        Err(TunnelError::PeerClosed { reason, .. }) => format!("closed by client ({reason})"),
+        Err(TunnelError::PeerClosed { reason, .. }) => format!("closed by client ({})", for_log(&reason)),
         Err(TunnelError::Eof) => "connection closed".to_string(),
-        Err(e) => e.to_string(),
+        Err(e) => for_log(&e.to_string()).into_owned(),
     };
     state
         .policy
         .session_ended(&state.audit, &port, started.elapsed(), &stats.snapshot(), &reason)
         .await;
     tracing::info!(
-        "client disconnected: peer {peer} key {identity} addresses {addresses} after {:.1}s: {reason}; {}",
+        "client disconnected: peer {peer} key {} addresses {addresses} after {:.1}s: {reason}; {}",
+        for_log(&identity),
         started.elapsed().as_secs_f64(),
         stats.snapshot()
     );

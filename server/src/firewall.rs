@@ -48,6 +48,55 @@ pub fn denied_counter(g: usize) -> String {
 }
 
 pub const DENIED_ALL: &str = "denied_all";
+/// Named counter of denied packets not recorded in the denied sets (their source is over its
+/// share: [`DENIED_NEW_PER_SECOND`], [`DENIED_NEW_BURST`], [`DENIED_QUOTA_PER_SOURCE`]).
+pub const DENIED_UNRECORDED: &str = "denied_unrecorded";
+/// New denied flows one source may add to a denied set: a burst of this many...
+pub const DENIED_NEW_BURST: u32 = 300;
+/// ...then this many per second.
+pub const DENIED_NEW_PER_SECOND: u32 = 4;
+/// A source holding more entries than this in a denied set is quieted: its denied packets are
+/// no longer recorded for [`DENIED_QUIET_SECS`] (one `denied_flows_suppressed` audit event).
+pub const DENIED_QUOTA_PER_SOURCE: usize = 256;
+pub const DENIED_QUIET_SECS: u64 = 300;
+/// Sources tracked for the per-source rate of new denied flows, at most.
+const DENIED_RATE_SOURCES: u32 = 65536;
+const RECORD_CHAIN: &str = "record_denied";
+
+/// The regular chain recording a denied packet in the denied sets, jumped to before the drop.
+/// A source quieted by the daemon (over [`DENIED_QUOTA_PER_SOURCE`]) is not recorded; a packet of
+/// a flow already recorded refreshes it; a new flow is recorded only within its source's rate
+/// ([`DENIED_NEW_BURST`], then [`DENIED_NEW_PER_SECOND`]): one client cannot fill the
+/// [`DENIED_SET_SIZE`] entries that the audit log's `policy_denied` summaries come from.
+fn record_chain(out: &mut String) {
+    let _ = writeln!(out, "  chain {RECORD_CHAIN} {{");
+    for (ip, v) in [("ip", "4"), ("ip6", "6")] {
+        let nf = if v == "4" { "ipv4" } else { "ipv6" };
+        let _ = writeln!(
+            out,
+            "    meta nfproto {nf} {ip} saddr @quiet{v} counter name \"{DENIED_UNRECORDED}\" return"
+        );
+        // (A constant cannot be looked up in a concatenation: other protocols' packets go
+        // through the rate below, known flow or not.)
+        let key = format!("{ip} saddr . {ip} daddr . meta l4proto . th dport");
+        let _ = writeln!(
+            out,
+            "    meta nfproto {nf} meta l4proto {{ tcp, udp }} {key} @denied{v} update @denied{v} {{ {key} }} return"
+        );
+        let _ = writeln!(
+            out,
+            "    meta nfproto {nf} update @rate{v} {{ {ip} saddr limit rate over {DENIED_NEW_PER_SECOND}/second burst {DENIED_NEW_BURST} packets }} counter name \"{DENIED_UNRECORDED}\" return"
+        );
+        for (l4, port) in [
+            ("meta l4proto { tcp, udp }", "th dport"),
+            ("meta l4proto != { tcp, udp }", "0"),
+        ] {
+            let key = format!("{ip} saddr . {ip} daddr . meta l4proto . {port}");
+            let _ = writeln!(out, "    meta nfproto {nf} {l4} update @denied{v} {{ {key} }}");
+        }
+    }
+    let _ = writeln!(out, "  }}");
+}
 
 fn nets_of(v6: bool, nets: &BTreeSet<IpNet>) -> Vec<String> {
     nets.iter()
@@ -158,16 +207,8 @@ fn chain_rules(policy: &Policy, pools: &[IpNet], forward: bool, out: &mut String
                 );
             }
         }
-        for (ip, set, nf) in [("ip", "denied4", "ipv4"), ("ip6", "denied6", "ipv6")] {
-            let _ = writeln!(
-                out,
-                "    meta nfproto {nf} meta l4proto {{ tcp, udp }} update @{set} {{ {ip} saddr . {ip} daddr . meta l4proto . th dport }}"
-            );
-            let _ = writeln!(
-                out,
-                "    meta nfproto {nf} meta l4proto != {{ tcp, udp }} update @{set} {{ {ip} saddr . {ip} daddr . meta l4proto . 0 }}"
-            );
-        }
+        // What is recorded in the denied sets, fairly per source (see `record_chain`).
+        let _ = writeln!(out, "    jump {RECORD_CHAIN}");
         let _ = writeln!(out, "    counter name \"{DENIED_ALL}\" drop");
     }
 }
@@ -190,12 +231,19 @@ pub fn render(policy: &Policy, tun: &str, pools: &[IpNet], members: &[BTreeSet<I
             let _ = writeln!(o, "  counter {} {{}}", denied_counter(g));
         }
         let _ = writeln!(o, "  counter {DENIED_ALL} {{}}");
-        for (set, t) in [("denied4", "ipv4_addr"), ("denied6", "ipv6_addr")] {
+        let _ = writeln!(o, "  counter {DENIED_UNRECORDED} {{}}");
+        for (v, t) in [("4", "ipv4_addr"), ("6", "ipv6_addr")] {
             let _ = writeln!(
                 o,
-                "  set {set} {{ type {t} . {t} . inet_proto . inet_service; flags dynamic,timeout; timeout {DENIED_TIMEOUT_SECS}s; size {DENIED_SET_SIZE}; counter; }}"
+                "  set denied{v} {{ type {t} . {t} . inet_proto . inet_service; flags dynamic,timeout; timeout {DENIED_TIMEOUT_SECS}s; size {DENIED_SET_SIZE}; counter; }}"
             );
+            let _ = writeln!(
+                o,
+                "  set rate{v} {{ type {t}; flags dynamic,timeout; timeout {DENIED_TIMEOUT_SECS}s; size {DENIED_RATE_SOURCES}; }}"
+            );
+            let _ = writeln!(o, "  set quiet{v} {{ type {t}; flags timeout; }}");
         }
+        record_chain(&mut o);
     }
     for (g, group) in policy.groups.iter().enumerate() {
         for v6 in [false, true] {
@@ -392,7 +440,10 @@ impl Firewall {
             if !script.is_empty()
                 && let Err(e) = nft(&["-f", "-"], Some(&script)).await
             {
+                // The transaction did not happen: the sets are still `installed`, and the next
+                // change (a session starting or ending) carries this one too.
                 tracing::warn!("updating the policy's address sets: {e:#}");
+                return;
             }
         }
         st.installed = want;
@@ -450,6 +501,31 @@ impl Firewall {
 
     pub async fn active(&self) -> bool {
         self.state.lock().await.active
+    }
+
+    /// Stops recording the denied flows of `sources` for [`DENIED_QUIET_SECS`] (they are over
+    /// their share of the denied sets).
+    pub async fn quiet(&self, sources: &[IpAddr]) -> anyhow::Result<()> {
+        if sources.is_empty() || !self.active().await {
+            return Ok(());
+        }
+        let mut script = String::new();
+        for (v6, v) in [(false, "4"), (true, "6")] {
+            let elems: Vec<String> = sources
+                .iter()
+                .filter(|a| a.is_ipv6() == v6)
+                .map(|a| format!("{a} timeout {DENIED_QUIET_SECS}s"))
+                .collect();
+            if !elems.is_empty() {
+                let _ = writeln!(
+                    script,
+                    "add element inet {} quiet{v} {{ {} }}",
+                    self.table,
+                    elems.join(", ")
+                );
+            }
+        }
+        nft(&["-f", "-"], Some(&script)).await.map(|_| ())
     }
 
     /// Named counters of the table: name -> (packets, bytes). Empty without a table.
@@ -623,6 +699,19 @@ mod tests {
         assert!(input.contains("rule_0"), "{input}");
         has("ip saddr @grp_0_ops_4 counter name \"denied_0\"\n");
         has("update @denied4 { ip saddr . ip daddr . meta l4proto . th dport }");
+        has("jump record_denied\n    counter name \"denied_all\" drop");
+        has("ip saddr @quiet4 counter name \"denied_unrecorded\" return");
+        has(
+            "update @rate6 { ip6 saddr limit rate over 4/second burst 300 packets } counter name \"denied_unrecorded\" return",
+        );
+        let record = &s[s.find("chain record_denied").unwrap()..];
+        let known = record.find("@denied4 update @denied4").unwrap();
+        let rate = record.find("update @rate4").unwrap();
+        let new = record.rfind("meta l4proto { tcp, udp } update @denied4").unwrap();
+        assert!(
+            known < rate && rate < new,
+            "refresh, then the rate, then record:\n{record}"
+        );
         has("counter name \"denied_all\" drop\n  }");
         // Under allow: counts, never drops.
         let allow = Policy {

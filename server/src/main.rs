@@ -18,6 +18,7 @@ mod host_key;
 mod leases;
 mod limits;
 mod listeners;
+mod log_escape;
 mod memory_release;
 mod metrics;
 mod metrics_http;

@@ -108,6 +108,7 @@ impl Metrics {
             ("queue_full", totals.drop_queue_full),
             ("too_big", totals.drop_too_big),
             ("tun_error", totals.drop_tun_error),
+            ("bad_offload", totals.drop_bad_offload),
             ("no_route", switch.stats.no_route.load(Relaxed)),
         ];
         registry.register(

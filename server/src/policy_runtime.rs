@@ -5,9 +5,10 @@
 //! `control::policy`'s).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use prometheus_client::registry::Registry;
@@ -62,6 +63,8 @@ pub struct PolicyRuntime {
     pools: [Option<IpNet>; 2],
     /// Packet counts of denied flows at the last summary.
     denied_seen: tokio::sync::Mutex<HashMap<DeniedFlow, u64>>,
+    /// Sources over their share of the denied sets, and until when they are quiet.
+    quieted: tokio::sync::Mutex<HashMap<IpAddr, Instant>>,
     /// Named counters as last read (for the metrics).
     counters: Mutex<HashMap<String, (u64, u64)>>,
 }
@@ -89,6 +92,7 @@ impl PolicyRuntime {
             config,
             pools,
             denied_seen: Default::default(),
+            quieted: Default::default(),
             counters: Default::default(),
         })
     }
@@ -150,6 +154,7 @@ fn audit_session_end(audit: &Audit, port: &PeerPort, duration: Duration, s: &Sta
         queue_full: s.drop_queue_full,
         too_big: s.drop_too_big,
         tun_error: s.drop_tun_error,
+        bad_offload: s.drop_bad_offload,
     };
     audit.emit(
         "session_end",
@@ -165,6 +170,17 @@ fn audit_session_end(audit: &Audit, port: &PeerPort, duration: Duration, s: &Sta
             "reason": reason,
         }),
     );
+}
+
+/// Sources holding more than `quota` of the denied flows, with their number of flows.
+fn over_quota(flows: &[(DeniedFlow, u64)], quota: usize) -> Vec<(IpAddr, usize)> {
+    let mut per: HashMap<IpAddr, usize> = HashMap::new();
+    for (f, _) in flows {
+        *per.entry(f.source).or_default() += 1;
+    }
+    let mut over: Vec<_> = per.into_iter().filter(|(_, n)| *n > quota).collect();
+    over.sort();
+    over
 }
 
 impl PolicyRuntime {
@@ -204,6 +220,7 @@ impl PolicyRuntime {
             return;
         }
         let flows = self.firewall.denied_flows().await;
+        self.quiet_greedy_sources(audit, &flows).await;
         let mut seen = self.denied_seen.lock().await;
         let mut next = HashMap::new();
         for (flow, packets) in flows {
@@ -228,6 +245,45 @@ impl PolicyRuntime {
             next.insert(flow, packets);
         }
         *seen = next;
+    }
+
+    /// Fairness of the denied sets: a source holding more than its quota of entries is quieted
+    /// (its denied packets are no longer recorded for a while, only counted), with one
+    /// `denied_flows_suppressed` audit event, so that other clients' denied flows still find room.
+    async fn quiet_greedy_sources(&self, audit: &Audit, flows: &[(DeniedFlow, u64)]) {
+        let over = over_quota(flows, firewall::DENIED_QUOTA_PER_SOURCE);
+        let now = Instant::now();
+        let mut quieted = self.quieted.lock().await;
+        quieted.retain(|_, until| *until > now);
+        let new: Vec<(IpAddr, usize)> = over.into_iter().filter(|(a, _)| !quieted.contains_key(a)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let sources: Vec<IpAddr> = new.iter().map(|(a, _)| *a).collect();
+        if let Err(e) = self.firewall.quiet(&sources).await {
+            tracing::warn!("quieting sources over their share of the denied sets: {e:#}");
+            return;
+        }
+        let until = now + Duration::from_secs(firewall::DENIED_QUIET_SECS);
+        for (source, entries) in new {
+            quieted.insert(source, until);
+            let identity = self.firewall.identity_of(source).await;
+            tracing::info!(
+                "denied flows from {source} are no longer recorded for {}s: {entries} recorded, over the share of {}",
+                firewall::DENIED_QUIET_SECS,
+                firewall::DENIED_QUOTA_PER_SOURCE
+            );
+            audit.emit(
+                "denied_flows_suppressed",
+                json!({
+                    "identity": identity,
+                    "source": source.to_string(),
+                    "recorded_flows": entries,
+                    "quota": firewall::DENIED_QUOTA_PER_SOURCE,
+                    "suppressed_for_s": firewall::DENIED_QUIET_SECS,
+                }),
+            );
+        }
     }
 
     /// Background work: SIGHUP reloads and denied-flow summaries. Runs for the daemon's lifetime.
@@ -278,6 +334,11 @@ impl PolicyRuntime {
                 by_label("group", groups),
             );
         }
+        registry.register(
+            "sshvpn_policy_denied_unrecorded",
+            "Denied packets not recorded for the audit log (their source is over its share of the denied sets)",
+            by_label("table", [("all".to_string(), get(firewall::DENIED_UNRECORDED).0)]),
+        );
         let rules = policy
             .rules
             .iter()
@@ -288,5 +349,34 @@ impl PolicyRuntime {
             "Packets that started a flow allowed by a rule (by its line in the file)",
             by_label("line", rules),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(src: &str, port: u16) -> (DeniedFlow, u64) {
+        (
+            DeniedFlow {
+                source: src.parse().unwrap(),
+                destination: "10.202.0.2".parse().unwrap(),
+                protocol: "udp".into(),
+                port,
+            },
+            1,
+        )
+    }
+
+    #[test]
+    fn only_sources_over_their_quota_are_quieted() {
+        let mut flows: Vec<_> = (0..300).map(|p| flow("10.203.0.2", p)).collect();
+        flows.extend((0..256).map(|p| flow("10.203.0.3", p)));
+        flows.push(flow("fd00:203::2", 1));
+        assert_eq!(
+            over_quota(&flows, 256),
+            vec![("10.203.0.2".parse::<IpAddr>().unwrap(), 300)]
+        );
+        assert!(over_quota(&flows, 300).is_empty());
     }
 }

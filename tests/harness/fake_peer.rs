@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use sshvpn_common::proto::frame::FrameDecoder;
+use sshvpn_common::proto::frame::{FrameDecoder, FrameType};
 use sshvpn_common::proto::{Control, Features, Hello};
 
 /// A raw protocol connection to the daemon through its control socket.
@@ -16,22 +16,30 @@ pub struct FakeClient {
     pub stream: UnixStream,
     buf: BytesMut,
     decoder: FrameDecoder,
+    /// The daemon's hello, once [`FakeClient::handshake`] has seen it.
+    pub peer_hello: Option<Hello>,
 }
 
 impl FakeClient {
     /// Connects as `attach` does and says hello, with an instance tag if given.
     pub fn attach(control: &Path, instance: Option<&str>) -> FakeClient {
+        Self::attach_with(control, instance, Features::default())
+    }
+
+    /// The same, announcing `features` in the hello.
+    pub fn attach_with(control: &Path, instance: Option<&str>, features: Features) -> FakeClient {
         let mut stream = UnixStream::connect(control).expect("connect to the control socket");
         stream.write_all(b"attach\n").expect("attach request");
         let mut c = FakeClient {
             stream,
             buf: BytesMut::new(),
             decoder: FrameDecoder::default(),
+            peer_hello: None,
         };
         let hello = Hello {
             instance: instance.map(str::to_string),
             software: "fake-client".into(),
-            ..Hello::new(Features::default(), 1500)
+            ..Hello::new(features, 1500)
         };
         c.send(&Control::Hello(hello));
         c
@@ -41,6 +49,13 @@ impl FakeClient {
         let mut b = BytesMut::new();
         msg.encode_frame(&mut b);
         self.stream.write_all(&b).expect("send a control message");
+    }
+
+    /// Sends one data frame of type `kind` whose payload is `parts` concatenated.
+    pub fn send_data(&mut self, kind: FrameType, parts: &[&[u8]]) {
+        let mut b = BytesMut::new();
+        sshvpn_common::proto::frame::encode_parts(&mut b, kind, parts);
+        self.stream.write_all(&b).expect("send a data frame");
     }
 
     /// The next control message from the daemon (data frames are skipped), or None on end of
@@ -69,7 +84,7 @@ impl FakeClient {
     pub fn handshake(&mut self, secs: f64) -> Option<Control> {
         loop {
             match self.next_control(secs)? {
-                Control::Hello(_) => continue,
+                Control::Hello(h) => self.peer_hello = Some(h),
                 other => return Some(other),
             }
         }

@@ -9,6 +9,7 @@ pub mod icmp;
 pub mod inbound;
 pub mod ip;
 pub mod mss;
+pub mod offload_check;
 pub mod outbound;
 #[cfg(test)]
 mod test_rng;

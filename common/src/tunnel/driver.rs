@@ -31,6 +31,7 @@ use crate::packet::VirtioNetHdr;
 use crate::packet::coalesce::{Checksum, Push, UdpCoalescer};
 use crate::packet::gso;
 use crate::packet::inbound::{self, Reject};
+use crate::packet::offload_check;
 use crate::packet::outbound::{self, Action, Outbound, Plain};
 use crate::proto::control::ControlError;
 use crate::proto::frame::{self, FrameDecoder, FrameError, FrameType};
@@ -80,6 +81,8 @@ pub enum TunnelError {
     Stalled(Duration),
     #[error("data frame before the handshake completed")]
     EarlyData,
+    #[error("offloaded (GSO) frame from a peer that did not negotiate the GSO feature")]
+    UnnegotiatedGso,
     #[error("reading the tunnel interface: {0}")]
     TunRead(io::Error),
     #[error("internal error: {0}")]
@@ -90,7 +93,9 @@ impl TunnelError {
     /// The close code to send the peer for this error, if the peer should be told at all.
     fn close_code(&self) -> Option<CloseCode> {
         match self {
-            TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData => Some(CloseCode::ProtocolError),
+            TunnelError::Frame(_) | TunnelError::Control(_) | TunnelError::EarlyData | TunnelError::UnnegotiatedGso => {
+                Some(CloseCode::ProtocolError)
+            }
             TunnelError::Session(e) => Some(e.close_code()),
             TunnelError::Internal(_) => Some(CloseCode::Internal),
             TunnelError::Stalled(_) => Some(CloseCode::Timeout),
@@ -412,6 +417,7 @@ impl<Rx: TransportRx, Tx: TransportTx> Tunnel<Rx, Tx> {
                 tun: tun.clone(),
                 admit,
                 stats: stats.clone(),
+                gso: negotiated.features.contains(Features::GSO),
             },
         };
         let mut reader = AbortOnDrop(tokio::spawn(reader.run()));
@@ -516,6 +522,8 @@ struct Delivery<T> {
     /// Datagrams of one flow, written together at the end of each received chunk (when the TUN
     /// takes UDP GSO super-packets).
     coalescer: Option<UdpCoalescer>,
+    /// Both sides negotiated the GSO feature: offloaded frames are accepted (and checked).
+    gso: bool,
 }
 
 impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
@@ -527,6 +535,9 @@ impl<Rx: TransportRx, T: TunIo> Reader<Rx, T> {
             while let Some(frame) = self.decoder.decode(&mut self.rbuf)? {
                 match frame.kind {
                     FrameType::Ip => self.delivery.deliver(&frame.payload, false).await,
+                    // An offloaded frame the peer was never offered is a protocol error: its
+                    // header would go to the kernel unchecked on a TUN without offloads.
+                    FrameType::Gso if !self.delivery.gso => return Err(TunnelError::UnnegotiatedGso),
                     FrameType::Gso => self.delivery.deliver(&frame.payload, true).await,
                     kind => {
                         let msg = Control::decode(kind, &frame.payload)?;
@@ -577,6 +588,24 @@ impl<T: TunIo> Delivery<T> {
                 return;
             }
         };
+        // The virtio-net header goes to the kernel, which completes checksums and splits
+        // super-packets as it says: it must agree with the packet (hostile input).
+        let hdr = if gso {
+            match VirtioNetHdr::decode(payload).map(|h| offload_check::check(&h, ip).map(|()| h)) {
+                Some(Ok(h)) => Some(h),
+                Some(Err(e)) => {
+                    tracing::debug!("dropping an offloaded frame: {e}");
+                    TunnelStats::add(&self.stats.drop_bad_offload, 1);
+                    return;
+                }
+                None => {
+                    TunnelStats::add(&self.stats.drop_malformed, 1);
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         if !(self.admit)(&addrs) {
             TunnelStats::add(&self.stats.drop_spoofed, 1);
             return;
@@ -584,8 +613,8 @@ impl<T: TunIo> Delivery<T> {
         if let Some(c) = self.coalescer.as_mut() {
             // A frame with a virtio-net header may still be a lone datagram whose checksum the
             // sender left for the kernel to complete (the usual case from a TUN with offloads).
-            let csum = if gso {
-                VirtioNetHdr::decode(payload).and_then(|h| UdpCoalescer::checksum_of(&h, ip))
+            let csum = if let Some(h) = hdr {
+                UdpCoalescer::checksum_of(&h, ip)
             } else {
                 Some(Checksum::Complete)
             };

@@ -24,6 +24,9 @@ pub struct TunnelStats {
     pub drop_too_big: AtomicU64,
     /// Packets the local TUN refused.
     pub drop_tun_error: AtomicU64,
+    /// Offloaded frames from the peer whose virtio-net header contradicts the packet or asks for
+    /// too many segments (`crate::packet::offload_check`).
+    pub drop_bad_offload: AtomicU64,
     /// Round-trip time of the last keepalive, in microseconds (0: none yet).
     pub rtt_us: AtomicU64,
 }
@@ -41,6 +44,7 @@ pub struct StatsSnapshot {
     pub drop_queue_full: u64,
     pub drop_too_big: u64,
     pub drop_tun_error: u64,
+    pub drop_bad_offload: u64,
 }
 
 impl TunnelStats {
@@ -61,6 +65,7 @@ impl TunnelStats {
             (&self.drop_queue_full, s.drop_queue_full),
             (&self.drop_too_big, s.drop_too_big),
             (&self.drop_tun_error, s.drop_tun_error),
+            (&self.drop_bad_offload, s.drop_bad_offload),
         ] {
             c.fetch_add(n, Relaxed);
         }
@@ -78,6 +83,7 @@ impl TunnelStats {
             drop_queue_full: self.drop_queue_full.load(Relaxed),
             drop_too_big: self.drop_too_big.load(Relaxed),
             drop_tun_error: self.drop_tun_error.load(Relaxed),
+            drop_bad_offload: self.drop_bad_offload.load(Relaxed),
         }
     }
 }
@@ -94,6 +100,7 @@ impl std::ops::AddAssign for StatsSnapshot {
         self.drop_queue_full += o.drop_queue_full;
         self.drop_too_big += o.drop_too_big;
         self.drop_tun_error += o.drop_tun_error;
+        self.drop_bad_offload += o.drop_bad_offload;
     }
 }
 
@@ -101,7 +108,7 @@ impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "tx {} pkts/{} bytes, rx {} pkts/{} bytes, dropped spoofed={} local_scope={} malformed={} queue_full={} too_big={} tun_error={}",
+            "tx {} pkts/{} bytes, rx {} pkts/{} bytes, dropped spoofed={} local_scope={} malformed={} queue_full={} too_big={} tun_error={} bad_offload={}",
             self.tx_packets,
             self.tx_bytes,
             self.rx_packets,
@@ -111,7 +118,8 @@ impl fmt::Display for StatsSnapshot {
             self.drop_malformed,
             self.drop_queue_full,
             self.drop_too_big,
-            self.drop_tun_error
+            self.drop_tun_error,
+            self.drop_bad_offload
         )
     }
 }

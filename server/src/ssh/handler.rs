@@ -59,7 +59,12 @@ impl ConnectionHandler {
     fn refused(&self, user: &str, key: &PublicKey, why: &Refusal) {
         self.state.auth_failures.fetch_add(1, Relaxed);
         self.server.metrics.auth_failed();
-        tracing::info!("{}: refused user {user:?}: {why}", self.peer);
+        tracing::info!(
+            "{}: refused user \"{}\": {}",
+            self.peer,
+            crate::log_escape::for_log(user),
+            crate::log_escape::for_log(&why.to_string())
+        );
         self.server
             .audit
             .auth_failed(self.peer, user, Some(key), &why.to_string());
@@ -68,7 +73,12 @@ impl ConnectionHandler {
     fn accept(&mut self, user: &str, credential: &Credential, key: PublicKey) -> Result<Auth, russh::Error> {
         match self.authorize(credential, user) {
             Ok(grant) => {
-                tracing::debug!("{}: user {user:?} authenticated with {}", self.peer, grant.label);
+                tracing::debug!(
+                    "{}: user \"{}\" authenticated with {}",
+                    self.peer,
+                    crate::log_escape::for_log(user),
+                    crate::log_escape::for_log(&grant.label)
+                );
                 self.key = Some(key);
                 self.grant = Some(grant);
                 Ok(Auth::Accept)

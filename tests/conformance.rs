@@ -94,7 +94,10 @@ fn check_krl(case: &Case, openssh: Decision) -> Decision {
 }
 
 fn sshvpn_help_mentions(bin: &str, args: &[&str], needle: &str) -> bool {
-    let out = std::process::Command::new(Bin::path(bin)).args(args).output().expect("help");
+    let out = std::process::Command::new(Bin::path(bin))
+        .args(args)
+        .output()
+        .expect("help");
     String::from_utf8_lossy(&out.stdout).contains(needle)
 }
 
@@ -102,14 +105,20 @@ fn sshvpn_help_mentions(bin: &str, args: &[&str], needle: &str) -> bool {
 fn sshvpn_decides_as_openssh() {
     sshvpn_tests::require_root();
     for p in ["/usr/sbin/sshd", "/usr/bin/ssh", "/usr/bin/ssh-keygen"] {
-        assert!(Path::new(p).exists(), "{p} is missing: apt-get install openssh-server openssh-client");
+        assert!(
+            Path::new(p).exists(),
+            "{p} is missing: apt-get install openssh-server openssh-client"
+        );
     }
     let started = Instant::now();
     let base = RunDir(PathBuf::from(format!("/run/sshvpn-conformance-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&base.0);
     std::fs::create_dir_all(&base.0).expect("mkdir base");
     let host_key = base.0.join("throwaway_host_key");
-    run_ok("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", host_key.to_str().unwrap()]);
+    run_ok(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-f", host_key.to_str().unwrap()],
+    );
     let empty_home = base.0.join("home");
     std::fs::create_dir_all(&empty_home).unwrap();
     let env = Env {

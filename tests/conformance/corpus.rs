@@ -67,7 +67,15 @@ impl Builder {
     }
 
     /// A user certificate case: the CAs file `cas`, no authorized keys, optional revocation file.
-    fn cert(&mut self, group: &'static str, name: &str, src: Src, cas: String, identity: &Path, revoked: Option<PathBuf>) -> &mut Case {
+    fn cert(
+        &mut self,
+        group: &'static str,
+        name: &str,
+        src: Src,
+        cas: String,
+        identity: &Path,
+        revoked: Option<PathBuf>,
+    ) -> &mut Case {
         let q = Question::Server(ServerFiles {
             authorized_keys: "# certificates only\n".into(),
             trusted_cas: Some(cas),
@@ -128,17 +136,47 @@ fn authorized_keys(fx: &Fixture, b: &mut Builder) {
     b.ak(g, "rsa key", A4, format!("{}\n", fx.public(&krsa)), &krsa);
     b.ak(g, "key not listed", A4, format!("{pb}\n"), &ka);
     b.ak(g, "empty file", A4, String::new(), &ka);
-    b.ak(g, "comments, blank lines, leading space", A4, format!("# team keys\n\n   \n  {pa} laptop\n"), &ka);
-    b.ak(g, "key with long comment", A4, format!("{pa} carol@laptop with spaces in comment\n"), &ka);
+    b.ak(
+        g,
+        "comments, blank lines, leading space",
+        A4,
+        format!("# team keys\n\n   \n  {pa} laptop\n"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "key with long comment",
+        A4,
+        format!("{pa} carol@laptop with spaces in comment\n"),
+        &ka,
+    );
     b.ak(g, "CRLF line ending", A4, format!("{pa}\r\n"), &ka);
     b.ak(g, "no final newline", A4, pa.clone(), &ka);
     b.ak(g, "from= exact address", A4, line("from=\"10.77.1.2\""), &ka);
-    b.ak(g, "from= exact address, other source", B4, line("from=\"10.77.1.2\""), &ka);
+    b.ak(
+        g,
+        "from= exact address, other source",
+        B4,
+        line("from=\"10.77.1.2\""),
+        &ka,
+    );
     b.ak(g, "from= CIDR", A4, line("from=\"10.77.1.0/24\""), &ka);
     b.ak(g, "from= CIDR with host bits", A4, line("from=\"10.77.1.9/24\""), &ka);
     b.ak(g, "from= CIDR /32", A4, line("from=\"10.77.1.2/32\""), &ka);
-    b.ak(g, "from= negation of the source", A4, line("from=\"10.77.0.0/16,!10.77.1.2\""), &ka);
-    b.ak(g, "from= negation, other source", B4, line("from=\"10.77.0.0/16,!10.77.1.2\""), &ka);
+    b.ak(
+        g,
+        "from= negation of the source",
+        A4,
+        line("from=\"10.77.0.0/16,!10.77.1.2\""),
+        &ka,
+    );
+    b.ak(
+        g,
+        "from= negation, other source",
+        B4,
+        line("from=\"10.77.0.0/16,!10.77.1.2\""),
+        &ka,
+    );
     b.ak(g, "from= negation only", B4, line("from=\"!10.77.1.2\""), &ka);
     b.ak(g, "from= negated CIDR", A4, line("from=\"*,!10.77.1.0/24\""), &ka);
     b.ak(g, "from= wildcard *", A4, line("from=\"*\""), &ka);
@@ -146,24 +184,67 @@ fn authorized_keys(fx: &Fixture, b: &mut Builder) {
     b.ak(g, "from= wildcard ?", A4, line("from=\"10.77.?.2\""), &ka);
     b.ak(g, "from= wildcard no match", A4, line("from=\"10.78.*\""), &ka);
     b.ak(g, "from= host name (no DNS)", A4, line("from=\"hub.example\""), &ka);
-    b.ak(g, "from= list, second matches", B4, line("from=\"10.77.1.2,10.77.2.2\""), &ka);
+    b.ak(
+        g,
+        "from= list, second matches",
+        B4,
+        line("from=\"10.77.1.2,10.77.2.2\""),
+        &ka,
+    );
     b.ak(g, "from= IPv6 CIDR", A6, line("from=\"fd00:77:1::/64\""), &ka);
     b.ak(g, "from= IPv6 address", A6, line("from=\"fd00:77:1::2\""), &ka);
     b.ak(g, "from= IPv4 only, IPv6 source", A6, line("from=\"10.77.1.2\""), &ka);
     b.ak(g, "from= unquoted", A4, line("from=10.77.1.2"), &ka);
     b.ak(g, "FROM= upper case option", A4, line("FROM=\"10.77.1.2\""), &ka);
-    b.ak(g, "from= and expiry-time= combined", A4, line("from=\"10.77.1.0/24\",expiry-time=\"20991231\""), &ka);
+    b.ak(
+        g,
+        "from= and expiry-time= combined",
+        A4,
+        line("from=\"10.77.1.0/24\",expiry-time=\"20991231\""),
+        &ka,
+    );
     b.ak(g, "expiry-time= past", A4, line("expiry-time=\"20200101\""), &ka);
     b.ak(g, "expiry-time= future date", A4, line("expiry-time=\"20991231\""), &ka);
-    b.ak(g, "expiry-time= future with seconds, UTC", A4, line("expiry-time=\"20991231235959Z\""), &ka);
+    b.ak(
+        g,
+        "expiry-time= future with seconds, UTC",
+        A4,
+        line("expiry-time=\"20991231235959Z\""),
+        &ka,
+    );
     b.ak(g, "expiry-time= malformed", A4, line("expiry-time=\"209912\""), &ka);
-    b.ak(g, "restrict, port-forwarding, permitopen", A4, line("restrict,port-forwarding,permitopen=\"10.0.1.20:443\""), &ka)
-        .deliberate = Some(Deliberate::RestrictUpstream);
-    b.ak(g, "command= forced command", A4, line("command=\"/bin/true\""), &ka).deliberate = Some(Deliberate::ForcedCommand);
-    b.ak(g, "no-* flags", A4, line("no-port-forwarding,no-pty,no-agent-forwarding,no-X11-forwarding,no-user-rc"), &ka);
+    b.ak(
+        g,
+        "restrict, port-forwarding, permitopen",
+        A4,
+        line("restrict,port-forwarding,permitopen=\"10.0.1.20:443\""),
+        &ka,
+    )
+    .deliberate = Some(Deliberate::RestrictUpstream);
+    b.ak(g, "command= forced command", A4, line("command=\"/bin/true\""), &ka)
+        .deliberate = Some(Deliberate::ForcedCommand);
+    b.ak(
+        g,
+        "no-* flags",
+        A4,
+        line("no-port-forwarding,no-pty,no-agent-forwarding,no-X11-forwarding,no-user-rc"),
+        &ka,
+    );
     b.ak(g, "tunnel=\"5\"", A4, line("tunnel=\"5\""), &ka);
-    b.ak(g, "space after comma in options", A4, line("no-pty, no-port-forwarding"), &ka);
-    b.ak(g, "quoted value with escaped quote", A4, line("environment=\"NAME=a \\\"b\\\"\""), &ka);
+    b.ak(
+        g,
+        "space after comma in options",
+        A4,
+        line("no-pty, no-port-forwarding"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "quoted value with escaped quote",
+        A4,
+        line("environment=\"NAME=a \\\"b\\\"\""),
+        &ka,
+    );
     b.ak(g, "unterminated quote", A4, line("from=\"10.77.1.2"), &ka);
     b.ak(g, "principals= on a plain key", A4, line("principals=\"root\""), &ka);
     b.ak(
@@ -173,13 +254,49 @@ fn authorized_keys(fx: &Fixture, b: &mut Builder) {
         format!("command=\"/usr/bin/rrsync -ro /srv\" {pb}\n{pa}\n"),
         &ka,
     );
-    b.ak(g, "usable key after an unknown option line", A4, format!("frobnicate {pb}\n{pa}\n"), &ka);
-    b.ak(g, "usable key after a malformed line", A4, format!("ssh-ed25519 AAAAnotbase64!!\n{pa}\n"), &ka);
-    b.ak(g, "first line refuses (from=), second allows", B4, format!("from=\"10.77.1.2\" {pa}\n{pa}\n"), &ka);
-    b.ak(g, "first line allows, second refuses", B4, format!("{pa}\nfrom=\"10.77.1.2\" {pa}\n"), &ka);
-    b.ak(g, "only line unusable: command= and from=", A4, line("command=\"/bin/true\",from=\"10.77.9.9\""), &ka);
+    b.ak(
+        g,
+        "usable key after an unknown option line",
+        A4,
+        format!("frobnicate {pb}\n{pa}\n"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "usable key after a malformed line",
+        A4,
+        format!("ssh-ed25519 AAAAnotbase64!!\n{pa}\n"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "first line refuses (from=), second allows",
+        B4,
+        format!("from=\"10.77.1.2\" {pa}\n{pa}\n"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "first line allows, second refuses",
+        B4,
+        format!("{pa}\nfrom=\"10.77.1.2\" {pa}\n"),
+        &ka,
+    );
+    b.ak(
+        g,
+        "only line unusable: command= and from=",
+        A4,
+        line("command=\"/bin/true\",from=\"10.77.9.9\""),
+        &ka,
+    );
     // StrictModes (sshd's default, also sshvpnd's): group/world-writable files or directories.
-    let c = b.ak(g, "StrictModes: group-writable authorized_keys", A4, format!("{pa}\n"), &ka);
+    let c = b.ak(
+        g,
+        "StrictModes: group-writable authorized_keys",
+        A4,
+        format!("{pa}\n"),
+        &ka,
+    );
     if let Question::Server(s) = &mut c.q {
         s.ak_mode = Some(0o664);
     }
@@ -222,14 +339,22 @@ fn authopt_strings(fx: &Fixture, b: &mut Builder) {
         ("no-user-rc", "no-user-rc", None),
         ("no-cert-authority", "no-cert-authority", None),
         ("command", "command=\"/bin/true\"", Some(Deliberate::ForcedCommand)),
-        ("restrict,command,restrict", "restrict,command=\"/bin/true\",restrict", Some(Deliberate::ForcedCommand)),
+        (
+            "restrict,command,restrict",
+            "restrict,command=\"/bin/true\",restrict",
+            Some(Deliberate::ForcedCommand),
+        ),
         ("principals", "principals=\"gregor,josef,K\"", None),
         ("from 127.0.0.0/8", "from=\"127.0.0.0/8\"", None),
         ("unquoted command", "command=oops", None),
         ("unquoted principals", "principals=estragon", None),
         ("unquoted from", "from=127.0.0.1", None),
         ("environment x2", "environment=\"foo=1\",environment=\"bar=2\"", None),
-        ("environment repeated name", "environment=\"foo=1\",environment=\"foo=2\"", None),
+        (
+            "environment repeated name",
+            "environment=\"foo=1\",environment=\"foo=2\"",
+            None,
+        ),
         ("environment invalid", "environment=\",=bah\"", None),
         ("permitopen x2", "permitopen=\"foo:123\",permitopen=\"bar:*\"", None),
         ("permitopen port not a number", "permitopen=\"foo:bar\"", None),
@@ -274,25 +399,51 @@ fn user_certificates(fx: &Fixture, b: &mut Builder) {
     let k = c("u_src", "src", &["-n", "root", "-O", "source-address=10.77.1.0/24"]);
     b.cert(g, "source-address matches", A4, cas.clone(), &k, None);
     b.cert(g, "source-address, other source", B4, cas.clone(), &k, None);
-    let k = c("u_src6", "src6", &["-n", "root", "-O", "source-address=10.77.2.2,fd00:77:1::/64"]);
+    let k = c(
+        "u_src6",
+        "src6",
+        &["-n", "root", "-O", "source-address=10.77.2.2,fd00:77:1::/64"],
+    );
     b.cert(g, "source-address list, IPv6 source", A6, cas.clone(), &k, None);
     b.cert(g, "source-address list, IPv4 source", B4, cas.clone(), &k, None);
     let k = c("u_force", "force", &["-n", "root", "-O", "force-command=/bin/true"]);
     b.cert(g, "force-command", A4, cas.clone(), &k, None).deliberate = Some(Deliberate::ForcedCommand);
     let k = c("u_verify", "verify", &["-n", "root", "-O", "verify-required"]);
     b.cert(g, "verify-required on a non-FIDO key", A4, cas.clone(), &k, None);
-    let k = c("u_crit", "crit", &["-n", "root", "-O", "critical:frobnicate@example.com=x"]);
+    let k = c(
+        "u_crit",
+        "crit",
+        &["-n", "root", "-O", "critical:frobnicate@example.com=x"],
+    );
     b.cert(g, "unknown critical option", A4, cas.clone(), &k, None);
-    let k = c("u_ext", "ext", &["-n", "root", "-O", "extension:frobnicate@example.com=x", "-O", "no-pty"]);
+    let k = c(
+        "u_ext",
+        "ext",
+        &["-n", "root", "-O", "extension:frobnicate@example.com=x", "-O", "no-pty"],
+    );
     b.cert(g, "unknown extension, no-pty", A4, cas.clone(), &k, None);
     let k = c("u_clear", "clear", &["-n", "root", "-O", "clear"]);
     b.cert(g, "no extensions (-O clear)", A4, cas.clone(), &k, None);
     let k = fx.certified("u_other_ca", &uca2, "otherca", &["-n", "root"]);
     b.cert(g, "signed by an untrusted CA", A4, cas.clone(), &k, None);
     let k = c("u_host", "hostcert", &["-h", "-n", "root"]);
-    b.cert(g, "host certificate used as user certificate", A4, cas.clone(), &k, None);
+    b.cert(
+        g,
+        "host certificate used as user certificate",
+        A4,
+        cas.clone(),
+        &k,
+        None,
+    );
     b.cert(g, "CA key itself logging in", A4, cas.clone(), &uca, None);
-    b.cert(g, "trusted CA file with a bad line", A4, format!("garbage line\n{cas}"), &ok, None);
+    b.cert(
+        g,
+        "trusted CA file with a bad line",
+        A4,
+        format!("garbage line\n{cas}"),
+        &ok,
+        None,
+    );
     // Through authorized_keys instead of TrustedUserCAKeys.
     let pca = fx.public(&uca);
     let akq = |text: String, id: &Path| {
@@ -302,11 +453,39 @@ fn user_certificates(fx: &Fixture, b: &mut Builder) {
             ..Default::default()
         })
     };
-    b.push(g, "cert-authority line", A4, akq(format!("cert-authority {pca}\n"), &ok));
-    b.push(g, "cert-authority, principals= listed", A4, akq(format!("cert-authority,principals=\"carol,root\" {pca}\n"), &k_alice(fx)));
-    b.push(g, "cert-authority, principals= not listed", A4, akq(format!("cert-authority,principals=\"bob\" {pca}\n"), &ok));
-    b.push(g, "cert-authority, from= other network", A4, akq(format!("cert-authority,from=\"10.77.2.0/24\" {pca}\n"), &ok));
-    b.push(g, "plain CA key line (no cert-authority)", A4, akq(format!("{pca}\n"), &ok));
+    b.push(
+        g,
+        "cert-authority line",
+        A4,
+        akq(format!("cert-authority {pca}\n"), &ok),
+    );
+    b.push(
+        g,
+        "cert-authority, principals= listed",
+        A4,
+        akq(
+            format!("cert-authority,principals=\"carol,root\" {pca}\n"),
+            &k_alice(fx),
+        ),
+    );
+    b.push(
+        g,
+        "cert-authority, principals= not listed",
+        A4,
+        akq(format!("cert-authority,principals=\"bob\" {pca}\n"), &ok),
+    );
+    b.push(
+        g,
+        "cert-authority, from= other network",
+        A4,
+        akq(format!("cert-authority,from=\"10.77.2.0/24\" {pca}\n"), &ok),
+    );
+    b.push(
+        g,
+        "plain CA key line (no cert-authority)",
+        A4,
+        akq(format!("{pca}\n"), &ok),
+    );
 }
 
 /// The certificate of `u_alice` (principal alice): for a `principals=` line naming alice.
@@ -332,7 +511,11 @@ fn krls(fx: &Fixture, b: &mut Builder) {
     let plain = fx.key("k_plain", "ed25519");
 
     let add = |name: &str, file: PathBuf, who: &Path, b: &mut Builder| {
-        let presented = if cert_of(who).exists() { cert_of(who) } else { who.with_extension("pub") };
+        let presented = if cert_of(who).exists() {
+            cert_of(who)
+        } else {
+            who.with_extension("pub")
+        };
         let query = Some((file.clone(), presented));
         b.cert(g, name, A4, cas.clone(), who, Some(file)).krl_query = query;
     };
@@ -342,7 +525,11 @@ fn krls(fx: &Fixture, b: &mut Builder) {
     let range = fx.krl_spec("krl_range", Some(&uca), "serial: 10-20\n");
     add("serial range 10-20, cert 15", range.clone(), &s15, b);
     add("serial range 10-20, cert 21", range, &s21, b);
-    let many = fx.krl_spec("krl_bitmap", Some(&uca), "serial: 1\nserial: 3\nserial: 5\nserial: 7\nserial: 9\nserial: 11\nserial: 13\nserial: 15\n");
+    let many = fx.krl_spec(
+        "krl_bitmap",
+        Some(&uca),
+        "serial: 1\nserial: 3\nserial: 5\nserial: 7\nserial: 9\nserial: 11\nserial: 13\nserial: 15\n",
+    );
     add("serial bitmap, cert 15", many.clone(), &s15, b);
     add("serial bitmap, cert 8", many, &s8, b);
     let other_ca = fx.krl_spec("krl_other_ca", Some(&uca2), "serial: 7\n");
@@ -367,8 +554,22 @@ fn krls(fx: &Fixture, b: &mut Builder) {
     // A plain list of keys (sshd's RevokedKeys accepts either form).
     let list = fx.path("revoked_list");
     std::fs::write(&list, format!("# lost laptop\n{}\n", fx.public(&frank))).unwrap();
-    b.cert(g, "plain revoked list, its certificate", A4, cas.clone(), &frank, Some(list.clone()));
-    b.cert(g, "plain revoked list, other certificate", A4, cas.clone(), &erin, Some(list));
+    b.cert(
+        g,
+        "plain revoked list, its certificate",
+        A4,
+        cas.clone(),
+        &frank,
+        Some(list.clone()),
+    );
+    b.cert(
+        g,
+        "plain revoked list, other certificate",
+        A4,
+        cas.clone(),
+        &erin,
+        Some(list),
+    );
     let q = Question::Server(ServerFiles {
         authorized_keys: format!("{}\n", fx.public(&plain)),
         revoked: Some(fx.krl_keys("krl_plain", &[&plain])),
@@ -394,30 +595,228 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
     let (phk, phk2, phca, phca2) = (fx.public(&hk), fx.public(&hk2), fx.public(&hca), fx.public(&hca2));
     use Src::*;
 
-    b.host("name listed", A4, &hk, None, format!("hub.example {phk}\n"), "hub.example", 22, &me);
-    b.host("name listed, other key", A4, &hk, None, format!("hub.example {phk2}\n"), "hub.example", 22, &me);
-    b.host("not listed at all", A4, &hk, None, format!("other.example {phk}\n"), "hub.example", 22, &me);
-    b.host("empty known_hosts", A4, &hk, None, String::new(), "hub.example", 22, &me);
-    b.host("wildcard *.example", A4, &hk, None, format!("*.example {phk}\n"), "hub.example", 22, &me);
-    b.host("wildcard hub.exampl?", A4, &hk, None, format!("hub.exampl? {phk}\n"), "hub.example", 22, &me);
-    b.host("pattern list", A4, &hk, None, format!("alpha,hub.example,beta {phk}\n"), "hub.example", 22, &me);
-    b.host("negation", A4, &hk, None, format!("*.example,!hub.example {phk}\n"), "hub.example", 22, &me);
-    b.host("upper-case entry", A4, &hk, None, format!("HUB.EXAMPLE {phk}\n"), "hub.example", 22, &me);
-    b.host("listed by address, connect by name", A4, &hk, None, format!("10.77.1.1 {phk}\n"), "hub.example", 22, &me);
-    b.host("listed by address, connect by address", A4, &hk, None, format!("10.77.1.1 {phk}\n"), "10.77.1.1", 22, &me);
-    b.host("address wildcard", A4, &hk, None, format!("10.77.1.* {phk}\n"), "10.77.1.1", 22, &me);
-    b.host("IPv6 address", A6, &hk, None, format!("fd00:77:1::1 {phk}\n"), "fd00:77:1::1", 22, &me);
-    b.host("[host]:port on port 2222", A4, &hk, None, format!("[hub.example]:2222 {phk}\n"), "hub.example", 2222, &me);
-    b.host("bare host on port 2222", A4, &hk, None, format!("hub.example {phk}\n"), "hub.example", 2222, &me);
-    b.host("[host]:2222 entry, port 22", A4, &hk, None, format!("[hub.example]:2222 {phk}\n"), "hub.example", 22, &me);
-    b.host("[*.example]:2222 wildcard", A4, &hk, None, format!("[*.example]:2222 {phk}\n"), "hub.example", 2222, &me);
+    b.host(
+        "name listed",
+        A4,
+        &hk,
+        None,
+        format!("hub.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "name listed, other key",
+        A4,
+        &hk,
+        None,
+        format!("hub.example {phk2}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "not listed at all",
+        A4,
+        &hk,
+        None,
+        format!("other.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "empty known_hosts",
+        A4,
+        &hk,
+        None,
+        String::new(),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "wildcard *.example",
+        A4,
+        &hk,
+        None,
+        format!("*.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "wildcard hub.exampl?",
+        A4,
+        &hk,
+        None,
+        format!("hub.exampl? {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "pattern list",
+        A4,
+        &hk,
+        None,
+        format!("alpha,hub.example,beta {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "negation",
+        A4,
+        &hk,
+        None,
+        format!("*.example,!hub.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "upper-case entry",
+        A4,
+        &hk,
+        None,
+        format!("HUB.EXAMPLE {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "listed by address, connect by name",
+        A4,
+        &hk,
+        None,
+        format!("10.77.1.1 {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "listed by address, connect by address",
+        A4,
+        &hk,
+        None,
+        format!("10.77.1.1 {phk}\n"),
+        "10.77.1.1",
+        22,
+        &me,
+    );
+    b.host(
+        "address wildcard",
+        A4,
+        &hk,
+        None,
+        format!("10.77.1.* {phk}\n"),
+        "10.77.1.1",
+        22,
+        &me,
+    );
+    b.host(
+        "IPv6 address",
+        A6,
+        &hk,
+        None,
+        format!("fd00:77:1::1 {phk}\n"),
+        "fd00:77:1::1",
+        22,
+        &me,
+    );
+    b.host(
+        "[host]:port on port 2222",
+        A4,
+        &hk,
+        None,
+        format!("[hub.example]:2222 {phk}\n"),
+        "hub.example",
+        2222,
+        &me,
+    );
+    b.host(
+        "bare host on port 2222",
+        A4,
+        &hk,
+        None,
+        format!("hub.example {phk}\n"),
+        "hub.example",
+        2222,
+        &me,
+    );
+    b.host(
+        "[host]:2222 entry, port 22",
+        A4,
+        &hk,
+        None,
+        format!("[hub.example]:2222 {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "[*.example]:2222 wildcard",
+        A4,
+        &hk,
+        None,
+        format!("[*.example]:2222 {phk}\n"),
+        "hub.example",
+        2222,
+        &me,
+    );
     let hashed = fx.hashed("kh_hashed", &format!("hub.example {phk}"));
-    b.host("hashed |1| name", A4, &hk, None, format!("{hashed}\n"), "hub.example", 22, &me);
+    b.host(
+        "hashed |1| name",
+        A4,
+        &hk,
+        None,
+        format!("{hashed}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
     let hashed_port = fx.hashed("kh_hashed_port", &format!("[hub.example]:2222 {phk}"));
-    b.host("hashed |1| [host]:port", A4, &hk, None, format!("{hashed_port}\n"), "hub.example", 2222, &me);
-    b.host("hashed name, other host", A4, &hk, None, format!("{hashed}\n"), "other.example", 22, &me);
-    b.host("@revoked key", A4, &hk, None, format!("@revoked * {phk}\nhub.example {phk}\n"), "hub.example", 22, &me);
-    b.host("@revoked other key", A4, &hk, None, format!("@revoked * {phk2}\nhub.example {phk}\n"), "hub.example", 22, &me);
+    b.host(
+        "hashed |1| [host]:port",
+        A4,
+        &hk,
+        None,
+        format!("{hashed_port}\n"),
+        "hub.example",
+        2222,
+        &me,
+    );
+    b.host(
+        "hashed name, other host",
+        B4,
+        &hk,
+        None,
+        format!("{hashed}\n"),
+        "other.example",
+        22,
+        &me,
+    );
+    b.host(
+        "@revoked key",
+        A4,
+        &hk,
+        None,
+        format!("@revoked * {phk}\nhub.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "@revoked other key",
+        A4,
+        &hk,
+        None,
+        format!("@revoked * {phk2}\nhub.example {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
 
     let cert = |name: &str, args: &[&str]| {
         let k = fx.key(name, "ed25519");
@@ -428,14 +827,68 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
     };
     let by_name = cert("h_name", &["-n", "hub.example,10.77.1.1", "-V", "-5m:+1h"]);
     let ca_line = format!("@cert-authority *.example {phca}\n");
-    b.host("@cert-authority, principal matches", A4, &by_name, Some(&cert_of(&by_name)), ca_line.clone(), "hub.example", 22, &me);
-    b.host("@cert-authority, by address", A4, &by_name, Some(&cert_of(&by_name)), format!("@cert-authority 10.77.1.* {phca}\n"), "10.77.1.1", 22, &me);
-    b.host("@cert-authority pattern does not match", A4, &by_name, Some(&cert_of(&by_name)), format!("@cert-authority *.example.net {phca}\n"), "hub.example", 22, &me);
-    b.host("@cert-authority, other CA", A4, &by_name, Some(&cert_of(&by_name)), format!("@cert-authority *.example {phca2}\n"), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, principal matches",
+        A4,
+        &by_name,
+        Some(&cert_of(&by_name)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "@cert-authority, by address",
+        A4,
+        &by_name,
+        Some(&cert_of(&by_name)),
+        format!("@cert-authority 10.77.1.* {phca}\n"),
+        "10.77.1.1",
+        22,
+        &me,
+    );
+    b.host(
+        "@cert-authority pattern does not match",
+        A4,
+        &by_name,
+        Some(&cert_of(&by_name)),
+        format!("@cert-authority *.example.net {phca}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
+    b.host(
+        "@cert-authority, other CA",
+        A4,
+        &by_name,
+        Some(&cert_of(&by_name)),
+        format!("@cert-authority *.example {phca2}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
     let ip_only = cert("h_ip", &["-n", "10.77.1.1", "-V", "-5m:+1h"]);
-    b.host("@cert-authority, principal is the resolved address only", A4, &ip_only, Some(&cert_of(&ip_only)), ca_line.clone(), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, principal is the resolved address only",
+        A4,
+        &ip_only,
+        Some(&cert_of(&ip_only)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
     let other = cert("h_other", &["-n", "other.example", "-V", "-5m:+1h"]);
-    b.host("@cert-authority, principal for another host", A4, &other, Some(&cert_of(&other)), ca_line.clone(), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, principal for another host",
+        A4,
+        &other,
+        Some(&cert_of(&other)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
     b.host(
         "@cert-authority refused, plain key listed",
         A4,
@@ -447,12 +900,39 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
         &me,
     );
     let expired = cert("h_expired", &["-n", "hub.example", "-V", "-2h:-1h"]);
-    b.host("@cert-authority, expired certificate", A4, &expired, Some(&cert_of(&expired)), ca_line.clone(), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, expired certificate",
+        A4,
+        &expired,
+        Some(&cert_of(&expired)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
     let none = cert("h_none", &["-V", "-5m:+1h"]);
-    b.host("@cert-authority, certificate without principals", A4, &none, Some(&cert_of(&none)), ca_line.clone(), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, certificate without principals",
+        A4,
+        &none,
+        Some(&cert_of(&none)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
     let user_cert = fx.key("h_user", "ed25519");
     fx.sign(&user_cert, &hca, "usercert", &["-n", "hub.example"]);
-    b.host("@cert-authority, user certificate served", A4, &user_cert, Some(&cert_of(&user_cert)), ca_line.clone(), "hub.example", 22, &me);
+    b.host(
+        "@cert-authority, user certificate served",
+        A4,
+        &user_cert,
+        Some(&cert_of(&user_cert)),
+        ca_line.clone(),
+        "hub.example",
+        22,
+        &me,
+    );
     b.host(
         "@cert-authority with [host]:port on 2222",
         A4,
@@ -504,11 +984,29 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
         22,
         &me,
     );
-    let c = b.host("HostKeyAlias", A4, &hk, None, format!("myhub {phk}\n"), "hub.example", 22, &me);
+    let c = b.host(
+        "HostKeyAlias",
+        A4,
+        &hk,
+        None,
+        format!("myhub {phk}\n"),
+        "hub.example",
+        22,
+        &me,
+    );
     if let Question::Host(h) = &mut c.q {
         h.alias = Some("myhub".into());
     }
-    let c = b.host("HostKeyAlias with host certificate", A4, &by_name, Some(&cert_of(&by_name)), format!("@cert-authority * {phca}\n"), "10.77.1.1", 22, &me);
+    let c = b.host(
+        "HostKeyAlias with host certificate",
+        A4,
+        &by_name,
+        Some(&cert_of(&by_name)),
+        format!("@cert-authority * {phca}\n"),
+        "10.77.1.1",
+        22,
+        &me,
+    );
     if let Question::Host(h) = &mut c.q {
         h.alias = Some("hub.example".into());
     }

@@ -218,7 +218,14 @@ fn start_sshd(world: &World, dir: &Path, env: &Env, port: u16, body: &str) -> Re
 
 fn ssh_common(cmd: &mut Command, identity: &Path, port: u16) {
     cmd.args(["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
-        .args(["-o", "IdentityAgent=none", "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"])
+        .args([
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "LogLevel=ERROR",
+        ])
         .args(["-o", "UpdateHostKeys=no", "-o", "GlobalKnownHostsFile=/dev/null"])
         .args(["-i", identity.to_str().unwrap(), "-p", &port.to_string()]);
 }
@@ -243,31 +250,91 @@ pub fn openssh(world: &World, env: &Env, dir: &Path, src: Src, q: &Question, pat
                 Ok(p) => p,
                 Err(e) => return Decision::Error(e),
             };
+            // `ssh -N -v -w any`: the tunnel channel's answer shows in ssh's debug output
+            // ("tunnel forward established" or "Tunnel forwarding failed"); ssh is then stopped.
             let mut cmd = ip_netns_exec(world.client(src), "ssh");
             ssh_common(&mut cmd, &s.identity, 22);
-            cmd.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
-                .args(["-w", "any", "-o", "Tunnel=point-to-point", "-o", "ExitOnForwardFailure=yes"])
-                .arg(format!("root@{}", src.server_addr()))
-                .arg("true");
-            let out = cmd.output().expect("run ssh");
+            // The common ssh options without `LogLevel=ERROR` (after "netns exec NS timeout 20 ssh").
+            let args: Vec<String> = cmd
+                .get_args()
+                .skip(6)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let mut full: Vec<String> = Vec::new();
+            let mut it = args.into_iter().peekable();
+            while let Some(a) = it.next() {
+                if a == "-o" && it.peek().is_some_and(|n| n.starts_with("LogLevel")) {
+                    it.next();
+                    continue;
+                }
+                full.push(a);
+            }
+            full.extend(
+                [
+                    "-v",
+                    "-N",
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-w",
+                    "any",
+                    "-o",
+                    "Tunnel=point-to-point",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                ]
+                .map(String::from),
+            );
+            full.push(format!("root@{}", src.server_addr()));
+            let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+            let mut ssh = Process::spawn_cmd(world.client(src), "ssh", &refs, &[], dir.join("ssh.log"));
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let tunnel = loop {
+                let t = ssh.log_text();
+                if t.contains("tunnel forward established") {
+                    break Some(true);
+                }
+                if t.contains("Tunnel forwarding failed") {
+                    break Some(false);
+                }
+                if let Ok(Some(_)) = ssh.child.try_wait() {
+                    break Some(false);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let _ = ssh.stop();
             let _ = sshd.stop();
-            let client = text(&out);
+            let client = ssh.log_text();
             let log = sshd.log_text();
             let accepted = log.contains("Accepted publickey") || log.contains("Accepted certificate");
-            if out.status.success() && !client.contains("Tunnel forwarding failed") {
-                Decision::Granted
-            } else if accepted {
-                Decision::Refused(format!("login accepted, tunnel refused: {}", short(&client)))
-            } else if client.contains("Permission denied") {
-                Decision::Refused(reason(
+            match tunnel {
+                Some(true) => Decision::Granted,
+                Some(false) if accepted => Decision::Refused(format!(
+                    "login accepted, tunnel refused: {}",
+                    reason(&client, &["Tunnel", "error"])
+                )),
+                Some(false) if client.contains("Permission denied") => Decision::Refused(reason(
                     &log,
                     &[
-                        "revoked", "Authentication key", "refused", "Refused", "not allowed", "expired",
-                        "bad option", "bad key options", "invalid", "Certificate", "not match", "failed",
+                        "revoked",
+                        "Authentication key",
+                        "refused",
+                        "Refused",
+                        "not allowed",
+                        "expired",
+                        "bad option",
+                        "bad key options",
+                        "invalid",
+                        "Certificate",
+                        "not match",
+                        "failed",
                     ],
-                ))
-            } else {
-                Decision::Error(format!("ssh: {} / sshd: {}", short(&client), short(&log)))
+                )),
+                _ => Decision::Error(format!("ssh: {} / sshd: {}", short(&client), short(&log))),
             }
         }
         Question::Host(h) => {
@@ -302,7 +369,13 @@ pub fn openssh(world: &World, env: &Env, dir: &Path, src: Src, q: &Question, pat
             {
                 Decision::Refused(reason(
                     &client,
-                    &["REVOKED", "IDENTIFICATION HAS CHANGED", "No ", "Certificate", "Host key verification failed"],
+                    &[
+                        "REVOKED",
+                        "IDENTIFICATION HAS CHANGED",
+                        "No ",
+                        "Certificate",
+                        "Host key verification failed",
+                    ],
                 ))
             } else {
                 Decision::Error(format!("ssh: {}", short(&client)))
@@ -349,7 +422,10 @@ fn start_sshvpnd(world: &World, dir: &Path, listen: &str, args: &[&str]) -> Resu
             return Ok(p);
         }
         if let Ok(Some(_)) = p.child.try_wait() {
-            return Err(format!("sshvpnd did not start: {}", reason(&p.log_text(), &["ERROR", "error"])));
+            return Err(format!(
+                "sshvpnd did not start: {}",
+                reason(&p.log_text(), &["ERROR", "error"])
+            ));
         }
         if Instant::now() >= deadline {
             let _ = p.stop();
@@ -440,7 +516,15 @@ pub fn sshvpn(world: &World, env: &Env, dir: &Path, src: Src, q: &Question, path
                 }
                 Some(false) => Decision::Refused(reason(
                     &dlog,
-                    &["refused", "revoked", "not authorized", "not among", "expired", "does not match", "WARN"],
+                    &[
+                        "refused",
+                        "revoked",
+                        "not authorized",
+                        "not among",
+                        "expired",
+                        "does not match",
+                        "WARN",
+                    ],
                 )),
                 None => Decision::Error(format!("no decision within 20 s: {}", short(&log))),
             }
@@ -449,7 +533,10 @@ pub fn sshvpn(world: &World, env: &Env, dir: &Path, src: Src, q: &Question, path
             if h.alias.is_some() && !env.sshvpn_has_alias {
                 return Decision::Skipped("sshvpn connect has no --host-key-alias".into());
             }
-            let listen = format!("0.0.0.0:{}", h.port);
+            let listen = match src {
+                Src::A6 => format!("[::]:{}", h.port),
+                _ => format!("0.0.0.0:{}", h.port),
+            };
             let mut args = vec![
                 "--host-key".to_string(),
                 h.host_key.display().to_string(),
@@ -460,9 +547,10 @@ pub fn sshvpn(world: &World, env: &Env, dir: &Path, src: Src, q: &Question, path
                 args.extend(["--host-certificate".into(), c.display().to_string()]);
             }
             let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            // A daemon that refuses to serve the certificate cannot be accepted by any client.
             let mut d = match start_sshvpnd(world, &dir, &listen, &refs) {
                 Ok(p) => p,
-                Err(e) => return Decision::Error(e),
+                Err(e) => return Decision::Refused(e),
             };
             let target = format!("root@{}", h.host);
             let port = h.port.to_string();

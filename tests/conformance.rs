@@ -57,13 +57,17 @@ fn verdict(case: &Case, openssh: &Decision, sshvpn: &Decision) -> Verdict {
             // Following OpenSSH 9.2 where upstream now refuses is allowed too.
             Some(Deliberate::RestrictUpstream) | None => Verdict::Same,
             // A deliberate difference that is not there: the case's note is wrong.
-            Some(Deliberate::ForcedCommand) => Verdict::Differs,
+            Some(_) => Verdict::Differs,
         },
         (Granted, Refused(_)) => match case.deliberate {
             Some(d) => Verdict::Deliberate(d),
             None => Verdict::Differs,
         },
-        (Refused(_), Granted) => Verdict::Differs,
+        // Only a line sshd stops at and sshvpnd skips may grant where sshd refuses.
+        (Refused(_), Granted) => match case.deliberate {
+            Some(d @ Deliberate::BadLineSkipped) => Verdict::Deliberate(d),
+            _ => Verdict::Differs,
+        },
     }
 }
 

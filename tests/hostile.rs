@@ -603,6 +603,7 @@ fn a_host_certificate_for_an_address_is_not_accepted_for_a_name_resolving_there(
     );
     assert_eq!(std::fs::read_to_string(t.known_hosts(0)).unwrap(), ca_line);
     assert!(t.process(accepted).stop().success());
+}
 
 /// A 1000-byte TCP packet from `own` to the LAN host's port 9, behind a virtio-net header asking
 /// the server's kernel to split it in `gso_size`-byte segments.

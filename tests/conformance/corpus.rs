@@ -18,6 +18,26 @@ pub enum Deliberate {
     /// OpenSSH since commit d322f2ccf (serverloop.c `server_request_tun` checks
     /// `auth_opts->restricted`, in 10.x) refuses them. sshvpn may follow either rule.
     RestrictUpstream,
+    /// StrictModes: Debian's OpenSSH (user-group-modes patch) accepts a group-writable file
+    /// whose group holds only its owner; upstream `safe_path` (and sshvpnd) refuse any group or
+    /// world write bit.
+    DebianGroupModes,
+    /// An option column ending in a comma: sshd 9.2 lets the line log in; upstream's own
+    /// option-parser tests (regress/unittests/authopt) call it invalid, and sshvpnd follows them.
+    UpstreamOptionParser,
+    /// `verify-required` on a certificate: sshd ignores it for non-FIDO keys; russh does not
+    /// give sshvpnd the signature's flags, so it refuses every certificate that demands them.
+    VerifyRequiredRefused,
+    /// A bad line in the trusted-CA file: sshd stops reading at it (later CAs are lost);
+    /// sshvpnd makes only that line unusable (warned with FILE:LINE).
+    BadLineSkipped,
+    /// A known_hosts entry without `[host]:port` for a server on port 2222: ssh 9.2 accepted it
+    /// in this setup; sshvpn looks such a server up only as `[host]:port` (sshd(8)'s documented
+    /// format), so the bare entry is not used.
+    PortNeedsBrackets,
+    /// A host certificate with no principals: ssh treats it as valid for every host; sshvpn
+    /// refuses it (a CA slip must not certify a key for every hub).
+    NoPrincipalsRefused,
 }
 
 impl Deliberate {
@@ -25,6 +45,12 @@ impl Deliberate {
         match self {
             Deliberate::ForcedCommand => "forced command: sshvpn grants no tunnel",
             Deliberate::RestrictUpstream => "restrict: upstream sshd (d322f2ccf) refuses tunnels",
+            Deliberate::DebianGroupModes => "StrictModes: upstream rule, not Debian's group patch",
+            Deliberate::UpstreamOptionParser => "trailing comma: invalid per upstream's parser tests",
+            Deliberate::VerifyRequiredRefused => "verify-required: refused, sk flags not checkable",
+            Deliberate::BadLineSkipped => "bad CA line: only that line is unusable",
+            Deliberate::PortNeedsBrackets => "port 2222: only [host]:port entries are used",
+            Deliberate::NoPrincipalsRefused => "host certificate without principals: refused",
         }
     }
 }
@@ -297,6 +323,7 @@ fn authorized_keys(fx: &Fixture, b: &mut Builder) {
         format!("{pa}\n"),
         &ka,
     );
+    c.deliberate = Some(Deliberate::DebianGroupModes);
     if let Question::Server(s) = &mut c.q {
         s.ak_mode = Some(0o664);
     }
@@ -318,8 +345,8 @@ fn authopt_strings(fx: &Fixture, b: &mut Builder) {
     let pa = fx.public(&ka);
     let cases: &[(&str, &str, Option<Deliberate>)] = &[
         ("restrict", "restrict", Some(Deliberate::RestrictUpstream)),
-        ("trailing comma", "restrict,", None),
-        ("bare comma", ",", None),
+        ("trailing comma", "restrict,", Some(Deliberate::UpstreamOptionParser)),
+        ("bare comma", ",", Some(Deliberate::UpstreamOptionParser)),
         ("unknown option", "BLAH", None),
         ("unknown option with trailing comma", "BLAH,", None),
         ("tunnel explicit", "tunnel=\"1\"", None),
@@ -409,7 +436,8 @@ fn user_certificates(fx: &Fixture, b: &mut Builder) {
     let k = c("u_force", "force", &["-n", "root", "-O", "force-command=/bin/true"]);
     b.cert(g, "force-command", A4, cas.clone(), &k, None).deliberate = Some(Deliberate::ForcedCommand);
     let k = c("u_verify", "verify", &["-n", "root", "-O", "verify-required"]);
-    b.cert(g, "verify-required on a non-FIDO key", A4, cas.clone(), &k, None);
+    b.cert(g, "verify-required on a non-FIDO key", A4, cas.clone(), &k, None)
+        .deliberate = Some(Deliberate::VerifyRequiredRefused);
     let k = c(
         "u_crit",
         "crit",
@@ -443,7 +471,8 @@ fn user_certificates(fx: &Fixture, b: &mut Builder) {
         format!("garbage line\n{cas}"),
         &ok,
         None,
-    );
+    )
+    .deliberate = Some(Deliberate::BadLineSkipped);
     // Through authorized_keys instead of TrustedUserCAKeys.
     let pca = fx.public(&uca);
     let akq = |text: String, id: &Path| {
@@ -744,7 +773,8 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
         "hub.example",
         2222,
         &me,
-    );
+    )
+    .deliberate = Some(Deliberate::PortNeedsBrackets);
     b.host(
         "[host]:2222 entry, port 22",
         A4,
@@ -920,7 +950,8 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
         "hub.example",
         22,
         &me,
-    );
+    )
+    .deliberate = Some(Deliberate::NoPrincipalsRefused);
     let user_cert = fx.key("h_user", "ed25519");
     fx.sign(&user_cert, &hca, "usercert", &["-n", "hub.example"]);
     b.host(
@@ -952,7 +983,8 @@ fn known_hosts(fx: &Fixture, b: &mut Builder) {
         "hub.example",
         2222,
         &me,
-    );
+    )
+    .deliberate = Some(Deliberate::PortNeedsBrackets);
     b.host(
         "@revoked CA key",
         A4,

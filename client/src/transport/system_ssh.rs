@@ -18,8 +18,8 @@ pub struct SshChild {
     pub tx: StreamTx<ChildStdin>,
 }
 
-/// The command line: `ssh [-p PORT] [-i KEY] [-o BatchMode=yes] -s -- TARGET sshvpn`, or
-/// `--ssh-command` as given followed by `[-o BatchMode=yes] -s sshvpn`.
+/// The command line: `ssh [-p PORT] [-i KEY] [-o BatchMode=yes] [-o HostKeyAlias=A] -s -- TARGET
+/// sshvpn`, or `--ssh-command` as given followed by `[-o BatchMode=yes] [-o HostKeyAlias=A] -s sshvpn`.
 pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
     let mut words = match &args.ssh_command {
         Some(cmd) => shell_words::split(cmd).context("--ssh-command")?,
@@ -33,6 +33,9 @@ pub fn command_line(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
             }
             if args.batch {
                 w.extend(["-o".into(), "BatchMode=yes".into()]);
+            }
+            if let Some(alias) = &args.host_key_alias {
+                w.extend(["-o".into(), format!("HostKeyAlias={alias}")]);
             }
             // `--`: a destination starting with '-' is never read as an option.
             w.extend(["-s".into(), "--".into(), args.target.clone().unwrap_or_default()]);
@@ -177,7 +180,7 @@ mod tests {
         let a = args(&["sshvpn", "connect", "--ssh", "gw", "--host-key-alias", "10.0.0.1"]);
         assert_eq!(
             command_line(&a).unwrap().join(" "),
-            "ssh gw -o HostKeyAlias=10.0.0.1 -s sshvpn"
+            "ssh -o HostKeyAlias=10.0.0.1 -s -- gw sshvpn"
         );
     }
 }

@@ -11,9 +11,14 @@ cd "$(dirname "$0")/.."
 step() { echo "package.sh: $*" >&2; }
 fail() { echo "package.sh: FAILED: $*" >&2; exit 1; }
 
+use_cargo_deb=yes
 if ! cargo deb --version >/dev/null 2>&1; then
   step "installing cargo-deb (cargo install --locked cargo-deb)"
-  cargo install --locked cargo-deb || fail "installing cargo-deb"
+  if ! cargo install --locked cargo-deb; then
+    # Offline, or no registry: the same asset list packed with dpkg-deb (dpkg-build_deb below).
+    step "cargo-deb cannot be installed: building the package with dpkg-deb from the same metadata"
+    use_cargo_deb=no
+  fi
 fi
 command -v dpkg >/dev/null || fail "dpkg is needed (for the architecture name); run on Debian or Ubuntu"
 
@@ -45,9 +50,55 @@ done
 step "building the package"
 # --strip: the workspace's release profile keeps line tables (for backtraces); the package ships
 # stripped binaries, as Debian packages do.
-cargo deb -p sshvpnd --no-build --locked --strip "$@" || fail "cargo deb"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 arch=$(dpkg --print-architecture)
 deb="${CARGO_TARGET_DIR:-target}/debian/sshvpn_${version}_${arch}.deb"
+# The fallback: [package.metadata.deb]'s assets, maintainer scripts, conffiles (everything under
+# etc/) and control fields, packed with dpkg-deb; binaries stripped, Depends from dpkg-shlibdeps.
+dpkg_build_deb() {
+  local meta=server/Cargo.toml root src dest mode f name depends
+  root=$(mktemp -d)
+  trap 'rm -rf "$root"' RETURN
+  mkdir -p "$root"/DEBIAN
+  while IFS='|' read -r src dest mode; do
+    src=${src/#target\/release/$release}
+    src=${src/#..\//}
+    for f in $src; do
+      [ -e "$f" ] || fail "asset $f is missing"
+      if [[ $dest == */ ]]; then name="$root/$dest$(basename "$f")"; else name="$root/$dest"; fi
+      install -D -m "$mode" "$f" "$name"
+      [[ $dest == etc/* ]] && echo "/${name#"$root"/}" >>"$root"/DEBIAN/conffiles
+    done
+  done < <(sed -n 's/^ *\["\([^"]*\)", "\([^"]*\)", "\([0-9]*\)"\],*$/\1|\2|\3/p' "$meta")
+  strip --strip-unneeded "$root"/usr/bin/sshvpn "$root"/usr/sbin/sshvpnd
+  mkdir -p "$root"/usr/share/doc/sshvpn
+  printf 'sshvpn authors\nLicense: MIT OR Apache-2.0\n' >"$root"/usr/share/doc/sshvpn/copyright
+  for f in postinst prerm postrm; do install -m 755 packaging/debian/$f "$root"/DEBIAN/$f; done
+  mkdir -p "$root"/debian
+  echo "Source: sshvpn" >"$root"/debian/control
+  depends=$(cd "$root" && dpkg-shlibdeps -O usr/bin/sshvpn usr/sbin/sshvpnd 2>/dev/null | sed -n 's/^shlibs:Depends=//p')
+  rm -rf "$root"/debian
+  {
+    echo "Package: sshvpn"
+    echo "Version: $version"
+    echo "Architecture: $arch"
+    sed -n 's/^maintainer = "\(.*\)"/Maintainer: \1/p' "$meta"
+    echo "Section: net"
+    echo "Priority: optional"
+    echo "Depends: ${depends:+$depends, }adduser"
+    echo "Recommends: iproute2, nftables"
+    echo "Suggests: openssh-server"
+    echo "Description: layer-3 VPN over SSH (client sshvpn and server sshvpnd)"
+    echo " Both programs, systemd units (not enabled), man pages, completions and a default"
+    echo " server configuration that listens nowhere."
+  } >"$root"/DEBIAN/control
+  mkdir -p "$(dirname "$deb")"
+  dpkg-deb --root-owner-group -Zxz -b "$root" "$deb" >/dev/null || fail "dpkg-deb -b"
+}
+if [ "$use_cargo_deb" = yes ]; then
+  cargo deb -p sshvpnd --no-build --locked --strip "$@" || fail "cargo deb"
+else
+  dpkg_build_deb
+fi
 [ -f "$deb" ] || fail "expected $deb was not built"
 step "built $deb"

@@ -105,6 +105,8 @@ pub enum ConfigRefused {
     NotUnicast(IpAddr),
     #[error("assigned address {addr} lies inside the local network {local}")]
     InsideLocal { addr: IpAddr, local: IpNet },
+    #[error("assigned address {addr} is {what}")]
+    Reserved { addr: IpAddr, what: String },
     #[error("no address assigned")]
     NoAddress,
 }
@@ -139,6 +141,24 @@ const SPECIAL_USE: [(&str, &str); 8] = [
     ("fe80::/10", "link-local"),
     ("ff00::/8", "multicast"),
 ];
+
+/// Why a server-chosen host address (the client's own or the server's tunnel address) may not be
+/// used on this host: the SSH server, one of its resolvers, a special-use or an excluded network.
+fn reserved_for_host(addr: IpAddr, host: &HostFacts, opts: &AcceptOptions) -> Option<String> {
+    let net = IpNet::from(addr);
+    if host.server_addr == Some(addr) {
+        Some("the SSH server's address".to_string())
+    } else if host.resolvers.contains(&addr) {
+        Some("one of this host's resolvers".to_string())
+    } else if let Some((special, what)) = special_use(&net) {
+        Some(format!("a {what} address ({special})"))
+    } else {
+        opts.excludes
+            .iter()
+            .find(|x| x.contains(&addr))
+            .map(|x| format!("inside the excluded network {x}"))
+    }
+}
 
 fn special_use(net: &IpNet) -> Option<(IpNet, &'static str)> {
     SPECIAL_USE.iter().find_map(|(s, what)| {
@@ -245,6 +265,9 @@ pub fn accept(
         if let Some(local) = host.local_networks.iter().find(|l| l.contains(&addr)) {
             return Err(ConfigRefused::InsideLocal { addr, local: *local });
         }
+        if let Some(what) = reserved_for_host(addr, host, opts) {
+            return Err(ConfigRefused::Reserved { addr, what });
+        }
         out.addresses.push(IpNet::from(addr));
     }
     if out.addresses.is_empty() {
@@ -295,6 +318,8 @@ pub fn accept(
                 &mut out,
                 format!("ignoring server tunnel address {peer}: it is the SSH server itself"),
             );
+        } else if let Some(what) = reserved_for_host(peer, host, opts) {
+            warn(&mut out, format!("ignoring server tunnel address {peer}: it is {what}"));
         } else {
             push(&mut out, net);
             out.sources.push(net);
@@ -796,6 +821,50 @@ mod tests {
             (1 << 24) + 2
         );
         assert_eq!(union_size(&[net("::/0")]), u128::MAX);
+    }
+
+    #[test]
+    fn server_chosen_host_addresses_never_take_a_resolver_the_server_or_special_addresses() {
+        let h = HostFacts {
+            resolvers: vec!["8.8.8.8".parse().unwrap()],
+            ..host()
+        };
+        let o = AcceptOptions {
+            accept_routes: false,
+            accept_dns: false,
+            excludes: vec![net("10.99.0.0/16")],
+            ..opts()
+        };
+        // The server's tunnel address: ignored, even with --no-accept-routes.
+        for peer in ["8.8.8.8", "169.254.169.254", "10.99.0.1"] {
+            let c = TunnelConfig {
+                peer4: Some(peer.parse().unwrap()),
+                ..config()
+            };
+            let a = accept(&c, 1500, &o, &h).unwrap();
+            let p: IpNet = net(&format!("{peer}/32"));
+            assert!(
+                !a.routes.contains(&p) && !a.sources.contains(&p),
+                "{peer}: {:?}",
+                a.routes
+            );
+            assert!(a.warnings.iter().any(|w| w.contains("ignoring server tunnel address")));
+        }
+        // The client's own address: the whole configuration is refused.
+        for addr in ["8.8.8.8/32", "192.168.77.1/32", "10.99.0.5/24"] {
+            let c = TunnelConfig {
+                addr4: Some(net(addr)),
+                ..config()
+            };
+            let h = HostFacts {
+                local_networks: vec![],
+                ..h.clone()
+            };
+            assert!(
+                matches!(accept(&c, 1500, &o, &h), Err(ConfigRefused::Reserved { .. })),
+                "{addr}"
+            );
+        }
     }
 
     #[test]

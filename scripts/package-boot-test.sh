@@ -48,9 +48,12 @@ st() { stat -c '%a %U:%G %F' "$1" 2>&1; }
   && ok "host key $(st /var/lib/sshvpn/host_key)" || bad "host key is $(st /var/lib/sshvpn/host_key)"
 [ "$(st /run/sshvpn/control.sock)" = "660 sshvpn:sshvpn socket" ] \
   && ok "control socket $(st /run/sshvpn/control.sock)" || bad "control socket is $(st /run/sshvpn/control.sock)"
-for d in /var/lib/sshvpn /run/sshvpn /var/log/sshvpn; do
-  [ "$(st $d)" = "750 sshvpn:sshvpn directory" ] && ok "$d $(st $d)" || bad "$d is $(st $d)"
+# Leases, host key and audit log: the daemon's alone (VPN users in the group sshvpn reach only
+# the control socket's directory).
+for d in /var/lib/sshvpn /var/log/sshvpn; do
+  [ "$(st $d)" = "700 sshvpn:sshvpn directory" ] && ok "$d $(st $d)" || bad "$d is $(st $d)"
 done
+[ "$(st /run/sshvpn)" = "750 sshvpn:sshvpn directory" ] && ok "/run/sshvpn $(st /run/sshvpn)" || bad "/run/sshvpn is $(st /run/sshvpn)"
 
 # The client host: a network namespace joined to this one by a veth pair.
 ip netns add cli && ip link add pkg0 type veth peer name eth0 netns cli \

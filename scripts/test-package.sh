@@ -144,7 +144,7 @@ for f in /usr/share/man/man1/sshvpn.1.gz /usr/share/man/man8/sshvpnd.8.gz \
   expect_stat "$f" 644 root:root
 done
 expect_stat /etc/sshvpn 755 root:root
-expect_stat /var/lib/sshvpn 750 sshvpn:sshvpn
+expect_stat /var/lib/sshvpn 700 sshvpn:sshvpn
 expect_stat /run/sshvpn 750 sshvpn:sshvpn
 grep -qF "$version" <<<"$(/usr/bin/sshvpn --version)" || bad "sshvpn --version does not say $version"
 grep -qF "$version" <<<"$(/usr/sbin/sshvpnd --version)" || bad "sshvpnd --version does not say $version"
@@ -345,7 +345,7 @@ rm -rf "$work"
 after=$(sha256sum /etc/sshvpn/sshvpnd.toml /var/lib/sshvpn/leases /var/lib/sshvpn/host_key 2>&1)
 [ "$before" = "$after" ] || bad "the upgrade changed kept files: $before / $after"
 [ "$(id -u sshvpn)" = "$uid_before" ] || bad "the upgrade changed the uid of sshvpn"
-expect_stat /var/lib/sshvpn 750 sshvpn:sshvpn
+expect_stat /var/lib/sshvpn 700 sshvpn:sshvpn
 
 step "remove (dpkg -r): programs go, configuration, state and user stay"
 # What an admin's `systemctl enable` leaves behind; purge must clean it up.

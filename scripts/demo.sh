@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 need_tools demo
 
 . scripts/netns.sh
-WORK=$(mktemp -d /tmp/sshvpn-demo.XXXXXX)
+# Not under /tmp: sshvpnd trusts key files only in directories no other user can write (StrictModes).
+WORK=$(mktemp -d /run/sshvpn-demo.XXXXXX)
 cleanup() { topology_down; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 
@@ -17,7 +18,7 @@ step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Building release binaries"
 cargo build --release --quiet --bins
-BIN=$PWD/target/release
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 
 step "Creating namespaces: $NS_LAPTOP (10.200.0.1) -- $NS_GW (10.200.0.2 | 10.202.0.1) -- $NS_LAN (10.202.0.2)"
 topology_up

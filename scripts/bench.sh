@@ -27,7 +27,7 @@ BIN=$PWD/target/release
 
 NS_PREFIX=svbench$$
 . scripts/netns.sh
-WORK=$(mktemp -d /tmp/sshvpn-bench.XXXXXX)
+WORK=$(mktemp -d /run/sshvpn-bench.XXXXXX) # not /tmp: StrictModes
 cleanup() { topology_down; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"

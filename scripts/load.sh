@@ -81,7 +81,7 @@ SSHVPND=${SSHVPND:-$BIN/sshvpnd}
 unset RATE
 NS_PREFIX=svload$$
 . scripts/netns.sh
-WORK=$(mktemp -d /tmp/sshvpn-load.XXXXXX)
+WORK=$(mktemp -d /run/sshvpn-load.XXXXXX) # not /tmp: StrictModes
 SERVER=
 cleanup() {
   [ -n "$SERVER" ] && kill "$SERVER" 2>/dev/null || true

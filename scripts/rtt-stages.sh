@@ -24,7 +24,7 @@ BIN=$PWD/target/release
 
 NS_PREFIX=svstage$$
 . scripts/netns.sh
-WORK=$(mktemp -d /tmp/sshvpn-stages.XXXXXX)
+WORK=$(mktemp -d /run/sshvpn-stages.XXXXXX) # not /tmp: StrictModes
 cleanup() { topology_down; rm -rf "$WORK"; }
 trap cleanup EXIT INT TERM
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/id"
